@@ -1,0 +1,235 @@
+"""The Layer base class: Keras's build/call split plus an explicit backward.
+
+A layer owns `Weight`s. Until a model adopts them, each weight is its own array; a model then moves every
+trainable weight into ONE flat parameter buffer and points `weight.value` / `weight.grad` at views of it, so
+an optimizer step or an allreduce is a single operation over the whole model (see `flatten_values`, `flatten_grads`).
+"""
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from .. import backend, initializers, regularizers
+
+_name_counts = defaultdict(int)
+
+
+def unique_name(prefix):
+    """Keras-style automatic names: dense, dense_1, dense_2, ..."""
+    n = _name_counts[prefix]
+    _name_counts[prefix] += 1
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def snake_case(name):
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+
+
+class Weight:
+    """One named tensor of a layer: `value`, its gradient `grad` (None when frozen), and its penalty."""
+    __slots__ = ("name", "value", "grad", "trainable", "regularizer")
+
+    def __init__(self, name, value, trainable=True, regularizer=None):
+        self.name, self.value, self.trainable, self.regularizer = name, value, trainable, regularizer
+        self.grad = np.zeros_like(value) if trainable else None
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    def __repr__(self):
+        return f"<Weight {self.name} shape={self.value.shape} dtype={self.value.dtype}>"
+
+
+def flatten_values(weights, dtype):
+    """Move the values of `weights` into ONE flat buffer and point each `weight.value` at its view of it."""
+    flat = np.empty(sum(w.value.size for w in weights), dtype=dtype)
+    offset = 0
+    for w in weights:
+        size, shape = w.value.size, w.value.shape
+        flat[offset:offset + size] = w.value.ravel()
+        w.value = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return flat
+
+
+def flatten_grads(weights, dtype, extra=0):
+    """One flat gradient buffer for `weights` (views bound to `weight.grad`), plus `extra` trailing slots: the
+    reducer carries the step's sample count and metric sums there, in the same allreduce as the gradients."""
+    flat = np.zeros(sum(w.value.size for w in weights) + extra, dtype=dtype)
+    offset = 0
+    for w in weights:
+        size = w.value.size
+        w.grad = flat[offset:offset + size].reshape(w.value.shape)
+        offset += size
+    return flat
+
+
+def segments(weights):
+    """[(offset, size)] of each weight inside the flat buffer built from `weights`."""
+    out, offset = [], 0
+    for w in weights:
+        out.append((offset, w.value.size))
+        offset += w.value.size
+    return out
+
+
+def normalize_tuple(value, n, arg, layer):
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, (int, np.integer)) and v > 0 for v in value):
+        raise ValueError(f"{layer} expects {arg} to be an int or a tuple of {n} positive ints, received {value!r}")
+    return tuple(int(v) for v in value)
+
+
+class Layer:
+    """Base layer. Subclasses implement `build(input_shape)`, `call(x, training)`, `backward(grad)` and
+    `compute_output_shape(input_shape)`; shapes exclude the batch dimension, as Keras's `input_shape` does."""
+
+    def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_input_shape=None,
+                 dtype=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {sorted(kwargs)}")
+        self.name = name or unique_name(snake_case(type(self).__name__))
+        self.trainable = trainable
+        self.dtype = dtype or backend.floatx()
+        self._weights = []
+        self.built = False
+        self.input_shape = None   # without the batch dimension
+        self.output_shape = None
+        if batch_input_shape is not None:
+            input_shape = tuple(batch_input_shape)[1:]
+        if input_dim is not None:
+            input_shape = (input_dim,)
+        self._declared_input_shape = None if input_shape is None else _check_shape(input_shape, self)
+
+    # -- construction -------------------------------------------------------------------------------------
+    def add_weight(self, name, shape, initializer="zeros", regularizer=None, trainable=True):
+        value = initializers.get(initializer)(tuple(shape), self.dtype)
+        w = Weight(f"{self.name}/{name}", value, trainable=trainable and self.trainable,
+                   regularizer=regularizers.get(regularizer))
+        self._weights.append(w)
+        return w
+
+    def build(self, input_shape):
+        pass
+
+    def build_for(self, input_shape):
+        """Build once for `input_shape` (no batch dim); return the output shape."""
+        input_shape = tuple(input_shape)
+        if not self.built:
+            self.validate_input_shape(input_shape)
+            self.input_shape = input_shape
+            self.build(input_shape)
+            self.built = True
+            self.output_shape = tuple(self.compute_output_shape(input_shape))
+        elif input_shape != self.input_shape:
+            self._shape_error(input_shape)
+        return self.output_shape
+
+    def validate_input_shape(self, input_shape):
+        """Raise a clear error if the layer cannot take inputs of this shape (no batch dim)."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    # -- running ------------------------------------------------------------------------------------------
+    def __call__(self, x, training=False):
+        x = np.asarray(x)
+        if not self.built:
+            self.build_for(x.shape[1:])
+        self.check_input(x)
+        return self.call(x, training=training)
+
+    def check_input(self, x):
+        if x.shape[1:] != self.input_shape:
+            self._shape_error(x.shape[1:], x.shape)
+
+    def _shape_error(self, got, full=None):
+        full = full if full is not None else (None,) + tuple(got)
+        raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of shape "
+                         f"{(None,) + tuple(self.input_shape)}, received shape {tuple(full)}")
+
+    def call(self, x, training=False):
+        raise NotImplementedError  # abstract
+
+    def backward(self, grad, need_input_grad=True):
+        """grad: d(sum of losses)/d(output). Writes parameter grads into weight.grad (overwriting) and
+        returns d/d(input), or None when need_input_grad is False."""
+        raise NotImplementedError  # abstract
+
+    # -- weights ------------------------------------------------------------------------------------------
+    @property
+    def weights(self):
+        return list(self._weights)
+
+    @property
+    def trainable_weights(self):
+        return [w for w in self._weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for w in self._weights if not w.trainable]
+
+    def get_weights(self):
+        return [w.value.copy() for w in self._weights]
+
+    def set_weights(self, values):
+        if len(values) != len(self._weights):
+            raise ValueError(f"Layer '{self.name}' has {len(self._weights)} weights, "
+                             f"received a list of {len(values)}")
+        for w, v in zip(self._weights, values):
+            v = np.asarray(v)
+            if v.shape != w.value.shape:
+                raise ValueError(f"Layer '{self.name}' weight '{w.name}' has shape {w.value.shape}, "
+                                 f"received shape {v.shape}")
+            w.value[...] = v
+
+    def count_params(self):
+        return int(sum(w.value.size for w in self._weights))
+
+    # -- config -------------------------------------------------------------------------------------------
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype}
+        if self._declared_input_shape is not None:
+            config["input_shape"] = list(self._declared_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+class ActivatedLayer(Layer):
+    """A layer computing z = f(x) then a = activation(z). The model can ask for the gradient to enter at z
+    (`backward_preactivation`) so softmax/sigmoid + cross-entropy are differentiated as one stable unit."""
+
+    def _activate(self, z):
+        self._z = z
+        self._a = self.activation.forward(z)
+        return self._a
+
+    @property
+    def preactivation(self):
+        return self._z
+
+    def backward(self, grad, need_input_grad=True):
+        return self.backward_preactivation(self.activation.backward(self._z, self._a, grad), need_input_grad)
+
+    def backward_preactivation(self, grad_z, need_input_grad=True):
+        raise NotImplementedError  # abstract
+
+
+def _check_shape(shape, layer):
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+        raise ValueError(f"{type(layer).__name__} expects input_shape as a tuple of positive ints "
+                         f"(without the batch dimension), received {shape!r}")
+    return tuple(int(d) for d in shape)

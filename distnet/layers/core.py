@@ -1,0 +1,189 @@
+"""Core layers: Input, Dense, Activation, Dropout, Flatten, Reshape."""
+import math
+
+import numpy as np
+
+from .. import activations, initializers, regularizers
+from .base import ActivatedLayer, Layer
+
+
+class InputLayer(Layer):
+    """Declares the input shape of a Sequential model (Keras's `keras.Input(shape=...)`)."""
+
+    def __init__(self, shape=None, name=None, input_shape=None, batch_size=None, **kwargs):
+        shape = shape if shape is not None else input_shape
+        if shape is None:
+            raise ValueError("Input needs shape=(...) without the batch dimension, received None")
+        super().__init__(name=name, input_shape=shape, **kwargs)
+        self.batch_size = batch_size
+
+    def call(self, x, training=False):
+        return x
+
+    def backward(self, grad, need_input_grad=True):
+        return grad
+
+    def get_config(self):
+        config = super().get_config()
+        config["shape"] = config.pop("input_shape")
+        return config
+
+
+def Input(shape=None, batch_size=None, name=None, dtype=None):
+    """`distnet.layers.Input(shape=(8,))`, for `Sequential([Input(...), Dense(...)])` as in Keras 3."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+
+
+class Dense(ActivatedLayer):
+    """y = activation(x @ kernel + bias). x: (batch, ..., in) -> (batch, ..., units); kernel: (in, units)."""
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ValueError(f"Dense layer '{self.name}' expects units to be a positive int, received {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"Dense layer '{self.name}' expects input of rank >= 2, received shape "
+                             f"{(None,) + tuple(input_shape)}")
+
+    def build(self, input_shape):
+        in_dim = input_shape[-1]
+        self.kernel = self.add_weight("kernel", (in_dim, self.units), self.kernel_initializer,
+                                      self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (self.units,), self.bias_initializer,
+                                    self.bias_regularizer) if self.use_bias else None
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def check_input(self, x):
+        if x.ndim >= 2 and x.shape[-1] != self.input_shape[-1]:
+            raise ValueError(f"Dense layer '{self.name}' expects input with last dimension "
+                             f"{self.input_shape[-1]}, received shape {x.shape}")
+        if x.shape[1:] != self.input_shape:
+            self._shape_error(x.shape[1:], x.shape)
+
+    def call(self, x, training=False):
+        self._x = x
+        x2 = x.reshape(-1, x.shape[-1])
+        z = x2 @ self.kernel.value
+        if self.bias is not None:
+            z += self.bias.value
+        return self._activate(z.reshape(x.shape[:-1] + (self.units,)))
+
+    def backward_preactivation(self, grad_z, need_input_grad=True):
+        g2 = grad_z.reshape(-1, self.units)
+        x2 = self._x.reshape(-1, self._x.shape[-1])
+        if self.kernel.grad is not None:
+            np.matmul(x2.T, g2, out=self.kernel.grad)
+        if self.bias is not None and self.bias.grad is not None:
+            np.sum(g2, axis=0, out=self.bias.grad)
+        if need_input_grad:
+            return (g2 @ self.kernel.value.T).reshape(self._x.shape)
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+
+class Activation(ActivatedLayer):
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def call(self, x, training=False):
+        return self._activate(x)
+
+    def backward_preactivation(self, grad_z, need_input_grad=True):
+        return grad_z
+
+    def get_config(self):
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each unit with probability `rate` and scale the rest by 1/(1-rate)."""
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout layer '{self.name}' expects 0 <= rate < 1, received {rate!r}")
+        self.rate, self.noise_shape, self.seed = float(rate), noise_shape, seed
+        self._rng = np.random.default_rng(seed if seed is not None else initializers.generator().integers(2**63))
+        self._mask = None
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        shape = x.shape if self.noise_shape is None else tuple(
+            x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
+        keep = self._rng.random(shape, dtype=np.float32) >= self.rate
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
+        return x * self._mask
+
+    def backward(self, grad, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        return grad if self._mask is None else grad * self._mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed}
+
+
+class Flatten(Layer):
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def call(self, x, training=False):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad, need_input_grad=True):
+        return grad.reshape((grad.shape[0],) + self.input_shape) if need_input_grad else None
+
+
+class Reshape(Layer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        target_shape = tuple(target_shape)
+        if sum(d == -1 for d in target_shape) > 1 or any(d == 0 or d < -1 for d in target_shape):
+            raise ValueError(f"Reshape layer '{self.name}' expects a target_shape of positive ints and at most "
+                             f"one -1, received {target_shape!r}")
+        self.target_shape = target_shape
+
+    def validate_input_shape(self, input_shape):
+        n, known = math.prod(input_shape), math.prod(d for d in self.target_shape if d != -1)
+        ok = n % known == 0 if -1 in self.target_shape else n == known
+        if not ok:
+            raise ValueError(f"Reshape layer '{self.name}' cannot reshape input of shape "
+                             f"{(None,) + tuple(input_shape)} ({n} values per sample) to {self.target_shape}")
+
+    def compute_output_shape(self, input_shape):
+        n, known = math.prod(input_shape), math.prod(d for d in self.target_shape if d != -1)
+        return tuple(n // known if d == -1 else d for d in self.target_shape)
+
+    def call(self, x, training=False):
+        return x.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, grad, need_input_grad=True):
+        return grad.reshape((grad.shape[0],) + self.input_shape) if need_input_grad else None
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+__all__ = ["InputLayer", "Input", "Dense", "Activation", "Dropout", "Flatten", "Reshape"]

@@ -1,0 +1,57 @@
+"""Array kernels behind convolution and pooling: padding arithmetic, im2col/col2im and window slices.
+
+Images are channels-last, x: (batch, height, width, channels). im2col turns every receptive field into a row
+so that a convolution is ONE matrix product; col2im adds the rows back with a loop over the kernel's kh*kw
+offsets (9 for 3x3), never over pixels.
+"""
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output length and (before, after) padding along one axis, as TensorFlow/Keras define 'valid'/'same'."""
+    if padding == "valid":
+        return (size - kernel) // stride + 1, (0, 0)
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def window(x, i, j, stride, out_hw):
+    """The strided slice of x that kernel offset (i, j) touches: (batch, out_h, out_w, channels)."""
+    (sh, sw), (oh, ow) = stride, out_hw
+    return x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+
+
+def im2col(xp, kernel, stride, out_hw, out):
+    """Copy the receptive fields of padded xp: (n, hp, wp, c) into out: (n, oh, ow, kh, kw, c)."""
+    n, _, _, c = xp.shape
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    s0, s1, s2, s3 = xp.strides
+    fields = as_strided(xp, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3), writeable=False)
+    np.copyto(out, fields)
+    return out
+
+
+def col2im(cols, kernel, stride, out_hw, out):
+    """Sum cols: (n, oh, ow, kh, kw, c) back into the padded-input gradient out: (n, hp, wp, c)."""
+    kh, kw = kernel
+    out[...] = 0
+    for i in range(kh):
+        for j in range(kw):
+            window(out, i, j, stride, out_hw)[...] += cols[:, :, :, i, j, :]
+    return out
+
+
+def pad_hw(x, pads, value=0.0):
+    """Pad height and width of x: (n, h, w, c) by pads ((top, bottom), (left, right))."""
+    if not any(pads[0]) and not any(pads[1]):
+        return x
+    return np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
+
+
+def unpad_hw(x, pads):
+    (t, b), (l, r) = pads
+    return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]

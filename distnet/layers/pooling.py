@@ -1,0 +1,139 @@
+"""Pooling over height and width of channels-last images: (batch, h, w, c) -> (batch, out_h, out_w, c).
+
+Both poolings loop over the kh*kw offsets of the window (4 for 2x2) and work on whole strided slices, so any
+pool size, stride and padding runs at NumPy speed without a loop over pixels.
+"""
+import numpy as np
+
+from . import kernels
+from .base import Layer, normalize_tuple
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        where = f"{type(self).__name__} layer '{self.name}'"
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{where} expects padding 'valid' or 'same', received {padding!r}")
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{where} supports data_format='channels_last' only, received {data_format!r}")
+        self.pool_size = normalize_tuple(pool_size, 2, "pool_size", where)
+        self.strides = normalize_tuple(strides if strides is not None else self.pool_size, 2, "strides", where)
+        self.padding = padding
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of rank 4 (batch, height, "
+                             f"width, channels), received shape {(None,) + tuple(input_shape)}")
+        if min(self.compute_output_shape(input_shape)[:2]) <= 0:
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' with pool_size {self.pool_size} does not "
+                             f"fit input of shape {(None,) + tuple(input_shape)}")
+
+    def build(self, input_shape):
+        h, w, _ = input_shape
+        oh, pad_h = kernels.conv_output_size(h, self.pool_size[0], self.strides[0], self.padding)
+        ow, pad_w = kernels.conv_output_size(w, self.pool_size[1], self.strides[1], self.padding)
+        self._out_hw, self._pads = (oh, ow), (pad_h, pad_w)
+
+    def compute_output_shape(self, input_shape):
+        h, w, c = input_shape
+        oh, _ = kernels.conv_output_size(h, self.pool_size[0], self.strides[0], self.padding)
+        ow, _ = kernels.conv_output_size(w, self.pool_size[1], self.strides[1], self.padding)
+        return (oh, ow, c)
+
+    def _offsets(self):
+        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
+
+    def _padded_zeros(self, n):
+        h, w, c = self.input_shape
+        (pt, pb), (pl, pr) = self._pads
+        return np.zeros((n, h + pt + pb, w + pl + pr, c), self.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    def call(self, x, training=False):
+        xp = kernels.pad_hw(x, self._pads, value=-np.inf)
+        out = None
+        for i, j in self._offsets():
+            v = kernels.window(xp, i, j, self.strides, self._out_hw)
+            out = v.copy() if out is None else np.maximum(out, v, out=out)
+        self._xp, self._out = xp, out
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        dxp = self._padded_zeros(grad.shape[0])
+        taken = np.zeros(self._out.shape, dtype=bool)  # ties route the gradient to the first max, as TF does
+        for i, j in self._offsets():
+            hit = kernels.window(self._xp, i, j, self.strides, self._out_hw) == self._out
+            hit &= ~taken
+            taken |= hit
+            kernels.window(dxp, i, j, self.strides, self._out_hw)[...] += grad * hit
+        return kernels.unpad_hw(dxp, self._pads)
+
+
+class AveragePooling2D(_Pooling2D):
+    """Mean over each window; with padding='same' only the real (unpadded) values count, as in Keras."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        ones = kernels.pad_hw(np.ones((1,) + tuple(input_shape[:2]) + (1,), self.dtype), self._pads)
+        count = sum(kernels.window(ones, i, j, self.strides, self._out_hw) for i, j in self._offsets())
+        self._inv_count = (1.0 / count).astype(self.dtype)
+
+    def call(self, x, training=False):
+        xp = kernels.pad_hw(x, self._pads)
+        out = np.zeros((x.shape[0], *self._out_hw, x.shape[-1]), self.dtype)
+        for i, j in self._offsets():
+            out += kernels.window(xp, i, j, self.strides, self._out_hw)
+        out *= self._inv_count
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        dxp = self._padded_zeros(grad.shape[0])
+        g = grad * self._inv_count
+        for i, j in self._offsets():
+            kernels.window(dxp, i, j, self.strides, self._out_hw)[...] += g
+        return kernels.unpad_hw(dxp, self._pads)
+
+
+class GlobalAveragePooling2D(Layer):
+    """(batch, h, w, c) -> (batch, c): the mean over height and width."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"GlobalAveragePooling2D layer '{self.name}' supports data_format='channels_last' "
+                             f"only, received {data_format!r}")
+        self.keepdims = keepdims
+
+    def validate_input_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAveragePooling2D layer '{self.name}' expects input of rank 4, received "
+                             f"shape {(None,) + tuple(input_shape)}")
+
+    def compute_output_shape(self, input_shape):
+        return (1, 1, input_shape[-1]) if self.keepdims else (input_shape[-1],)
+
+    def call(self, x, training=False):
+        return x.mean(axis=(1, 2), keepdims=self.keepdims)
+
+    def backward(self, grad, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        h, w, c = self.input_shape
+        g = grad.reshape(grad.shape[0], 1, 1, c) * grad.dtype.type(1.0 / (h * w))
+        return np.broadcast_to(g, (grad.shape[0], h, w, c)).copy()
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+MaxPool2D, AvgPool2D, GlobalAvgPool2D = MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D

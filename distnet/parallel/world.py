@@ -1,0 +1,28 @@
+"""Who am I in the job: the current communicator, and rank/size/is_main for code that only needs those."""
+_current = None
+
+
+def communicator():
+    """The communicator models use: the one set by `distnet.distributed.init()`, else a detected one."""
+    global _current
+    if _current is None:
+        from .communicator import detect
+        _current = detect()
+    return _current
+
+
+def set_communicator(comm):
+    global _current
+    _current = comm
+
+
+def rank():
+    return communicator().rank
+
+
+def size():
+    return communicator().size
+
+
+def is_main():
+    return communicator().rank == 0
