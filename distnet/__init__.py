@@ -6,7 +6,7 @@
     model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
     model.fit(x, y, epochs=150, batch_size=10)     # run under `mpirun -n 4` and it trains on 4 workers
 """
-from . import (activations, backend, callbacks, datasets, initializers, layers, losses, metrics, models,
+from . import (activations, backend, callbacks, datasets, distributed, initializers, layers, losses, metrics, models,
                optimizers, regularizers, utils)
 from .models import Sequential, load_model
 
