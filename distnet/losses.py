@@ -52,7 +52,7 @@ def _dense_targets(name, y, output_shape):
 
 
 def _per_sample_mean(v):
-    return v.reshape(v.shape[0], -1).mean(axis=1) if v.ndim > 1 else v
+    return v.reshape(v.shape[0], _features(v)).mean(axis=1) if v.ndim > 1 else v
 
 
 def _features(y):

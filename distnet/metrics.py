@@ -24,7 +24,7 @@ class Metric:
 
 def binary_accuracy(y_true, y_pred, threshold=0.5):
     hit = (y_pred > threshold) == (y_true > 0.5)
-    return hit.reshape(hit.shape[0], -1).mean(axis=1)
+    return hit.reshape(hit.shape[0], int(np.prod(hit.shape[1:]))).mean(axis=1)
 
 
 def categorical_accuracy(y_true, y_pred):

@@ -78,3 +78,14 @@ def test_label_errors_name_the_problem():
         losses.get("mse").prepare_targets(np.zeros((2, 4)), (3,))
     with pytest.raises(ValueError, match="Unknown loss 'crossentropy'; valid names"):
         losses.get("crossentropy")
+
+
+@pytest.mark.parametrize("name,make_y,make_p", CASES, ids=[c[0] for c in CASES])
+def test_loss_and_metrics_of_an_empty_batch(name, make_y, make_p):
+    from distnet import metrics
+    loss = losses.get(name)
+    p = make_p()[:0]
+    y = loss.prepare_targets(make_y()[:0], p.shape[1:])
+    assert loss.per_sample(y, p).shape == (0,) and loss.grad(y, p).shape == p.shape
+    acc = metrics.get("accuracy", loss, p.shape[1:], y.ndim == 1)
+    assert acc.values(y, p).shape == (0,)

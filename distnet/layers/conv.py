@@ -83,7 +83,8 @@ class Conv2D(ActivatedLayer):
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
         n = self._n
-        cols2 = self._cols[n].reshape(n * self._out_hw[0] * self._out_hw[1], -1)
+        k = self.kernel.value.reshape(-1, self.filters)
+        cols2 = self._cols[n].reshape(-1, k.shape[0])
         g2 = grad_z.reshape(-1, self.filters)
         if self.kernel.grad is not None:
             np.matmul(cols2.T, g2, out=self.kernel.grad.reshape(-1, self.filters))
@@ -91,7 +92,7 @@ class Conv2D(ActivatedLayer):
             np.sum(g2, axis=0, out=self.bias.grad)
         if not need_input_grad:
             return None
-        dcols = (g2 @ self.kernel.value.reshape(-1, self.filters).T).reshape(self._cols[n].shape)
+        dcols = (g2 @ k.T).reshape(self._cols[n].shape)
         h, w, c = self.input_shape
         (pt, pb), (pl, pr) = self._pads
         dxp = np.empty((n, h + pt + pb, w + pl + pr, c), self.dtype)

@@ -150,7 +150,7 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def call(self, x, training=False):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape((x.shape[0],) + self.output_shape)   # explicit: a worker's batch may be empty
 
     def backward(self, grad, need_input_grad=True):
         return grad.reshape((grad.shape[0],) + self.input_shape) if need_input_grad else None

@@ -51,8 +51,7 @@ class MPICommunicator(Communicator):
         if install_hooks and self.size > 1:
             install_abort_on_exception(self)
             limit_blas_threads(self.local_size)
-            if self.rank != 0:
-                prefix_output(self.rank, self.size)
+            line_atomic_output(self.rank, self.size)
 
     def allreduce_(self, buf, algorithm="auto"):
         if self.size == 1 or buf.size == 0:
@@ -115,29 +114,36 @@ def limit_blas_threads(local_workers):
 
 
 class _PrefixedStream:
-    """Prefixes every line written by a non-zero rank with [rank r/N], as the design requires."""
+    """Prefixes every line written by a non-zero rank with [rank r/N], as the design requires. Whole lines go to
+    the underlying stream in one write, so lines of different ranks do not interleave mid-line."""
 
     def __init__(self, stream, prefix):
-        self._stream, self._prefix, self._at_line_start = stream, prefix, True
+        self._stream, self._prefix, self._partial = stream, prefix, ""
 
     def write(self, text):
-        out = []
-        for piece in text.splitlines(keepends=True):
-            if self._at_line_start:
-                out.append(self._prefix)
-            out.append(piece)
-            self._at_line_start = piece.endswith("\n")
-        self._stream.write("".join(out))
+        pending = self._partial + text
+        cut = pending.rfind("\n") + 1
+        self._partial = pending[cut:]
+        if cut:
+            lines = pending[:cut].splitlines(keepends=True)
+            self._stream.write("".join(self._prefix + line for line in lines))
+            self._stream.flush()
         return len(text)
+
+    def flush(self):
+        if self._partial:
+            self._stream.write(self._prefix + self._partial)
+            self._partial = ""
+        self._stream.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
 
-def prefix_output(rank, size):
-    if os.environ.get("DISTNET_NO_PREFIX") == "1":
-        return
-    prefix = f"[rank {rank}/{size}] "
+def line_atomic_output(rank, size):
+    """Send stdout/stderr to the terminal a whole line at a time (mpirun runs Python unbuffered, so one print
+    would otherwise reach it in pieces that interleave with other ranks'), prefixing non-zero ranks' lines."""
+    prefix = "" if rank == 0 or os.environ.get("DISTNET_NO_PREFIX") == "1" else f"[rank {rank}/{size}] "
     if not isinstance(sys.stdout, _PrefixedStream):
         sys.stdout = _PrefixedStream(sys.stdout, prefix)
         sys.stderr = _PrefixedStream(sys.stderr, prefix)

@@ -76,3 +76,17 @@ def test_batchnorm_inference_uses_moving_statistics():
     out = layer(x, training=False)
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(out.std(0), np.sqrt(x.var(0) / (x.var(0) + 1e-3)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,make,shape", CASES, ids=[c[0] for c in CASES])
+def test_layer_handles_an_empty_batch(name, make, shape):
+    """A worker may get zero samples in a short last batch; it must still run the step (grads of zero)."""
+    layer = make()
+    layer(np.ones(shape, np.float32), training=True)
+    empty = np.zeros((0,) + shape[1:], np.float32)
+    out = layer(empty, training=True)
+    assert out.shape == (0,) + layer.output_shape
+    dx = layer.backward(np.zeros_like(out))
+    assert dx.shape == empty.shape
+    for w in layer.trainable_weights:
+        assert np.all(w.grad == 0)
