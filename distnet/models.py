@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import backend, checkpoint, losses as losses_mod, metrics as metrics_mod, optimizers as optimizers_mod
+from . import timeline as timeline_mod
 from . import utils
 from .callbacks import Callback, CallbackList, History, ProgbarLogger
 from .data import sharding
@@ -32,6 +33,7 @@ class Sequential:
         self.history = None
         self._reducer = None
         self._synced = False
+        self.timeline = None      # a distnet.timeline.Timeline to record phases of every step (or DISTNET_TIMELINE)
         for layer in layers or []:
             self.add(layer)
 
@@ -213,22 +215,29 @@ class Sequential:
             stats[2 + 2 * i] = v.sum() if w is None else np.dot(v, w)
             stats[3 + 2 * i] = v.shape[0] if w is None else w.sum()
 
-    def _train_step(self, xb, yb, wb):
-        out = self._forward(xb, training=True)
-        losses, grad = self._losses_and_grad(yb, out)
-        if wb is not None:
-            losses = losses * wb
-            grad = grad * wb.reshape((-1,) + (1,) * (grad.ndim - 1)).astype(grad.dtype, copy=False)
-        self._backward(grad)
-        stats = self._stats
-        stats[0] = xb.shape[0]
-        stats[1] = losses.sum()
-        self._fill_metric_stats(stats, yb, out, wb)
-        self._reducer.reduce_(self._grad_buf)            # sums over workers, in place
-        self._grads *= self._grads.dtype.type(1.0 / stats[0])
-        for w in self._regularized:
-            w.regularizer.add_gradient(w.value, w.grad)
-        self.optimizer.apply(self._params, self._grads)
+    def _train_step(self, xb, yb, wb, tl=timeline_mod.NULL):
+        with tl.phase("forward"):
+            out = self._forward(xb, training=True)
+        with tl.phase("backward"):
+            losses, grad = self._losses_and_grad(yb, out)
+            if wb is not None:
+                losses = losses * wb
+                grad = grad * wb.reshape((-1,) + (1,) * (grad.ndim - 1)).astype(grad.dtype, copy=False)
+            self._backward(grad)
+            stats = self._stats
+            stats[0] = xb.shape[0]
+            stats[1] = losses.sum()
+            self._fill_metric_stats(stats, yb, out, wb)
+        if tl.measure_wait and self._reducer.comm.size > 1:
+            with tl.phase("wait"):
+                self._reducer.comm.barrier()
+        with tl.phase("allreduce"):
+            self._reducer.reduce_(self._grad_buf)            # sums over workers, in place
+        with tl.phase("optimizer"):
+            self._grads *= self._grads.dtype.type(1.0 / stats[0])
+            for w in self._regularized:
+                w.regularizer.add_gradient(w.value, w.grad)
+            self.optimizer.apply(self._params, self._grads)
         return stats
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -330,6 +339,7 @@ class Sequential:
         cbs = CallbackList(cbs, self, {"epochs": epochs, "steps": steps, "verbose": verbose,
                                        "batch_size": batch_size, "samples": n})
         self.stop_training = False
+        tl = self.timeline or timeline_mod.from_env() or timeline_mod.NULL
         cbs.on_train_begin()
         logs = {}
         for epoch in range(initial_epoch, epochs):
@@ -338,10 +348,12 @@ class Sequential:
             totals = np.zeros(self._stats.size + 1, dtype=np.float64)   # + penalty*count
             for step in range(steps):
                 cbs.on_train_batch_begin(step)
-                idx = sharding.local_batch(order, step, batch_size, comm.rank, comm.size)
-                xb = self._batch(x, idx, "fit")
+                with tl.phase("data"):
+                    idx = sharding.local_batch(order, step, batch_size, comm.rank, comm.size)
+                    xb = self._batch(x, idx, "fit")
+                    yb, wb = y[idx], (None if sw is None else sw[idx])
                 penalty = self._penalty() if self._regularized else 0.0
-                stats = self._train_step(xb, y[idx], None if sw is None else sw[idx])
+                stats = self._train_step(xb, yb, wb, tl)
                 totals[:-1] += stats
                 totals[-1] += penalty * stats[0]
                 logs = self._logs(totals)
@@ -357,6 +369,7 @@ class Sequential:
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
+        tl.write(comm)
         return self.history
 
     def _data_seed(self, comm):

@@ -1,0 +1,102 @@
+"""distnet-bench: measure the engine, the allreduce and scaling.
+
+    distnet-bench engine    [--model mlp,cnn] [--batch 32] [--threads 1]
+    distnet-bench allreduce -n 2,4 [--sizes 4K,1M,16M,64M]
+All subcommands take --json FILE to write the records as {"results": [...]}.
+"""
+import argparse
+import json
+import sys
+
+from . import allreduce, engine, scaling
+from .stats import memcpy_bandwidth, table
+
+
+def _ints(text):
+    try:
+        values = [int(v) for v in str(text).split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, received {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, received {text!r}")
+    return values
+
+
+def cmd_engine(args):
+    from threadpoolctl import threadpool_limits
+    rows = []
+    for model_name in args.model.split(","):
+        for batch in args.batch:
+            for threads in args.threads:
+                print(f"engine: {model_name} batch {batch}, {threads} BLAS thread(s) ...", file=sys.stderr)
+                with threadpool_limits(limits=threads, user_api="blas"):
+                    s = engine.time_distnet(model_name, batch, steps=args.steps)
+                rows.append({"kind": "engine", "impl": "distnet", "model": model_name, "batch": batch,
+                             "threads": threads, "step_ms": s["median_s"] * 1e3, "p10_ms": s["p10_s"] * 1e3,
+                             "p90_ms": s["p90_s"] * 1e3, "samples_per_s": batch / s["median_s"]})
+    print(table(rows, [("model", "model", "{}"), ("batch", "batch", "{}"), ("threads", "threads", "{}"),
+                       ("impl", "impl", "{}"), ("step_ms", "step ms (median)", "{:.3f}"),
+                       ("p10_ms", "p10", "{:.3f}"), ("p90_ms", "p90", "{:.3f}"),
+                       ("samples_per_s", "samples/s", "{:.0f}")]))
+    return rows
+
+
+def cmd_allreduce(args):
+    sizes = [allreduce.parse_size(s) for s in args.sizes.split(",")]
+    if args.backend != "mpi":
+        raise SystemExit(f"distnet-bench allreduce: backend {args.backend!r} is not available; use --backend mpi")
+    rows = allreduce.run(args.n, sizes, progress=lambda m: print(m, file=sys.stderr))
+    memcpy = memcpy_bandwidth() / 1e9
+    print(table(rows, [("n", "n", "{}"), ("bytes", "bytes", "{:,}"), ("impl", "impl", "{}"),
+                       ("seconds", "time (s)", "{:.6f}"), ("algbw_GBps", "algbw GB/s", "{:.2f}"),
+                       ("busbw_GBps", "busbw GB/s", "{:.2f}")]))
+    print(f"memcpy bandwidth of this machine (one core, 64 MB): {memcpy:.2f} GB/s")
+    return rows + [{"kind": "memcpy", "bytes": 64 * 2**20, "GBps": memcpy}]
+
+
+def cmd_scaling(args):
+    rows = scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
+                       progress=lambda m: print(m, file=sys.stderr))
+    for r in rows:
+        b = r["breakdown_s"]
+        r.update({f"{k}_ms": v * 1e3 for k, v in b.items()}, step_ms=r["step_s"] * 1e3)
+    print(table(rows, [("n", "n", "{}"), ("global_batch", "global batch", "{}"), ("step_ms", "step ms", "{:.2f}"),
+                       ("samples_per_s", "samples/s", "{:.0f}"), ("speedup", "speed-up", "{:.2f}"),
+                       ("efficiency", "efficiency", "{:.1%}"), ("data_ms", "data", "{:.2f}"),
+                       ("forward_ms", "fwd", "{:.2f}"), ("backward_ms", "bwd", "{:.2f}"),
+                       ("wait_ms", "wait", "{:.2f}"), ("allreduce_ms", "allreduce", "{:.2f}"),
+                       ("optimizer_ms", "opt", "{:.2f}")]))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="distnet-bench", description="distnet benchmarks")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("engine", help="training step time of the example models")
+    e.add_argument("--model", default="mlp,cnn")
+    e.add_argument("--batch", type=_ints, default=[32])
+    e.add_argument("--threads", type=_ints, default=[1])
+    e.add_argument("--steps", type=int, default=50)
+    a = sub.add_parser("allreduce", help="allreduce time and bandwidth by buffer size")
+    a.add_argument("-n", type=_ints, default=[2])
+    a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))
+    a.add_argument("--backend", default="mpi")
+    sc = sub.add_parser("scaling", help="throughput and efficiency on 1..N workers")
+    sc.add_argument("-n", type=_ints, default=[1, 2, 4])
+    sc.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    sc.add_argument("--mode", default="weak", choices=["weak", "strong"])
+    sc.add_argument("--batch", type=int, default=32, help="per worker (weak) or global (strong)")
+    sc.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
+    sc.add_argument("--steps", type=int, default=30)
+    for s in (e, a, sc):
+        s.add_argument("--json", default=None, help="write the records to this file")
+    args = p.parse_args(argv)
+    rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling}[args.command](args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

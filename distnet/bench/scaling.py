@@ -1,0 +1,72 @@
+"""Scaling efficiency: throughput of the example models on 1..N MPI workers, weak or strong scaling.
+
+    distnet-bench scaling -n 1,2,4 --model cnn --mode weak [--batch 32] [--threads 1]
+
+weak: each worker keeps `batch` samples per step (global batch = batch * n); strong: the global batch stays
+`batch`. Efficiency = throughput_n / (n * throughput_1), Horovod's definition. Each record also carries the
+median per-step breakdown (data, forward, backward, wait for other workers, allreduce, optimizer).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from .allreduce import mpirun
+
+
+def worker(model_name, global_batch, steps, warmup, out_path):
+    from .. import distributed
+    from ..timeline import Timeline
+    from . import engine
+    comm = distributed.init()
+    model = engine.build(model_name)
+    x, y = engine.synthetic_data(model_name, global_batch * (steps + warmup), seed=1)
+    model.timeline = Timeline(measure_wait=True)
+    timer = engine.StepTimer()
+    model.fit(x, y, batch_size=global_batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
+    from .stats import summarize
+    s = summarize(timer.durations[warmup:])
+    record = {"kind": "scaling", "backend": comm.backend if comm.size > 1 else "mpi", "model": model_name,
+              "n": comm.size, "global_batch": global_batch, "batch_per_worker": global_batch / comm.size,
+              "step_s": s["median_s"], "p10_s": s["p10_s"], "p90_s": s["p90_s"],
+              "samples_per_s": global_batch / s["median_s"],
+              "breakdown_s": model.timeline.step_breakdown(skip=warmup),
+              "gradient_bytes": int(model._grad_buf.nbytes)}
+    if comm.rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(record, f)
+
+
+def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads=1, progress=print):
+    if mode not in ("weak", "strong"):
+        raise ValueError(f"mode must be 'weak' or 'strong', received {mode!r}")
+    records = []
+    for n in ns:
+        global_batch = batch * n if mode == "weak" else batch
+        if global_batch < n:
+            raise ValueError(f"strong scaling with batch {batch} cannot feed {n} workers")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "record.json")
+            progress(f"scaling: {model_name} {mode}, {n} worker(s), global batch {global_batch} ...")
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+                   "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+            cmd = [mpirun(), "-n", str(n), sys.executable, "-m", "distnet.bench.scaling", "--worker", model_name,
+                   str(global_batch), str(steps), str(warmup), out]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+            if res.returncode != 0:
+                raise RuntimeError(f"scaling run with {n} workers failed:\n{res.stderr[-3000:]}")
+            with open(out) as f:
+                rec = json.load(f)
+        rec.update(mode=mode, threads=threads)
+        records.append(rec)
+    base = next((r for r in records if r["n"] == 1), None)
+    for r in records:
+        if base:
+            r["speedup"] = r["samples_per_s"] / base["samples_per_s"]
+            r["efficiency"] = r["speedup"] / r["n"]
+    return records
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
