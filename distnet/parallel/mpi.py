@@ -49,6 +49,7 @@ class MPICommunicator(Communicator):
         node.Free()
         self._transport = _MPIRingTransport(self.comm)
         self._scratch = None
+        _report_to_launcher("pid", self.rank, {"pid": os.getpid(), "host": MPI.Get_processor_name()})
         if install_hooks and self.size > 1:
             install_abort_on_exception(self)
             limit_blas_threads(self.local_size)
@@ -89,10 +90,26 @@ def install_abort_on_exception(comm):
         sys.__stderr__.write(f"[rank {comm.rank}/{comm.size}] distnet: uncaught exception, aborting all "
                              f"{comm.size} ranks:\n{text}")
         sys.__stderr__.flush()
+        _report_to_launcher("error", comm.rank, {"error": f"{exc_type.__name__}: {exc}"})
         comm.abort(1)
 
     sys.excepthook = hook
     threading.excepthook = lambda args: hook(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _report_to_launcher(kind, rank, info):
+    """Leave a note for distnet-launch (rank r's pid, or its uncaught exception) in its status directory, so its
+    failure summary can name the rank that failed first."""
+    directory = os.environ.get("DISTNET_LAUNCH_DIR")
+    if not directory or not os.path.isdir(directory):
+        return
+    import json
+    import time
+    try:
+        with open(os.path.join(directory, f"rank{rank}.{kind}"), "w") as f:
+            json.dump({"rank": rank, "time": time.time(), **info}, f)
+    except OSError:
+        pass
 
 
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")

@@ -1,0 +1,97 @@
+"""distnet-launch command line."""
+import argparse
+import os
+import shlex
+import sys
+
+from . import hosts as hosts_mod
+from . import mpi
+from .run import run_with_restarts
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="distnet-launch",
+        description="Run a distnet training script on N workers over MPI (or Ray): local cores, --hosts, "
+                    "--hostfile or --cluster cluster.yaml.",
+        epilog="Example: distnet-launch -n 8 examples/train_cnn.py --epochs 5")
+    p.add_argument("-n", "--np", dest="n", type=int, default=None,
+                   help="number of workers (default: all slots of the hosts, or 1 on this machine)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--hosts", help="comma-separated host:slots, e.g. a:4,b:4")
+    where.add_argument("--hostfile", help="Open MPI-style hostfile: one 'host slots=N' per line")
+    where.add_argument("--cluster", help="a Ray cluster.yaml (provider.type local): its head_ip and worker_ips")
+    p.add_argument("--slots-per-host", type=int, default=None, help="slots of each cluster.yaml host")
+    p.add_argument("--backend", choices=["mpi"], default="mpi", help="how workers communicate (default mpi)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads per worker (default: cores / workers on this machine)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow more workers than the listed hosts have slots")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="restart the whole job up to K times when a worker fails (resume from checkpoints)")
+    p.add_argument("--rank0-only", action="store_true", help="hide the output of ranks other than 0")
+    p.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
+    p.add_argument("--python", default=sys.executable, help="the Python that runs the script on every worker")
+    p.add_argument("script", help="the training script (or -m module)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return launch(args)
+    except (mpi.LaunchError, hosts_mod.HostSpecError) as e:
+        print(f"distnet-launch: error: {e}", file=sys.stderr)
+        return 2
+
+
+def resolve_hosts(args):
+    if args.hosts:
+        return hosts_mod.parse_hosts(args.hosts)
+    if args.hostfile:
+        return hosts_mod.parse_hostfile(args.hostfile)
+    if args.cluster:
+        return hosts_mod.parse_cluster_yaml(args.cluster, args.slots_per_host)
+    return None
+
+
+def program(args):
+    if args.script == "-m":
+        if not args.args:
+            raise mpi.LaunchError("-m needs a module name, e.g. distnet-launch -n 2 -m mypackage.train")
+        return [args.python, "-m", *args.args]
+    if not os.path.isfile(args.script):
+        raise mpi.LaunchError(f"script {args.script!r} does not exist (looked in {os.getcwd()})")
+    return [args.python, args.script, *args.args]
+
+
+def launch(args):
+    hosts = resolve_hosts(args)
+    slots = hosts_mod.total_slots(hosts) if hosts else None
+    n = args.n if args.n is not None else (slots or 1)
+    if n < 1:
+        raise mpi.LaunchError(f"-n must be at least 1, received {n}")
+    if args.threads is not None and args.threads < 1:
+        raise mpi.LaunchError(f"--threads must be at least 1, received {args.threads}")
+    if args.max_restarts < 0:
+        raise mpi.LaunchError(f"--max-restarts must be >= 0, received {args.max_restarts}")
+    if hosts and n > slots and not args.oversubscribe:
+        spec = ",".join(f"{h}:{s}" for h, s in hosts)
+        raise mpi.LaunchError(f"asked for {n} workers, but the hosts ({spec}) have {slots} slots in total; "
+                              "lower -n, add slots, or pass --oversubscribe")
+    prog = program(args)
+    mpirun = mpi.find_mpirun()
+    kind = mpi.flavor(mpirun)
+    local_workers = n if not hosts else None
+    threads = args.threads if args.threads is not None else (
+        mpi.blas_threads(local_workers) if local_workers else None)
+    launch_dir_placeholder = "<temporary status directory>"
+    env_preview = mpi.worker_env(os.environ, kind, threads, launch_dir_placeholder, 0)
+    cmd = mpi.command(mpirun, kind, n, hosts, prog, env_names=sorted(env_preview))
+    if args.dry_run:
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
+                               if k not in ("DISTNET_LAUNCH_DIR", "DISTNET_RESTART_COUNT"))
+        print(f"{assignments} {shlex.join(cmd)}")
+        return 0
+    return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)

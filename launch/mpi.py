@@ -1,0 +1,72 @@
+"""Building the mpirun command for MPICH/Hydra (the `mpich` wheel) or Open MPI, and the workers' environment."""
+import os
+import shutil
+import subprocess
+import sys
+
+
+class LaunchError(RuntimeError):
+    """Something the user must fix before the job can start; the message says what and how."""
+
+
+BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def find_mpirun():
+    """The mpirun next to this Python (a virtualenv with distnet[mpi]) or on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    found = here if os.path.exists(here) else shutil.which("mpirun") or shutil.which("mpiexec")
+    if not found:
+        raise LaunchError("MPI is not installed: no mpirun next to this Python or on PATH. Install it with\n"
+                          "    pip install 'distnet[mpi]'      (that is: pip install mpi4py mpich)")
+    return found
+
+
+def flavor(mpirun):
+    """'hydra' (MPICH, Intel MPI) or 'openmpi', from `mpirun --version`."""
+    try:
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LaunchError(f"could not run {mpirun} --version: {e}") from e
+    if "Open MPI" in text or "OpenRTE" in text or "PRRTE" in text:
+        return "openmpi"
+    if "HYDRA" in text or "Intel(R) MPI" in text or "MPICH" in text:
+        return "hydra"
+    raise LaunchError(f"{mpirun} is neither MPICH/Hydra nor Open MPI (its --version says: {text[:200]!r})")
+
+
+def blas_threads(local_workers, cores=None):
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, local_workers))
+
+
+def worker_env(base, kind, threads, launch_dir, restart):
+    """Environment changes for the workers: BLAS threads (unless the user set any), MPI's settings for root and
+    oversubscription, and the launcher's status directory."""
+    env = {}
+    if threads is not None and not any(v in base for v in BLAS_VARS):
+        for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[v] = str(threads)
+    if kind == "openmpi":
+        env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+                    "OMPI_MCA_rmaps_base_oversubscribe": "1"})
+    env["DISTNET_LAUNCH_DIR"] = launch_dir
+    env["DISTNET_RESTART_COUNT"] = str(restart)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def command(mpirun, kind, n, hosts, program, env_names=()):
+    """The mpirun argv for n workers on `hosts` ([(host, slots)] or None for this machine)."""
+    cmd = [mpirun, "-n", str(n)]
+    if hosts:
+        spec = ",".join(f"{h}:{s}" for h, s in hosts)
+        cmd += ["-hosts", spec] if kind == "hydra" else ["--host", spec]
+    if kind == "openmpi":
+        cmd += ["--oversubscribe"] if not hosts else []
+        for name in env_names:                # Open MPI forwards only the variables named with -x
+            cmd += ["-x", name]
+    return cmd + list(program)

@@ -1,0 +1,207 @@
+"""distnet-launch: host specs, cluster.yaml, dry runs, bad input, and real launches with failures and restarts."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch import cli, hosts, mpi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLUSTER = os.path.join(ROOT, "cluster.yaml")
+
+
+def launch(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for v in mpi.BLAS_VARS:
+        env.pop(v, None)
+    try:
+        return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"distnet-launch {args} did not finish in {timeout}s: {e.stdout} {e.stderr}") from None
+
+
+# -- host specifications ---------------------------------------------------------------------------------
+def test_hosts_list():
+    assert hosts.parse_hosts("a:4,b:2") == [("a", 4), ("b", 2)]
+    assert hosts.parse_hosts("a,b,a") == [("a", 2), ("b", 1)]
+    for bad, msg in [("a:0", "positive integer"), ("a:x", "positive integer"), ("a,,b", "empty host"),
+                     ("a b:2", "not a valid host name")]:
+        with pytest.raises(hosts.HostSpecError, match=msg):
+            hosts.parse_hosts(bad)
+
+
+def test_hostfile(tmp_path):
+    f = tmp_path / "hosts"
+    f.write_text("# cluster\nnode1 slots=4\nnode2 slots=2 max_slots=2\nnode3:3\nnode4\n\n")
+    assert hosts.parse_hostfile(str(f)) == [("node1", 4), ("node2", 2), ("node3", 3), ("node4", 1)]
+    f.write_text("node1 cpus=4\n")
+    with pytest.raises(hosts.HostSpecError, match=r"line 1 .*expected 'host slots=N', found 'cpus=4'"):
+        hosts.parse_hostfile(str(f))
+    f.write_text("node1 slots=-1\n")
+    with pytest.raises(hosts.HostSpecError, match="slots must be a positive integer"):
+        hosts.parse_hostfile(str(f))
+    f.write_text("# nothing\n")
+    with pytest.raises(hosts.HostSpecError, match="lists no hosts"):
+        hosts.parse_hostfile(str(f))
+    with pytest.raises(hosts.HostSpecError, match="does not exist"):
+        hosts.parse_hostfile(str(tmp_path / "missing"))
+
+
+def test_cluster_yaml_gives_head_and_workers_with_cpu_slots():
+    pytest.importorskip("yaml")
+    assert hosts.parse_cluster_yaml(CLUSTER) == [("10.0.0.1", 2), ("10.0.0.2", 2), ("10.0.0.3", 2)]
+    assert hosts.parse_cluster_yaml(CLUSTER, slots_per_host=3)[0] == ("10.0.0.1", 3)
+
+
+def test_cluster_yaml_validates_against_rays_own_schema():
+    yaml = pytest.importorskip("yaml")
+    jsonschema = pytest.importorskip("jsonschema")
+    autoscaler = pytest.importorskip("ray.autoscaler")
+    with open(os.path.join(os.path.dirname(autoscaler.__file__), "ray-schema.json")) as f:
+        schema = json.load(f)
+    config = yaml.safe_load(open(CLUSTER))
+    jsonschema.validate(config, schema)
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    validate_config(prepare_config(config))       # what `ray up` does before it connects anywhere
+
+
+def test_cluster_yaml_errors(tmp_path):
+    pytest.importorskip("yaml")
+    f = tmp_path / "c.yaml"
+    f.write_text("cluster_name: x\nprovider: {type: aws, region: us-east-1}\n")
+    with pytest.raises(hosts.HostSpecError, match="provider.type 'local'"):
+        hosts.parse_cluster_yaml(str(f))
+    f.write_text("cluster_name: x\nprovider: {type: local, worker_ips: [a]}\n")
+    with pytest.raises(hosts.HostSpecError, match="head_ip is missing"):
+        hosts.parse_cluster_yaml(str(f))
+    f.write_text("provider: [\n")
+    with pytest.raises(hosts.HostSpecError, match="not valid YAML"):
+        hosts.parse_cluster_yaml(str(f))
+
+
+# -- commands --------------------------------------------------------------------------------------------
+def test_dry_run_prints_the_exact_mpirun_command(capsys):
+    script = os.path.join(ROOT, "examples", "train_mlp.py")
+    assert cli.main(["--dry-run", "-n", "8", script, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out.strip()
+    threads = max(1, (os.cpu_count() or 1) // 8)
+    assert f"OPENBLAS_NUM_THREADS={threads}" in out and f"OMP_NUM_THREADS={threads}" in out
+    assert out.endswith(f"mpirun -n 8 {sys.executable} {script} --epochs 1")
+    assert cli.main(["--dry-run", "--hosts", "a:2,b:2", script]) == 0
+    out = capsys.readouterr().out
+    assert "-n 4" in out and ("-hosts a:2,b:2" in out or "--host a:2,b:2" in out)
+    assert "OMP_NUM_THREADS" not in out       # remote cores unknown: each worker sets its own
+
+
+def test_open_mpi_commands_forward_env_and_oversubscribe():
+    cmd = mpi.command("mpirun", "openmpi", 8, None, ["python", "t.py"], env_names=["OMP_NUM_THREADS"])
+    assert cmd == ["mpirun", "-n", "8", "--oversubscribe", "-x", "OMP_NUM_THREADS", "python", "t.py"]
+    env = mpi.worker_env({}, "openmpi", 1, "/tmp/x", 0)
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and "oversubscribe" in env["PRTE_MCA_rmaps_default_mapping_policy"]
+    assert mpi.command("mpirun", "hydra", 2, [("a", 1), ("b", 1)], ["p"]) == ["mpirun", "-n", "2", "-hosts",
+                                                                               "a:1,b:1", "p"]
+    assert "OMP_NUM_THREADS" not in mpi.worker_env({"OMP_NUM_THREADS": "3"}, "hydra", 1, "/tmp/x", 0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-n", "2", "no_such_script.py"], "script 'no_such_script.py' does not exist"),
+    (["-n", "0", "examples/train_mlp.py"], "-n must be at least 1, received 0"),
+    (["--hosts", "a:x", "examples/train_mlp.py"], "slots must be a positive integer"),
+    (["--hosts", "a:2,b:2", "-n", "5", "examples/train_mlp.py"], "asked for 5 workers, but the hosts"),
+    (["--hostfile", "/nonexistent/hosts", "examples/train_mlp.py"], "does not exist"),
+])
+def test_bad_input_gets_a_clear_error(capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_mpi_says_how_to_install(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(mpi.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cli.main(["-n", "2", "examples/train_mlp.py"]) == 2
+    assert "pip install 'distnet[mpi]'" in capsys.readouterr().err
+
+
+# -- real launches ---------------------------------------------------------------------------------------
+PROBE = """
+import os, json
+import distnet.distributed as dist
+from threadpoolctl import threadpool_info
+comm = dist.init()
+blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps({"rank": comm.rank, "size": comm.size, "omp": os.environ.get("OMP_NUM_THREADS"),
+                  "openblas": os.environ.get("OPENBLAS_NUM_THREADS"), "blas": blas,
+                  "restart": os.environ.get("DISTNET_RESTART_COUNT")}), flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_launch_local_workers_with_blas_threads_set(tmp_path, n):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    res = launch("-n", str(n), str(script))
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if "{" in ln]
+    assert len(lines) == n
+    infos = sorted((json.loads(ln[ln.index("{"):]) for ln in lines), key=lambda i: i["rank"])
+    threads = max(1, (os.cpu_count() or 1) // n)
+    for r, (line, info) in enumerate(zip(sorted(lines), infos)):
+        assert info["rank"] == r and info["size"] == n
+        assert info["omp"] == info["openblas"] == str(threads)
+        assert all(t == threads for t in info["blas"])
+    for ln in lines:
+        info = json.loads(ln[ln.index("{"):])
+        assert ln.startswith(f"[rank {info['rank']}/{n}] ") == (info["rank"] != 0)
+    hidden = launch("--rank0-only", "-n", str(n), str(script))
+    assert len([ln for ln in hidden.stdout.splitlines() if "{" in ln]) == 1
+
+
+DIES = """
+import os, signal, sys
+import numpy as np
+import distnet
+from distnet import layers
+from distnet.models import Sequential
+comm = distnet.distributed.init()
+mode = sys.argv[1]
+class Die(distnet.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if comm.rank == 2 and batch == 3 and os.environ["DISTNET_RESTART_COUNT"] == "0":
+            print("rank 2 going down", flush=True)
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("corrupted batch on purpose")
+m = Sequential([layers.Dense(4, input_dim=3), layers.Dense(1)])
+m.compile(loss="mse", optimizer="sgd")
+m.fit(np.zeros((64, 3)), np.zeros(64), batch_size=8, epochs=20, verbose=0, callbacks=[Die()])
+print("finished attempt", os.environ["DISTNET_RESTART_COUNT"], flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("mode,how", [("kill", "killed by signal 9 (SIGKILL)"),
+                                      ("raise", "raised ValueError: corrupted batch on purpose")])
+def test_failure_summary_names_the_rank_and_exit_code(tmp_path, mode, how):
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    res = launch("-n", "4", str(script), mode)
+    assert res.returncode != 0
+    assert f"first failure: rank 2 of 4: {how}" in res.stderr, res.stderr[-2000:]
+    assert "| rank 2 going down" in res.stderr
+    assert "finished attempt" not in res.stdout
+
+
+@pytest.mark.timeout(200)
+def test_max_restarts_reruns_the_job(tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    res = launch("--max-restarts", "2", "-n", "4", str(script), "kill")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "restarting the job (1 of 2 restarts)" in res.stderr
+    assert "finished attempt 1" in res.stdout
