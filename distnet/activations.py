@@ -1,15 +1,18 @@
 """Activation functions with Keras's names and defaults.
 
-An activation is a pair: `forward(z) -> a` and `backward(z, a, grad_a) -> grad_z`. Layers keep both z and a
-from the forward pass, so each backward uses whichever is cheaper (sigmoid from a, relu from z).
+An activation is a pair: `forward(z, out=None) -> a` and `backward(z, a, grad_a) -> grad_z`. Activations whose
+derivative can be computed from the output alone (`from_output = True`: relu, sigmoid, tanh, softmax, linear,
+elu) let a layer apply them in place over z's buffer and keep only a; their backward then receives z=None.
+backward may overwrite and return `grad` (the layer owns it): no temporaries on the hot path.
 """
 import numpy as np
 
 
 class Activation:
     name = None
+    from_output = False
 
-    def forward(self, z):
+    def forward(self, z, out=None):
         raise NotImplementedError  # abstract
 
     def backward(self, z, a, grad):
@@ -24,8 +27,12 @@ class Activation:
 
 class Linear(Activation):
     name = "linear"
+    from_output = True
 
-    def forward(self, z):
+    def forward(self, z, out=None):
+        if out is not None and out is not z:
+            out[...] = z
+            return out
         return z
 
     def backward(self, z, a, grad):
@@ -34,40 +41,49 @@ class Linear(Activation):
 
 class ReLU(Activation):
     name = "relu"
+    from_output = True
 
-    def forward(self, z):
-        return np.maximum(z, 0, dtype=z.dtype)
+    def forward(self, z, out=None):
+        # against a broadcast row of zeros: NumPy's maximum is ~1.5x faster than with a scalar 0
+        return np.maximum(z, _zero_row(z), out=out)
 
     def backward(self, z, a, grad):
-        return grad * (z > 0)
+        # a > 0 exactly where z > 0; multiply by the boolean mask in place (no float temporary)
+        return np.multiply(grad, a > 0, out=grad)
 
 
 class Sigmoid(Activation):
     name = "sigmoid"
+    from_output = True
 
-    def forward(self, z):
-        return sigmoid(z)
+    def forward(self, z, out=None):
+        return _into(sigmoid(z), out)
 
     def backward(self, z, a, grad):
-        return grad * a * (1 - a)
+        grad *= a
+        grad *= 1 - a
+        return grad
 
 
 class Tanh(Activation):
     name = "tanh"
+    from_output = True
 
-    def forward(self, z):
-        return np.tanh(z)
+    def forward(self, z, out=None):
+        return np.tanh(z, out=out)
 
     def backward(self, z, a, grad):
-        return grad * (1 - a * a)
+        grad *= 1 - a * a
+        return grad
 
 
 class Softmax(Activation):
     """Softmax over the last axis."""
     name = "softmax"
+    from_output = True
 
-    def forward(self, z):
-        return softmax(z)
+    def forward(self, z, out=None):
+        return _into(softmax(z), out)
 
     def backward(self, z, a, grad):
         return a * (grad - np.sum(grad * a, axis=-1, keepdims=True))
@@ -79,8 +95,8 @@ class LeakyReLU(Activation):
     def __init__(self, negative_slope=0.2):  # Keras 3's default slope
         self.negative_slope = negative_slope
 
-    def forward(self, z):
-        return np.where(z > 0, z, z * z.dtype.type(self.negative_slope))
+    def forward(self, z, out=None):
+        return _into(np.where(z > 0, z, z * z.dtype.type(self.negative_slope)), out)
 
     def backward(self, z, a, grad):
         return np.where(z > 0, grad, grad * grad.dtype.type(self.negative_slope))
@@ -88,23 +104,24 @@ class LeakyReLU(Activation):
 
 class ELU(Activation):
     name = "elu"
+    from_output = True
 
     def __init__(self, alpha=1.0):
         self.alpha = alpha
 
-    def forward(self, z):
-        return np.where(z > 0, z, self.alpha * np.expm1(np.minimum(z, 0))).astype(z.dtype, copy=False)
+    def forward(self, z, out=None):
+        return _into(np.where(z > 0, z, self.alpha * np.expm1(np.minimum(z, 0))).astype(z.dtype, copy=False), out)
 
-    def backward(self, z, a, grad):
-        return np.where(z > 0, grad, grad * (a + self.alpha)).astype(grad.dtype, copy=False)
+    def backward(self, z, a, grad):     # a > 0 exactly where z > 0 (alpha > 0); elsewhere d/dz = a + alpha
+        return np.where(a > 0, grad, grad * (a + a.dtype.type(self.alpha))).astype(grad.dtype, copy=False)
 
 
 class SELU(Activation):
     name = "selu"
     alpha, scale = 1.6732632423543772, 1.0507009873554805
 
-    def forward(self, z):
-        return (self.scale * np.where(z > 0, z, self.alpha * np.expm1(np.minimum(z, 0)))).astype(z.dtype)
+    def forward(self, z, out=None):
+        return _into(self.scale * np.where(z > 0, z, self.alpha * np.expm1(np.minimum(z, 0))).astype(z.dtype), out)
 
     def backward(self, z, a, grad):
         return (grad * np.where(z > 0, self.scale, a + self.scale * self.alpha)).astype(grad.dtype)
@@ -117,10 +134,10 @@ class GELU(Activation):
     def __init__(self, approximate=False):
         self.approximate = approximate
 
-    def forward(self, z):
+    def forward(self, z, out=None):
         if self.approximate:
-            return (0.5 * z * (1 + np.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z**3)))).astype(z.dtype)
-        return (z * _normal_cdf(z)).astype(z.dtype, copy=False)
+            return _into((0.5 * z * (1 + np.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z**3)))).astype(z.dtype), out)
+        return _into((z * _normal_cdf(z)).astype(z.dtype, copy=False), out)
 
     def backward(self, z, a, grad):
         if self.approximate:
@@ -136,8 +153,8 @@ class GELU(Activation):
 class Softplus(Activation):
     name = "softplus"
 
-    def forward(self, z):
-        return np.logaddexp(z, 0).astype(z.dtype, copy=False)
+    def forward(self, z, out=None):
+        return _into(np.logaddexp(z, 0).astype(z.dtype, copy=False), out)
 
     def backward(self, z, a, grad):
         return grad * sigmoid(z)
@@ -146,8 +163,8 @@ class Softplus(Activation):
 class Softsign(Activation):
     name = "softsign"
 
-    def forward(self, z):
-        return z / (1 + np.abs(z))
+    def forward(self, z, out=None):
+        return _into(z / (1 + np.abs(z)), out)
 
     def backward(self, z, a, grad):
         return grad / (1 + np.abs(z)) ** 2
@@ -156,8 +173,8 @@ class Softsign(Activation):
 class SiLU(Activation):
     name = "silu"
 
-    def forward(self, z):
-        return z * sigmoid(z)
+    def forward(self, z, out=None):
+        return _into(z * sigmoid(z), out)
 
     def backward(self, z, a, grad):
         s = sigmoid(z)
@@ -167,11 +184,29 @@ class SiLU(Activation):
 class Exponential(Activation):
     name = "exponential"
 
-    def forward(self, z):
-        return np.exp(z)
+    def forward(self, z, out=None):
+        return np.exp(z, out=out)
 
     def backward(self, z, a, grad):
         return grad * a
+
+
+_ZERO_ROWS = {}
+
+
+def _zero_row(z):
+    key = (z.dtype, z.shape[-1] if z.ndim else 1)
+    row = _ZERO_ROWS.get(key)
+    if row is None:
+        row = _ZERO_ROWS[key] = np.zeros(key[1], z.dtype)
+    return row
+
+
+def _into(value, out):
+    if out is None:
+        return value
+    out[...] = value
+    return out
 
 
 def sigmoid(z):

@@ -42,7 +42,10 @@ class Loss:
 
 
 def _dense_targets(name, y, output_shape):
+    """Labels shaped like the model's output, in the model's float type (float64 labels must not upcast the
+    float32 gradient computation)."""
     output_shape = tuple(output_shape)
+    y = y.astype(backend.floatx(), copy=False)
     if y.shape[1:] == output_shape:
         return y
     if y.shape[1:] in ((), (1,)) and output_shape in ((), (1,)):

@@ -143,6 +143,8 @@ class Sequential:
         last = self._layers[-1]
         self._fused = (self.loss.fuses_with is not None and not self.loss.from_logits
                        and isinstance(last, ActivatedLayer) and last.activation.name == self.loss.fuses_with)
+        if isinstance(last, ActivatedLayer):
+            last.keep_preactivation = self._fused       # the loss reads the logits
         self._first_trainable = next((i for i, la in enumerate(self._layers) if la.trainable_weights),
                                      len(self._layers))
         extra = 2 + 2 * len(self._metrics)          # [count, loss_sum, (metric_sum, metric_weight)...]
@@ -480,7 +482,7 @@ class Sequential:
     def __call__(self, x, training=False):
         x = np.asarray(x)
         self._ensure_built(x, "call")
-        return self._forward(x.astype(self._params.dtype, copy=False), training=training)
+        return np.array(self._forward(x.astype(self._params.dtype, copy=False), training=training))
 
     def predict_on_batch(self, x):
         return self.predict(x, batch_size=max(len(x), 1), verbose=0)

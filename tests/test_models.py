@@ -290,7 +290,11 @@ def test_bad_data_errors():
 def test_float32_throughout():
     x, y = blobs(20)
     model = mlp()
-    model.fit(x.astype(np.float64), y, epochs=1, batch_size=10, verbose=0)
+    model.fit(x.astype(np.float64), y.astype(np.float64), epochs=1, batch_size=10, verbose=0)
+    regression = Sequential([layers.Dense(2, input_dim=8)])
+    regression.compile(loss="mse", optimizer="adam")
+    regression.fit(x.astype(np.float64), np.zeros((20, 2)), epochs=1, verbose=0)   # float64 labels
+    assert regression._grad_buf.dtype == np.float32 and regression.layers[0].kernel.grad.dtype == np.float32
     assert model.predict(x, verbose=0).dtype == np.float32
     assert all(w.dtype == np.float32 for w in model.get_weights())
     assert all(s.dtype == np.float32 for s in model.optimizer.slots.values())
@@ -298,5 +302,5 @@ def test_float32_throughout():
     cnn.compile(loss="categorical_crossentropy", optimizer="adam")
     out = cnn(np.zeros((2, 8, 8, 1), np.float32), training=True)
     assert out.dtype == np.float32
-    activated = [la for la in cnn.layers if hasattr(la, "_z")]
-    assert len(activated) == 2 and all(la._z.dtype == np.float32 for la in activated)
+    activated = [la for la in cnn.layers if hasattr(la, "_a")]
+    assert len(activated) == 2 and all(la._a.dtype == np.float32 for la in activated)

@@ -59,3 +59,60 @@ def time_distnet(model_name, batch, steps=50, warmup=5, seed=0):
     timer = StepTimer()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
     return summarize(timer.durations[warmup:])
+
+
+# -- PyTorch, the reference (optional: pip install torch) ----------------------------------------------------
+def torch_model(model_name, input_shape=(32, 32, 3)):
+    """The same architecture, initialisation scheme and optimizer (Adam, Keras's epsilon) in PyTorch."""
+    import torch
+    from torch import nn
+    if model_name == "mlp":
+        net = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 1))
+        loss = nn.BCEWithLogitsLoss()
+    else:
+        h, w, c = input_shape
+        net = nn.Sequential(nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                            nn.MaxPool2d(2), nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.LazyLinear(128), nn.ReLU(), nn.Linear(128, 10))
+        net(torch.zeros(1, c, h, w))
+        loss = nn.CrossEntropyLoss()
+    return net, loss, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
+
+
+def torch_batches(model_name, batch, count, seed=0):
+    import torch
+    x, y = synthetic_data(model_name, batch * count, seed=seed)
+    if model_name == "mlp":
+        xs, ys = torch.from_numpy(x), torch.from_numpy(y).reshape(-1, 1)
+    else:
+        xs, ys = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y.argmax(1))
+    return [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(count)]
+
+
+def time_torch_steps(net, loss_fn, opt, batches):
+    out = []
+    for xb, yb in batches:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(xb), yb).backward()
+        opt.step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def compare_with_torch(model_name, batch, rounds=5, steps=20, warmup=5, seed=0):
+    """distnet and PyTorch timed alternately, `rounds` x `steps` steps each, in this process, same threads."""
+    import torch
+    utils.set_random_seed(seed)
+    torch.manual_seed(seed)
+    model = build(model_name)
+    x, y = synthetic_data(model_name, batch * (steps + warmup), seed=seed)
+    net, loss_fn, opt = torch_model(model_name)
+    batches = torch_batches(model_name, batch, steps + warmup, seed)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        timer = StepTimer()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
+        ours += timer.durations[warmup:]
+        theirs += time_torch_steps(net, loss_fn, opt, batches)[warmup:]
+    return summarize(ours), summarize(theirs)

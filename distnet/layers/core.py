@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from .. import activations, initializers, regularizers
-from .base import ActivatedLayer, Layer
+from .base import ActivatedLayer, Layer, sum_rows
 
 
 class InputLayer(Layer):
@@ -74,11 +74,11 @@ class Dense(ActivatedLayer):
 
     def call(self, x, training=False):
         self._x = x
-        x2 = x.reshape(-1, x.shape[-1])
-        z = x2 @ self.kernel.value
+        z = self.workspace("z", x.shape[:-1] + (self.units,))
+        np.matmul(x.reshape(-1, x.shape[-1]), self.kernel.value, out=z.reshape(-1, self.units))
         if self.bias is not None:
             z += self.bias.value
-        return self._activate(z.reshape(x.shape[:-1] + (self.units,)))
+        return self._activate(z)
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
         g2 = grad_z.reshape(-1, self.units)
@@ -86,9 +86,11 @@ class Dense(ActivatedLayer):
         if self.kernel.grad is not None:
             np.matmul(x2.T, g2, out=self.kernel.grad)
         if self.bias is not None and self.bias.grad is not None:
-            np.sum(g2, axis=0, out=self.bias.grad)
+            sum_rows(g2, self.bias.grad, self)
         if need_input_grad:
-            return (g2 @ self.kernel.value.T).reshape(self._x.shape)
+            dx = self.workspace("dx", self._x.shape)
+            np.matmul(g2, self.kernel.value.T, out=dx.reshape(-1, x2.shape[1]))
+            return dx
         return None
 
     def get_config(self):
@@ -106,7 +108,7 @@ class Activation(ActivatedLayer):
         self.activation = activations.get(activation)
 
     def call(self, x, training=False):
-        return self._activate(x)
+        return self._activate(x, owned=False)    # x belongs to the previous layer: never overwrite it
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
         return grad_z
@@ -134,12 +136,12 @@ class Dropout(Layer):
             x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
         keep = self._rng.random(shape, dtype=np.float32) >= self.rate
         self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
-        return x * self._mask
+        return np.multiply(x, self._mask, out=self.workspace("out", x.shape))
 
     def backward(self, grad, need_input_grad=True):
         if not need_input_grad:
             return None
-        return grad if self._mask is None else grad * self._mask
+        return grad if self._mask is None else np.multiply(grad, self._mask, out=grad)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed}

@@ -45,11 +45,20 @@ def col2im(cols, kernel, stride, out_hw, out):
     return out
 
 
-def pad_hw(x, pads, value=0.0):
-    """Pad height and width of x: (n, h, w, c) by pads ((top, bottom), (left, right))."""
+def padded_shape(shape, pads):
+    n, h, w, c = shape
+    return (n, h + sum(pads[0]), w + sum(pads[1]), c)
+
+
+def pad_hw(x, pads, value=0.0, out=None):
+    """Pad height and width of x: (n, h, w, c) by pads ((top, bottom), (left, right)), into `out` if given."""
     if not any(pads[0]) and not any(pads[1]):
         return x
-    return np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
+    if out is None:
+        return np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
+    out.fill(value)
+    unpad_hw(out, pads)[...] = x
+    return out
 
 
 def unpad_hw(x, pads):

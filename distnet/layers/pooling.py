@@ -55,26 +55,93 @@ class _Pooling2D(Layer):
 
 
 class MaxPooling2D(_Pooling2D):
+    """Max over each window; the gradient goes to the first maximum of each window (row-major), as in
+    TensorFlow. The default 2x2/stride-2 pooling takes a fast path: two pairwise maxima over reshaped views
+    (pairs of columns, then pairs of rows), remembering at each stage which half won."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._pairwise = self.pool_size == (2, 2) and self.strides == (2, 2) and self.padding == "valid"
+
     def call(self, x, training=False):
+        if self._pairwise:
+            return self._pairwise_forward(x)
         xp = kernels.pad_hw(x, self._pads, value=-np.inf)
-        out = None
-        for i, j in self._offsets():
+        shape = (x.shape[0], *self._out_hw, x.shape[-1])
+        out = self.workspace("out", shape)
+        arg = self.workspace("arg", shape, np.uint8)
+        better = self.workspace("better", shape, bool)
+        arg.fill(0)
+        for k, (i, j) in enumerate(self._offsets()):
             v = kernels.window(xp, i, j, self.strides, self._out_hw)
-            out = v.copy() if out is None else np.maximum(out, v, out=out)
-        self._xp, self._out = xp, out
+            if k == 0:
+                np.copyto(out, v)
+                continue
+            np.greater(v, out, out=better)           # strictly greater: ties keep the first maximum
+            np.copyto(arg, k, where=better)
+            np.maximum(out, v, out=out)
         return out
 
     def backward(self, grad, need_input_grad=True):
         if not need_input_grad:
             return None
-        dxp = self._padded_zeros(grad.shape[0])
-        taken = np.zeros(self._out.shape, dtype=bool)  # ties route the gradient to the first max, as TF does
-        for i, j in self._offsets():
-            hit = kernels.window(self._xp, i, j, self.strides, self._out_hw) == self._out
-            hit &= ~taken
-            taken |= hit
-            kernels.window(dxp, i, j, self.strides, self._out_hw)[...] += grad * hit
+        if self._pairwise:
+            return self._pairwise_backward(grad)
+        n = grad.shape[0]
+        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self.input_shape, self._pads))
+        hit = self.workspace("better", grad.shape, bool)
+        arg = self.workspace("arg", grad.shape, np.uint8)
+        disjoint = self.strides == self.pool_size and not any(map(any, self._pads))
+        covered = disjoint and all(d == o * p for d, o, p in zip(self.input_shape, self._out_hw, self.pool_size))
+        if not covered:           # windows overlap or leave a border: accumulate into zeros
+            dxp.fill(0)
+        for k, (i, j) in enumerate(self._offsets()):
+            np.equal(arg, k, out=hit)
+            dst = kernels.window(dxp, i, j, self.strides, self._out_hw)
+            if disjoint:
+                np.multiply(grad, hit, out=dst)
+            else:
+                dst += grad * hit
         return kernels.unpad_hw(dxp, self._pads)
+
+    def _pairwise_forward(self, x):
+        n, c = x.shape[0], x.shape[-1]
+        oh, ow = self._out_hw
+        xc = x[:, :2 * oh, :2 * ow, :]
+        if not xc.flags.c_contiguous:                # odd height/width: the last row/column is never used
+            crop = self.workspace("crop", xc.shape)
+            np.copyto(crop, xc)
+            xc = crop
+        cols = xc.reshape(n * 2 * oh * ow, 2, c)     # [.., 0, :] left column of each pair, [.., 1, :] right
+        right = self.workspace("right_wins", (n * 2 * oh * ow, c), bool)
+        t = self.workspace("colmax", (n * 2 * oh * ow, c))
+        np.greater(cols[:, 1], cols[:, 0], out=right)
+        np.maximum(cols[:, 0], cols[:, 1], out=t)
+        rows = t.reshape(n * oh, 2, ow * c)            # [.., 0, :] upper row of each pair, [.., 1, :] lower
+        lower = self.workspace("lower_wins", (n * oh, ow * c), bool)
+        out = self.workspace("out", (n, oh, ow, c))
+        np.greater(rows[:, 1], rows[:, 0], out=lower)
+        np.maximum(rows[:, 0], rows[:, 1], out=out.reshape(n * oh, ow * c))
+        return out
+
+    def _pairwise_backward(self, grad):
+        n, c = grad.shape[0], grad.shape[-1]
+        oh, ow = self._out_hw
+        g = grad.reshape(n * oh, ow * c)
+        dt = self.workspace("d_colmax", (n * oh, 2, ow * c))
+        np.multiply(g, self._ws["lower_wins"], out=dt[:, 1])
+        np.subtract(g, dt[:, 1], out=dt[:, 0])        # g*(1-lower), exactly: g*lower is g or 0
+        dtf = dt.reshape(n * 2 * oh * ow, c)
+        h, w, _ = self.input_shape
+        dx = self.workspace("dx", (n, h, w, c))
+        cropped = (h, w) != (2 * oh, 2 * ow)
+        dcols = self.workspace("dcrop", (n * 2 * oh * ow, 2, c)) if cropped else dx.reshape(-1, 2, c)
+        np.multiply(dtf, self._ws["right_wins"], out=dcols[:, 1])
+        np.subtract(dtf, dcols[:, 1], out=dcols[:, 0])
+        if cropped:
+            dx.fill(0)
+            dx[:, :2 * oh, :2 * ow, :] = dcols.reshape(n, 2 * oh, 2 * ow, c)
+        return dx
 
 
 class AveragePooling2D(_Pooling2D):
