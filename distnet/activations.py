@@ -16,6 +16,7 @@ class Activation:
         raise NotImplementedError  # abstract
 
     def backward(self, z, a, grad):
+        """grad_z from grad_a; may overwrite and return grad."""
         raise NotImplementedError  # abstract
 
     def __call__(self, z):
@@ -47,8 +48,11 @@ class ReLU(Activation):
         # against a broadcast row of zeros: NumPy's maximum is ~1.5x faster than with a scalar 0
         return np.maximum(z, _zero_row(z), out=out)
 
-    def backward(self, z, a, grad):
-        # a > 0 exactly where z > 0; multiply by the boolean mask in place (no float temporary)
+    def backward(self, z, a, grad, scratch=False):
+        """a > 0 exactly where z > 0. With scratch=True (the caller no longer needs a), a becomes the 0/1 mask
+        in place, so the step allocates nothing; otherwise a boolean temporary is used."""
+        if scratch:
+            return np.multiply(grad, np.sign(a, out=a), out=grad)
         return np.multiply(grad, a > 0, out=grad)
 
 

@@ -55,9 +55,13 @@ class CallbackList:
         if not hook.startswith("on_"):
             raise AttributeError(hook)
 
+        methods = [getattr(cb, hook) for cb in self.callbacks
+                   if getattr(type(cb), hook, None) is not getattr(Callback, hook, None) or hook in vars(cb)]
+
         def call(*args):
-            for cb in self.callbacks:
-                getattr(cb, hook)(*args)
+            for method in methods:
+                method(*args)
+        setattr(self, hook, call)      # built once per hook: the per-step cost is the loop itself
         return call
 
 

@@ -4,6 +4,8 @@ the batch size: workers sum these, the reducer divides by the global sample coun
 Cross-entropies also offer `from_logits_pair(y, z)`: loss and gradient with respect to the logits z. The model
 uses it when the last layer ends in softmax/sigmoid, which is both exact (p - y) and immune to saturation.
 """
+import math
+
 import numpy as np
 
 from . import backend
@@ -55,11 +57,14 @@ def _dense_targets(name, y, output_shape):
 
 
 def _per_sample_mean(v):
-    return v.reshape(v.shape[0], _features(v)).mean(axis=1) if v.ndim > 1 else v
+    if v.ndim == 1:
+        return v
+    d = _features(v)
+    return v.reshape(v.shape[0]) if d == 1 else v.reshape(v.shape[0], d).mean(axis=1)
 
 
 def _features(y):
-    return int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+    return math.prod(y.shape[1:])
 
 
 class MeanSquaredError(Loss):
@@ -137,8 +142,14 @@ class BinaryCrossentropy(Loss):
 
     def from_logits_pair(self, y_true, z):
         """Per-sample loss and d/dz for logits z: max(z,0) - z*y + log(1 + exp(-|z|)); d/dz = sigmoid(z) - y."""
-        losses = _per_sample_mean(np.maximum(z, 0) - z * y_true + np.log1p(np.exp(-np.abs(z))))
-        return losses, ((sigmoid(z) - y_true) / z.dtype.type(_features(z))).astype(z.dtype, copy=False)
+        e = np.exp(-np.abs(z))                       # shared by the loss and the sigmoid
+        losses = _per_sample_mean(np.maximum(z, 0) - z * y_true + np.log1p(e))
+        p = np.where(z >= 0, 1, e) / (1 + e)
+        p -= y_true
+        d = _features(z)
+        if d != 1:
+            p /= d
+        return losses, p.astype(z.dtype, copy=False)
 
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}

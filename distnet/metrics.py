@@ -1,6 +1,8 @@
 """Metrics with Keras's names. A metric maps a batch to per-sample values; the model accumulates weighted sums
 (sum of w*value, sum of w) over the epoch and, under data parallelism, over all workers, so the number shown
 is the exact mean over every sample seen, as if one process had seen them all."""
+import math
+
 import numpy as np
 
 from . import losses as losses_mod
@@ -24,7 +26,8 @@ class Metric:
 
 def binary_accuracy(y_true, y_pred, threshold=0.5):
     hit = (y_pred > threshold) == (y_true > 0.5)
-    return hit.reshape(hit.shape[0], int(np.prod(hit.shape[1:]))).mean(axis=1)
+    d = math.prod(hit.shape[1:])
+    return hit.reshape(hit.shape[0]) if d == 1 else hit.reshape(hit.shape[0], d).mean(axis=1)
 
 
 def categorical_accuracy(y_true, y_pred):

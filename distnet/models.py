@@ -225,11 +225,11 @@ class Sequential:
             if wb is not None:
                 losses = losses * wb
                 grad = grad * wb.reshape((-1,) + (1,) * (grad.ndim - 1)).astype(grad.dtype, copy=False)
-            self._backward(grad)
             stats = self._stats
             stats[0] = xb.shape[0]
             stats[1] = losses.sum()
-            self._fill_metric_stats(stats, yb, out, wb)
+            self._fill_metric_stats(stats, yb, out, wb)     # before backward, which may reuse `out` as scratch
+            self._backward(grad)
         if tl.measure_wait and self._reducer.comm.size > 1:
             with tl.phase("wait"):
                 self._reducer.comm.barrier()

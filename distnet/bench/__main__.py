@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from . import allreduce, engine, scaling
+from . import allreduce, engine, memory, scaling
 from .stats import memcpy_bandwidth, table
 
 
@@ -77,6 +77,20 @@ def cmd_scaling(args):
     return rows
 
 
+def cmd_memory(args):
+    impls = ("distnet", "torch") if args.compare == "torch" else ("distnet",)
+    rows = []
+    for model_name in args.model.split(","):
+        print(f"memory: {model_name}, batch {args.batch}, {args.steps} steps, {' and '.join(impls)} ...",
+              file=sys.stderr)
+        rows += memory.run(model_name, args.batch, args.steps, impls)
+    print(table(rows, [("model", "model", "{}"), ("impl", "impl", "{}"), ("steps", "steps", "{}"),
+                       ("peak_rss_MB", "peak RSS MB", "{:.1f}"), ("rss_after_warmup_MB", "RSS @100 MB", "{:.1f}"),
+                       ("rss_final_MB", "RSS final MB", "{:.1f}"), ("rss_growth_MB", "growth MB", "{:+.2f}"),
+                       ("alloc_per_step_bytes", "alloc/step B", "{:,}")]))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="distnet-bench", description="distnet benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -98,10 +112,16 @@ def main(argv=None):
     sc.add_argument("--batch", type=int, default=32, help="per worker (weak) or global (strong)")
     sc.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
     sc.add_argument("--steps", type=int, default=30)
-    for s in (e, a, sc):
+    m = sub.add_parser("memory", help="peak RSS, steady-state RSS growth and allocation per step")
+    m.add_argument("--model", default="cnn")
+    m.add_argument("--batch", type=int, default=32)
+    m.add_argument("--steps", type=int, default=2000)
+    m.add_argument("--compare", choices=["torch"], default=None)
+    for s in (e, a, sc, m):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)
-    rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling}[args.command](args)
+    rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling,
+            "memory": cmd_memory}[args.command](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": rows}, f, indent=1)

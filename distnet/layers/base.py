@@ -246,7 +246,12 @@ class ActivatedLayer(Layer):
         return self._z
 
     def backward(self, grad, need_input_grad=True):
-        return self.backward_preactivation(self.activation.backward(self._z, self._a, grad), need_input_grad)
+        act = self.activation
+        if act.name == "relu" and self._z is None:      # our own output buffer: relu may use it as scratch
+            grad = act.backward(None, self._a, grad, scratch=True)
+        else:
+            grad = act.backward(self._z, self._a, grad)
+        return self.backward_preactivation(grad, need_input_grad)
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
         raise NotImplementedError  # abstract
