@@ -30,22 +30,26 @@ def cmd_engine(args):
             for threads in args.threads:
                 print(f"engine: {model_name} batch {batch}, {threads} BLAS thread(s) ...", file=sys.stderr)
                 with threadpool_limits(limits=threads, user_api="blas"):
-                    if args.compare == "torch":
+                    if args.compare:
                         import torch
                         torch.set_num_threads(threads)
-                        ours, theirs = engine.compare_with_torch(model_name, batch, steps=args.steps // 5 or 1)
-                        results = [("distnet", ours), ("torch", theirs)]
+                        timed = engine.compare_three(model_name, batch, steps=max(args.steps // 5, 2),
+                                                     with_keras="keras" in args.compare)
+                        results = [(k, timed[k]) for k in ("distnet", "keras", "torch") if k in timed]
                     else:
                         results = [("distnet", engine.time_distnet(model_name, batch, steps=args.steps))]
                 for impl, s in results:
                     rows.append({"kind": "engine", "impl": impl, "model": model_name, "batch": batch,
                                  "threads": threads, "step_ms": s["median_s"] * 1e3, "p10_ms": s["p10_s"] * 1e3,
                                  "p90_ms": s["p90_s"] * 1e3, "samples_per_s": batch / s["median_s"],
-                                 "ratio": s["median_s"] / results[-1][1]["median_s"] if len(results) > 1 else None})
+                                 "ratio": s["median_s"] / results[-1][1]["median_s"] if len(results) > 1 else None,
+                                 "vs_keras": (s["median_s"] / dict(results)["keras"]["median_s"]
+                                              if "keras" in dict(results) else None)})
     print(table(rows, [("model", "model", "{}"), ("batch", "batch", "{}"), ("threads", "threads", "{}"),
                        ("impl", "impl", "{}"), ("step_ms", "step ms (median)", "{:.3f}"),
                        ("p10_ms", "p10", "{:.3f}"), ("p90_ms", "p90", "{:.3f}"),
-                       ("samples_per_s", "samples/s", "{:.0f}"), ("ratio", "vs torch", "{:.2f}x")]))
+                       ("samples_per_s", "samples/s", "{:.0f}"), ("ratio", "time vs torch", "{:.2f}x"),
+                       ("vs_keras", "time vs keras", "{:.2f}x")]))
     return rows
 
 
@@ -99,8 +103,8 @@ def main(argv=None):
     e.add_argument("--batch", type=_ints, default=[32])
     e.add_argument("--threads", type=_ints, default=[1])
     e.add_argument("--steps", type=int, default=50)
-    e.add_argument("--compare", choices=["torch"], default=None,
-                   help="time PyTorch's CPU kernels on the same model, alternating, in the same run")
+    e.add_argument("--compare", choices=["torch", "torch,keras"], default=None,
+                   help="also time PyTorch (and Keras 3 on torch) on the same model, alternating, in one run")
     a = sub.add_parser("allreduce", help="allreduce time and bandwidth by buffer size")
     a.add_argument("-n", type=_ints, default=[2])
     a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))
