@@ -218,6 +218,16 @@ class EarlyStopping(_Monitor):
         return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
                 "stopped_epoch": self.stopped_epoch}
 
+    def set_state(self, state):
+        self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        self.stopped_epoch = state["stopped_epoch"]
+
+    def get_arrays(self):
+        return list(self.best_weights or [])
+
+    def set_arrays(self, arrays):
+        self.best_weights = list(arrays) or None
+
 
 class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
@@ -256,6 +266,9 @@ class ReduceLROnPlateau(_Monitor):
 
     def get_state(self):
         return {"wait": self.wait, "cooldown_counter": self.cooldown_counter, "best": self.best}
+
+    def set_state(self, state):
+        self.wait, self.cooldown_counter, self.best = state["wait"], state["cooldown_counter"], state["best"]
 
 
 class LearningRateScheduler(Callback):
@@ -370,6 +383,87 @@ class ModelCheckpoint(_Monitor):
 
     def get_state(self):
         return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = state["best"]
+
+
+class BackupAndRestore(Callback):
+    """Keras's fault-tolerance callback: back up the whole training state to `backup_dir` (every epoch, or
+    every `save_freq` steps) and, when `fit` starts again after a crash, resume from the latest valid backup.
+    The resumed run is bitwise identical to one that was never interrupted (same number of workers).
+
+    A backup holds weights, optimizer slots and step count, the epoch and step to continue from, the running
+    metric sums of a partial epoch, the data-order seed, dropout generators, the state of callbacks that
+    have one (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint) and the History so far. Files are written by
+    rank 0 only, atomically, with checksums; a damaged file is skipped (with a warning) for the one before it.
+    The newest `keep_last` backups are kept; `delete_checkpoint=True` removes them when training completes.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, keep_last=2):
+        super().__init__()
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
+            raise ValueError(f"BackupAndRestore save_freq must be 'epoch' or a positive int, received {save_freq!r}")
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"BackupAndRestore keep_last must be a positive int, received {keep_last!r}")
+        self.backup_dir, self.save_freq = os.fspath(backup_dir), save_freq
+        self.delete_checkpoint, self.keep_last = delete_checkpoint, keep_last
+        self._steps = 0
+        self.restored_from = None
+
+    def _files(self):
+        if not os.path.isdir(self.backup_dir):
+            return []
+        names = [f for f in os.listdir(self.backup_dir) if f.startswith("backup-") and f.endswith(".npz")]
+        return [os.path.join(self.backup_dir, f) for f in sorted(names)]
+
+    def on_train_begin(self, logs=None):
+        from .checkpoint import CheckpointError, load_arrays
+        found = None
+        if world.is_main():
+            for path in reversed(self._files()):
+                try:
+                    arrays, meta = load_arrays(path)
+                except CheckpointError as e:
+                    warnings.warn(f"BackupAndRestore: skipping damaged backup {path}: {e}", stacklevel=2)
+                    continue
+                if meta.get("format") == "distnet.backup":
+                    found = {"arrays": arrays, "meta": meta["state"], "path": path}
+                    break
+        if world.communicator().allgather(found is not None)[0]:
+            self.model._resume = found or {}
+            self.restored_from = found["path"] if found else True
+            if found and self.params.get("verbose") and world.is_main():
+                print(f"BackupAndRestore: resuming from {found['path']} (epoch {found['meta']['epoch'] + 1}, "
+                      f"step {found['meta']['step']})", flush=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch":
+            self._steps += 1
+            if self._steps % self.save_freq == 0:
+                self._backup()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._backup()
+
+    def _backup(self):
+        if not world.is_main():
+            return
+        from .checkpoint import save_arrays
+        arrays, meta = self.model.training_state(self._callbacks())
+        path = os.path.join(self.backup_dir, f"backup-e{meta['epoch']:06d}-s{meta['step']:08d}.npz")
+        save_arrays(path, arrays, {"format": "distnet.backup", "state": meta})
+        for old in self._files()[:-self.keep_last]:
+            os.unlink(old)
+
+    def _callbacks(self):
+        return [cb for cb in getattr(self.model, "_callbacks", []) if cb is not self]
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and world.is_main():     # reached only when fit completes without an error
+            for path in self._files():
+                os.unlink(path)
 
 
 class LambdaCallback(Callback):

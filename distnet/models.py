@@ -183,7 +183,12 @@ class Sequential:
         comm.broadcast_(it)
         self.optimizer.iterations = int(it[0])
 
-    def _signature(self):
+    def _signature(self, names=True):
+        """Layer classes, weight shapes and dtypes (and names: auto-names differ between models built in one
+        process, so checkpoints compare the structure only)."""
+        if not names:
+            return [[type(la).__name__, [[list(w.value.shape), str(w.value.dtype)] for w in la.weights]]
+                    for la in self._layers]
         return [[type(la).__name__, la.name, [[w.name, list(w.value.shape), str(w.value.dtype)] for w in la.weights]]
                 for la in self._layers]
 
@@ -340,15 +345,25 @@ class Sequential:
             cbs.append(ProgbarLogger(verbose))
         cbs = CallbackList(cbs, self, {"epochs": epochs, "steps": steps, "verbose": verbose,
                                        "batch_size": batch_size, "samples": n})
+        self._callbacks = cbs.callbacks
         self.stop_training = False
         tl = self.timeline or timeline_mod.from_env() or timeline_mod.NULL
+        self._resume = None
         cbs.on_train_begin()
+        start = (initial_epoch, 0, None)
+        if self._resume is not None:                  # a BackupAndRestore found a checkpoint
+            start, seed = self._apply_resume(self._resume, cbs.callbacks)
+        self._position = {"seed": seed}
         logs = {}
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(start[0], epochs):
             cbs.on_epoch_begin(epoch)
             order = sharding.epoch_order(n, seed, epoch, shuffle)
             totals = np.zeros(self._stats.size + 1, dtype=np.float64)   # + penalty*count
-            for step in range(steps):
+            first_step = 0
+            if epoch == start[0] and start[2] is not None:
+                totals[...], first_step = start[2], start[1]
+                logs = self._logs(totals)        # the epoch's logs so far (its steps may all be done already)
+            for step in range(first_step, steps):
                 cbs.on_train_batch_begin(step)
                 with tl.phase("data"):
                     idx = sharding.local_batch(order, step, batch_size, comm.rank, comm.size)
@@ -359,6 +374,7 @@ class Sequential:
                 totals[:-1] += stats
                 totals[-1] += penalty * stats[0]
                 logs = self._logs(totals)
+                self._position.update(epoch=epoch, step=step + 1, totals=totals)
                 cbs.on_train_batch_end(step, logs)
                 if self.stop_training:
                     break
@@ -367,12 +383,82 @@ class Sequential:
             if val is not None and (epoch + 1) % validation_freq == 0:
                 val_logs = self._evaluate_arrays(*val, validation_batch_size or batch_size)
                 logs.update({"val_" + k: v for k, v in val_logs.items()})
+            self._position.update(epoch=epoch + 1, step=0, totals=None, epoch_logs=logs)
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
         tl.write(comm)
         return self.history
+
+    # -- resumable training state (BackupAndRestore) -------------------------------------------------------
+    def training_state(self, callbacks=()):
+        """Everything needed to continue this fit bitwise-identically: arrays and JSON metadata."""
+        pos = self._position
+        arrays = {"params": self._params, "state": self._state}
+        arrays.update({f"slot/{k}": v for k, v in self.optimizer.slots.items()})
+        if pos.get("totals") is not None:
+            arrays["totals"] = pos["totals"]
+        history = {k: list(v) for k, v in self.history.history.items()}
+        epochs_seen = list(self.history.epoch)
+        if pos["step"] == 0 and pos["epoch"] - 1 not in epochs_seen:   # epoch end, before History recorded it
+            epochs_seen.append(pos["epoch"] - 1)
+            for k, v in pos.get("epoch_logs", {}).items():
+                history.setdefault(k, []).append(v)
+        stateful = [cb for cb in callbacks if hasattr(cb, "get_state")]
+        for k, cb in enumerate(stateful):
+            for j, a in enumerate(cb.get_arrays() if hasattr(cb, "get_arrays") else []):
+                arrays[f"callback{k:02d}/{j:04d}"] = a
+        lr = self.optimizer.learning_rate
+        meta = {"epoch": pos["epoch"], "step": pos["step"], "seed": pos["seed"],
+                "iterations": self.optimizer.iterations, "signature": self._signature(names=False),
+                "learning_rate": lr if isinstance(lr, float) else None,
+                "history": history, "history_epochs": epochs_seen,
+                "rng": {str(i): la._rng.bit_generator.state for i, la in enumerate(self._layers) if hasattr(la, "_rng")},
+                "callbacks": [[type(cb).__name__, cb.get_state(),
+                               len(cb.get_arrays()) if hasattr(cb, "get_arrays") else 0] for cb in stateful]}
+        return arrays, meta
+
+    def _apply_resume(self, resume, callbacks):
+        """Load a training state found by BackupAndRestore (read on rank 0), share it with every rank, and return
+        where to continue, ((epoch, step, running totals of that epoch or None), data seed)."""
+        comm = self._reducer.comm
+        meta = comm.allgather(resume.get("meta") if comm.rank == 0 else None)[0]
+        if meta["signature"] != self._signature(names=False):
+            raise checkpoint.CheckpointError(f"the checkpoint in {resume.get('path')!r} was written by a different "
+                                             "model architecture; delete it or point BackupAndRestore elsewhere")
+        arrays = resume.get("arrays") or {}
+        if comm.rank == 0:
+            self._params[...] = arrays["params"]
+            self._state[...] = arrays["state"]
+            self.optimizer.set_state({"iterations": meta["iterations"],
+                                      "slots": {k[5:]: v for k, v in arrays.items() if k.startswith("slot/")}})
+        if meta["learning_rate"] is not None:
+            self.optimizer.learning_rate = meta["learning_rate"]
+        self._broadcast_state()
+        for i, la in enumerate(self._layers):
+            if str(i) in meta["rng"]:
+                la._rng.bit_generator.state = meta["rng"][str(i)]
+        stateful = [cb for cb in callbacks if hasattr(cb, "set_state")]
+        for k, ((name, state, n_arrays), cb) in enumerate(zip(meta["callbacks"], stateful)):
+            if type(cb).__name__ != name:
+                continue
+            cb.set_state(state)
+            if n_arrays:       # e.g. EarlyStopping's best weights: rank 0 read them, everyone receives them
+                values = [arrays[f"callback{k:02d}/{j:04d}"].copy() if comm.rank == 0 else np.empty_like(w.value)
+                          for j, w in zip(range(n_arrays), self.weights)]
+                for v in values:
+                    comm.broadcast_(v)
+                cb.set_arrays(values)
+        self.history.history = {k: list(v) for k, v in meta["history"].items()}
+        self.history.epoch = list(meta["history_epochs"])
+        totals = None
+        if meta["step"] > 0:
+            totals = np.zeros(self._stats.size + 1, dtype=np.float64)
+            if comm.rank == 0:
+                totals[...] = arrays["totals"]
+            comm.broadcast_(totals)
+        return (meta["epoch"], meta["step"], totals), meta["seed"]
 
     def _data_seed(self, comm):
         """The seed of the epoch orders: the user's global seed, else one drawn on rank 0 and shared."""
