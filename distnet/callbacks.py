@@ -448,10 +448,10 @@ class BackupAndRestore(Callback):
             self._backup()
 
     def _backup(self):
+        from .checkpoint import save_arrays
+        arrays, meta = self.model.training_state(self._callbacks())     # collective: all ranks take part
         if not world.is_main():
             return
-        from .checkpoint import save_arrays
-        arrays, meta = self.model.training_state(self._callbacks())
         path = os.path.join(self.backup_dir, f"backup-e{meta['epoch']:06d}-s{meta['step']:08d}.npz")
         save_arrays(path, arrays, {"format": "distnet.backup", "state": meta})
         for old in self._files()[:-self.keep_last]:

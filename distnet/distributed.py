@@ -12,8 +12,10 @@ from .parallel import world
 from .parallel.communicator import LocalCommunicator, detect
 
 
-def init(backend="auto"):
-    """Join the job's world: 'auto' (MPI when launched by mpirun, else single process), 'mpi', or 'local'."""
+def init(backend="auto", watchdog_timeout=None):
+    """Join the job's world: 'auto' (MPI when launched by mpirun, else single process), 'mpi', or 'local'.
+    watchdog_timeout (seconds, MPI): end the job, naming the missing ranks, when some rank does not reach a
+    gradient allreduce in time (also settable as DISTNET_WATCHDOG_TIMEOUT)."""
     if backend == "auto":
         comm = detect()
     elif backend == "mpi":
@@ -23,6 +25,10 @@ def init(backend="auto"):
         comm = LocalCommunicator()
     else:
         raise ValueError(f"distnet.distributed.init: backend must be 'auto', 'mpi' or 'local', received {backend!r}")
+    if watchdog_timeout is not None:
+        if not watchdog_timeout > 0:
+            raise ValueError(f"watchdog_timeout must be a positive number of seconds, received {watchdog_timeout!r}")
+        comm.watchdog_timeout = float(watchdog_timeout)
     world.set_communicator(comm)
     return comm
 

@@ -393,8 +393,11 @@ class Sequential:
 
     # -- resumable training state (BackupAndRestore) -------------------------------------------------------
     def training_state(self, callbacks=()):
-        """Everything needed to continue this fit bitwise-identically: arrays and JSON metadata."""
+        """Everything needed to continue this fit bitwise-identically: arrays and JSON metadata. Collective:
+        every rank calls it (each rank's dropout generators have drawn for its own shard)."""
         pos = self._position
+        rng = self._reducer.comm.allgather(
+            {str(i): la._rng.bit_generator.state for i, la in enumerate(self._layers) if hasattr(la, "_rng")})
         arrays = {"params": self._params, "state": self._state}
         arrays.update({f"slot/{k}": v for k, v in self.optimizer.slots.items()})
         if pos.get("totals") is not None:
@@ -414,7 +417,7 @@ class Sequential:
                 "iterations": self.optimizer.iterations, "signature": self._signature(names=False),
                 "learning_rate": lr if isinstance(lr, float) else None,
                 "history": history, "history_epochs": epochs_seen,
-                "rng": {str(i): la._rng.bit_generator.state for i, la in enumerate(self._layers) if hasattr(la, "_rng")},
+                "rng": rng, "world_size": self._reducer.comm.size,
                 "callbacks": [[type(cb).__name__, cb.get_state(),
                                len(cb.get_arrays()) if hasattr(cb, "get_arrays") else 0] for cb in stateful]}
         return arrays, meta
@@ -436,9 +439,10 @@ class Sequential:
         if meta["learning_rate"] is not None:
             self.optimizer.learning_rate = meta["learning_rate"]
         self._broadcast_state()
+        mine = meta["rng"][comm.rank % len(meta["rng"])]     # same world size: exactly this rank's generators
         for i, la in enumerate(self._layers):
-            if str(i) in meta["rng"]:
-                la._rng.bit_generator.state = meta["rng"][str(i)]
+            if str(i) in mine:
+                la._rng.bit_generator.state = mine[str(i)]
         stateful = [cb for cb in callbacks if hasattr(cb, "set_state")]
         for k, ((name, state, n_arrays), cb) in enumerate(zip(meta["callbacks"], stateful)):
             if type(cb).__name__ != name:

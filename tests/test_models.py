@@ -277,6 +277,8 @@ def test_bad_data_errors():
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match=r"NaN or inf values \(sample 3\)"):
         model.fit(x, np.zeros(10), verbose=0, shuffle=False)
+    with pytest.raises(ValueError, match=r"y contains NaN or inf values \(first at sample 4\)"):
+        model.fit(np.zeros((10, 8)), np.where(np.arange(10) == 4, np.nan, 0.0), verbose=0)
     with pytest.raises(ValueError, match="labels in \\[0, 1\\]"):
         model.fit(np.zeros((10, 8)), np.full(10, 3.0), verbose=0)
     with pytest.raises(ValueError, match="batch_size to be a positive int, received 0"):

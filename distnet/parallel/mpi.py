@@ -36,10 +36,15 @@ class _MPIRingTransport:
         self.comm.Sendrecv(send, dest=self.right, sendtag=7, recvbuf=recv, source=self.left, recvtag=7)
 
 
+_ARRIVE = 77
+
+
 class MPICommunicator(Communicator):
     backend = "mpi"
 
-    def __init__(self, comm=None, install_hooks=True):
+    def __init__(self, comm=None, install_hooks=True, watchdog_timeout=None):
+        """watchdog_timeout: seconds a worker may wait for the others before a collective before the job is
+        ended with a message naming the missing ranks (default: $DISTNET_WATCHDOG_TIMEOUT, else off)."""
         MPI = _mpi()
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
@@ -49,6 +54,10 @@ class MPICommunicator(Communicator):
         node.Free()
         self._transport = _MPIRingTransport(self.comm)
         self._scratch = None
+        env_timeout = os.environ.get("DISTNET_WATCHDOG_TIMEOUT")
+        self.watchdog_timeout = watchdog_timeout if watchdog_timeout is not None else (
+            float(env_timeout) if env_timeout else None)
+        self._arrivals = 0
         _report_to_launcher("pid", self.rank, {"pid": os.getpid(), "host": MPI.Get_processor_name()})
         if install_hooks and self.size > 1:
             install_abort_on_exception(self)
@@ -72,6 +81,34 @@ class MPICommunicator(Communicator):
         self.comm.Bcast(buf, root=root)
         return buf
 
+    def arrive(self):
+        """Watchdog check before a collective: every rank reports its arrival to rank 0, which names the ranks
+        that do not arrive within watchdog_timeout; the others notice a silent rank 0 the same way. Either
+        way the job ends with that message instead of hanging forever."""
+        timeout = self.watchdog_timeout
+        self._arrivals += 1
+        step = np.array([self._arrivals], dtype=np.int64)
+        if self.rank == 0:
+            boxes = [np.zeros(1, np.int64) for _ in range(self.size - 1)]
+            reqs = [self.comm.Irecv(boxes[r - 1], source=r, tag=_ARRIVE) for r in range(1, self.size)]
+            if not _wait(lambda: all(q.Test() for q in reqs), timeout):
+                missing = [r for r, q in zip(range(1, self.size), reqs) if not q.Test()]
+                self._stalled(f"rank(s) {missing} did not reach collective #{self._arrivals} within {timeout:g} s "
+                              "(stalled, deadlocked or gone without MPI noticing)")
+        else:
+            self.comm.Send(step, dest=0, tag=_ARRIVE)
+        barrier = self.comm.Ibarrier()
+        grace = 0 if self.rank == 0 else 2.0 + timeout * 0.5     # let rank 0 name the culprits first
+        if not _wait(barrier.Test, timeout + grace):
+            self._stalled(f"waited {timeout + grace:g} s at collective #{self._arrivals} for the other ranks "
+                          "(rank 0 or a rank it waits for is stalled)")
+
+    def _stalled(self, message):
+        sys.__stderr__.write(f"[rank {self.rank}/{self.size}] distnet watchdog: {message}; ending the job\n")
+        sys.__stderr__.flush()
+        _report_to_launcher("error", self.rank, {"error": f"watchdog: {message}"})
+        self.comm.Abort(3)
+
     def allgather(self, obj):
         return self.comm.allgather(obj)
 
@@ -80,6 +117,22 @@ class MPICommunicator(Communicator):
 
     def abort(self, code=1):
         self.comm.Abort(code)
+
+
+def _wait(done, timeout):
+    """Poll done() until it is true (return True) or `timeout` seconds pass (return False): spin briefly, then
+    sleep in growing steps, so a healthy step pays microseconds and a stalled one costs no CPU."""
+    import time
+    start = time.perf_counter()
+    pause = 0.0
+    while not done():
+        waited = time.perf_counter() - start
+        if waited > timeout:
+            return False
+        if waited > 1e-4:
+            pause = min(max(pause * 2, 1e-5), 0.01)
+            time.sleep(pause)
+    return True
 
 
 def install_abort_on_exception(comm):

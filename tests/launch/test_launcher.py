@@ -205,3 +205,45 @@ def test_max_restarts_reruns_the_job(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "restarting the job (1 of 2 restarts)" in res.stderr
     assert "finished attempt 1" in res.stdout
+
+
+RESUMABLE = """
+import os, signal, sys
+import numpy as np
+import distnet
+from distnet import layers, callbacks
+from distnet.models import Sequential
+comm = distnet.distributed.init()
+out, kill = sys.argv[1], sys.argv[2] == "kill"
+distnet.utils.set_random_seed(3)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(90, 5)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.float32)
+m = Sequential([layers.Input((5,)), layers.Dense(12, activation="tanh"), layers.Dropout(0.2),
+                layers.Dense(1, activation="sigmoid")])
+m.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+class Die(callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if kill and comm.rank == 1 and (self.epoch, batch) == (2, 4) and os.environ["DISTNET_RESTART_COUNT"] == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+m.fit(x, y, batch_size=8, epochs=5, verbose=0,
+      callbacks=[callbacks.BackupAndRestore(f"{out}/backup", save_freq=3), Die()])
+if comm.rank == 0:
+    np.save(f"{out}/final_{sys.argv[2]}.npy", m._params)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path):
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    clean = launch("-n", "3", str(script), str(tmp_path), "clean")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed = launch("--max-restarts", "2", "-n", "3", str(script), str(tmp_path), "kill")
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    assert "first failure: rank 1 of 3: killed by signal 9" in killed.stderr
+    assert "restarting the job (1 of 2 restarts)" in killed.stderr
+    import numpy as np
+    np.testing.assert_array_equal(np.load(tmp_path / "final_kill.npy"), np.load(tmp_path / "final_clean.npy"))

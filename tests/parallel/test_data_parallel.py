@@ -125,3 +125,30 @@ def test_failure_on_one_rank_ends_the_job_and_names_it(tmp_path, mode, message):
     assert elapsed < 30, context
     assert re.search(message, res.stderr, re.S), context
     assert "SHOULD NOT FINISH" not in res.stdout
+
+
+STALL_JOB = """
+import time, numpy as np
+import distnet
+from distnet import layers
+from distnet.models import Sequential
+comm = distnet.distributed.init(watchdog_timeout=3)
+m = Sequential([layers.Dense(4, input_dim=3), layers.Dense(1)])
+m.compile(loss="mse", optimizer="sgd")
+class Stall(distnet.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if comm.rank == 2 and batch == 3:
+            time.sleep(600)            # a rank stuck without dying: MPI itself would wait forever
+m.fit(np.zeros((64, 3)), np.zeros(64), batch_size=8, epochs=5, verbose=0, callbacks=[Stall()])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_watchdog_names_a_stalled_rank_and_ends_the_job(tmp_path):
+    import time
+    t0 = time.time()
+    res = run_mpi(4, STALL_JOB, tmp_path, timeout=60)
+    elapsed = time.time() - t0
+    assert res.returncode != 0 and elapsed < 30, (elapsed, res.stderr[-2000:])
+    assert "[rank 0/4] distnet watchdog: rank(s) [2] did not reach collective #4 within 3 s" in res.stderr, \
+        res.stderr[-2000:]
