@@ -17,7 +17,11 @@ def init(backend="auto", watchdog_timeout=None):
     watchdog_timeout (seconds, MPI): end the job, naming the missing ranks, when some rank does not reach a
     gradient allreduce in time (also settable as DISTNET_WATCHDOG_TIMEOUT)."""
     if backend == "auto":
-        comm = detect()
+        current = world.current()
+        if current is not None and current.size > 1:      # e.g. a Ray actor wired up by distnet.ray
+            comm = current
+        else:
+            comm = detect()
     elif backend == "mpi":
         from .parallel.mpi import MPICommunicator
         comm = MPICommunicator()

@@ -6,7 +6,7 @@ import sys
 
 from . import hosts as hosts_mod
 from . import mpi
-from .run import run_with_restarts
+from .run import Job, run_with_restarts
 
 
 def parser():
@@ -22,7 +22,10 @@ def parser():
     where.add_argument("--hostfile", help="Open MPI-style hostfile: one 'host slots=N' per line")
     where.add_argument("--cluster", help="a Ray cluster.yaml (provider.type local): its head_ip and worker_ips")
     p.add_argument("--slots-per-host", type=int, default=None, help="slots of each cluster.yaml host")
-    p.add_argument("--backend", choices=["mpi"], default="mpi", help="how workers communicate (default mpi)")
+    p.add_argument("--backend", choices=["mpi", "ray"], default="mpi",
+                   help="mpi (mpirun) or ray (workers as Ray actors); default mpi")
+    p.add_argument("--address", default=None,
+                   help="ray: the cluster to join (default $RAY_ADDRESS, else a private local instance)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads per worker (default: cores / workers on this machine)")
     p.add_argument("--oversubscribe", action="store_true",
@@ -81,6 +84,8 @@ def launch(args):
         raise mpi.LaunchError(f"asked for {n} workers, but the hosts ({spec}) have {slots} slots in total; "
                               "lower -n, add slots, or pass --oversubscribe")
     prog = program(args)
+    if args.backend == "ray":
+        return launch_ray(args, n, prog)
     mpirun = mpi.find_mpirun()
     kind = mpi.flavor(mpirun)
     local_workers = n if not hosts else None
@@ -95,3 +100,25 @@ def launch(args):
         print(f"{assignments} {shlex.join(cmd)}")
         return 0
     return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)
+
+
+def launch_ray(args, n, prog):
+    """The script runs inside n Ray actors; a driver process (python -m distnet.parallel.ray_job) places them,
+    wires their ring, restarts the group on failure (--max-restarts) and names the rank that failed."""
+    if args.hosts or args.hostfile:
+        raise mpi.LaunchError("--hosts/--hostfile describe MPI hosts; with --backend ray give the cluster with "
+                              "--address (or run inside `ray job submit`)")
+    if prog[1] == "-m":
+        raise mpi.LaunchError("--backend ray runs script files; -m module is not supported there")
+    cmd = [args.python, "-m", "distnet.parallel.ray_job", "-n", str(n), "--max-failures", str(args.max_restarts)]
+    if args.address:
+        cmd += ["--address", args.address]
+    if args.threads:
+        cmd += ["--cpus-per-worker", str(args.threads)]
+    cmd += prog[1:]
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
+        return Job(cmd, {"PYTHONUNBUFFERED": "1"}, args.rank0_only, launch_dir).run()

@@ -11,9 +11,9 @@ import tempfile
 import threading
 import time
 
-from . import mpi
+from . import cleanup, mpi
 
-_PREFIX = re.compile(r"^\[rank (\d+)/(\d+)\] ")
+_PREFIX = re.compile(r"^(?:\[rank (\d+)/(\d+)\] |\(rank (\d+)/(\d+)[^)]*\) )")    # ours (MPI) or Ray's
 _HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
 _OMPI_RANK = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
@@ -81,7 +81,7 @@ class Job:
     def _pump(self, stream, sink):
         for line in iter(stream.readline, ""):
             m = _PREFIX.match(line)
-            rank = int(m.group(1)) if m else 0
+            rank = int(m.group(1) or m.group(3)) if m else 0
             text = line[m.end():] if m else line
             if _HYDRA_PID.search(line) or _HYDRA_CODE.search(line) or "exited on signal" in line \
                     or "exited with" in line or line.startswith("=") or "EXIT STRING" in line:
@@ -188,9 +188,11 @@ def run_with_restarts(cmd, n, kind, threads, max_restarts, rank0_only):
         with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
             env = mpi.worker_env(os.environ, kind, threads, launch_dir, attempt)
             job = Job(cmd, env, rank0_only, launch_dir)
+            before = cleanup.snapshot()
             rc = job.run()
             if rc == 0:
                 return 0
+            cleanup.remove_leftovers(before)
             _, summary = failure_summary(job, rc, launch_dir, n)
         print(summary, file=sys.stderr, flush=True)
         if attempt < max_restarts:

@@ -38,3 +38,12 @@ def numeric_grad(f, x, eps=1e-6, max_entries=60, seed=0):
 def assert_grad_close(analytic, x, f, rtol=1e-5, atol=1e-7, **kw):
     idx, num = numeric_grad(f, x, **kw)
     np.testing.assert_allclose(analytic.reshape(-1)[idx], num, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clean_mpich_shared_memory():
+    """Tests abort MPI jobs on purpose; MPICH then leaves its /dev/shm segments behind. Remove ours after."""
+    from launch import cleanup
+    before = cleanup.snapshot()
+    yield
+    cleanup.remove_leftovers(before)

@@ -55,11 +55,16 @@ def cmd_engine(args):
 
 def cmd_allreduce(args):
     sizes = [allreduce.parse_size(s) for s in args.sizes.split(",")]
-    if args.backend != "mpi":
-        raise SystemExit(f"distnet-bench allreduce: backend {args.backend!r} is not available; use --backend mpi")
-    rows = allreduce.run(args.n, sizes, progress=lambda m: print(m, file=sys.stderr))
+    rows = []
+    for backend in args.backend.split(","):
+        if backend == "mpi":
+            rows += allreduce.run(args.n, sizes, progress=lambda m: print(m, file=sys.stderr))
+        elif backend == "ray":
+            rows += allreduce.run_ray(args.n, sizes, progress=lambda m: print(m, file=sys.stderr))
+        else:
+            raise SystemExit(f"distnet-bench allreduce: --backend must be mpi, ray or mpi,ray; received {backend!r}")
     memcpy = memcpy_bandwidth() / 1e9
-    print(table(rows, [("n", "n", "{}"), ("bytes", "bytes", "{:,}"), ("impl", "impl", "{}"),
+    print(table(rows, [("backend", "backend", "{}"), ("n", "n", "{}"), ("bytes", "bytes", "{:,}"), ("impl", "impl", "{}"),
                        ("seconds", "time (s)", "{:.6f}"), ("algbw_GBps", "algbw GB/s", "{:.2f}"),
                        ("busbw_GBps", "busbw GB/s", "{:.2f}")]))
     print(f"memcpy bandwidth of this machine (one core, 64 MB): {memcpy:.2f} GB/s")

@@ -33,29 +33,58 @@ def _repeats(nbytes):
     return max(5, min(50, int(2e8 // max(nbytes, 1))))
 
 
+def _time_impls(comm, sizes, impls, backend):
+    """Per size and implementation: median over repeats of the slowest rank's time per operation, each repeat
+    timing a burst of back-to-back operations after a barrier (so the barrier's own skew between ranks, large
+    for a barrier made of Ray actor calls, is spread over the burst)."""
+    records = []
+    for nbytes in sizes:
+        buf = np.zeros(max(nbytes // 4, 1), dtype=np.float32)     # zeros: repeated sums must not overflow
+        burst = max(1, min(20, (4 << 20) // max(nbytes, 1)))
+        for impl in impls:
+            times = []
+            for i in range(max(5, _repeats(nbytes) // burst) + 2):
+                comm.barrier()
+                t0 = time.perf_counter()
+                for _ in range(burst):
+                    comm.allreduce_(buf, algorithm=impl)
+                slowest = max(comm.allgather((time.perf_counter() - t0) / burst))
+                if i >= 2:
+                    times.append(slowest)
+            s = summarize(times)
+            algbw = buf.nbytes / s["median_s"] / 1e9
+            records.append({"kind": "allreduce", "backend": backend, "impl": impl, "n": comm.size,
+                            "bytes": int(buf.nbytes), "seconds": s["median_s"], "p10_s": s["p10_s"],
+                            "p90_s": s["p90_s"], "algbw_GBps": algbw,
+                            "busbw_GBps": algbw * 2 * (comm.size - 1) / comm.size})
+    return records
+
+
+def _ray_worker(sizes, impls):
+    from ..parallel import world
+    return _time_impls(world.communicator(), sizes, impls, "ray")
+
+
+def run_ray(ns, sizes, impls=("ring", "star"), progress=print):
+    """The same measurement between Ray actors (one group per worker count)."""
+    from ..parallel import ray_backend
+    records = []
+    for n in ns:
+        progress(f"allreduce (ray): {n} actors, {len(sizes)} sizes x {len(impls)} implementations ...")
+        ray_backend.init_ray(None, n)
+        group = ray_backend.WorkerGroup(n)
+        try:
+            records += group.run("run_function", _ray_worker, (sizes, impls), {})[0]
+        finally:
+            group.shutdown()
+    return records
+
+
 def worker(sizes, impls, out_path):
     """Runs inside an MPI job: time each implementation at each size; rank 0 writes JSON records."""
     from .. import distributed
     comm = distributed.init("mpi")
-    records = []
-    for nbytes in sizes:
-        buf = np.ones(max(nbytes // 4, 1), dtype=np.float32)
-        for impl in impls:
-            times = []
-            for i in range(_repeats(nbytes) + 2):
-                comm.barrier()
-                t0 = time.perf_counter()
-                comm.allreduce_(buf, algorithm=impl)
-                dt = np.array([time.perf_counter() - t0])
-                comm.comm.Allreduce(comm.MPI.IN_PLACE, dt, op=comm.MPI.MAX)
-                if i >= 2:
-                    times.append(float(dt[0]))
-            s = summarize(times)
-            algbw = buf.nbytes / s["median_s"] / 1e9
-            records.append({"kind": "allreduce", "backend": "mpi", "impl": impl, "n": comm.size,
-                            "bytes": int(buf.nbytes), "seconds": s["median_s"], "p10_s": s["p10_s"],
-                            "p90_s": s["p90_s"], "algbw_GBps": algbw,
-                            "busbw_GBps": algbw * 2 * (comm.size - 1) / comm.size})
+    records = _time_impls(comm, sizes, impls, "mpi")
     if comm.rank == 0:
         with open(out_path, "w") as f:
             json.dump(records, f)

@@ -11,6 +11,11 @@ def communicator():
     return _current
 
 
+def current():
+    """The communicator set so far, or None (no detection)."""
+    return _current
+
+
 def set_communicator(comm):
     global _current
     _current = comm

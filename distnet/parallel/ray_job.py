@@ -1,0 +1,31 @@
+"""Driver for a script on Ray actors (what `distnet-launch --backend ray` runs):
+
+    python -m distnet.parallel.ray_job -n 4 [--address ADDR] [--max-failures K] script.py [args...]
+"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m distnet.parallel.ray_job")
+    p.add_argument("-n", "--num-workers", type=int, required=True)
+    p.add_argument("--address", default=None)
+    p.add_argument("--max-failures", type=int, default=0)
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    from .ray_backend import WorkerFailure, run_script
+    try:
+        run_script(a.script, a.args, a.num_workers, {"CPU": a.cpus_per_worker}, a.max_failures, a.address,
+                   timeout=a.timeout)
+    except WorkerFailure as e:
+        print(f"distnet-launch: the job failed.\n  first failure: rank {e.rank} of {e.size}: "
+              f"{'actor died' if 'actor died' in str(e) else 'raised'}\n{e.cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
