@@ -72,12 +72,17 @@ def cmd_allreduce(args):
 
 
 def cmd_scaling(args):
-    rows = scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
-                       progress=lambda m: print(m, file=sys.stderr))
+    rows = []
+    for backend in args.backend.split(","):
+        if backend not in ("mpi", "ray"):
+            raise SystemExit(f"distnet-bench scaling: --backend must be mpi, ray or mpi,ray; received {backend!r}")
+        rows += scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
+                            progress=lambda m: print(m, file=sys.stderr), backend=backend)
     for r in rows:
         b = r["breakdown_s"]
         r.update({f"{k}_ms": v * 1e3 for k, v in b.items()}, step_ms=r["step_s"] * 1e3)
-    print(table(rows, [("n", "n", "{}"), ("global_batch", "global batch", "{}"), ("step_ms", "step ms", "{:.2f}"),
+    print(table(rows, [("backend", "backend", "{}"), ("n", "n", "{}"), ("global_batch", "global batch", "{}"),
+                       ("step_ms", "step ms", "{:.2f}"),
                        ("samples_per_s", "samples/s", "{:.0f}"), ("speedup", "speed-up", "{:.2f}"),
                        ("efficiency", "efficiency", "{:.1%}"), ("data_ms", "data", "{:.2f}"),
                        ("forward_ms", "fwd", "{:.2f}"), ("backward_ms", "bwd", "{:.2f}"),
@@ -121,6 +126,7 @@ def main(argv=None):
     sc.add_argument("--batch", type=int, default=32, help="per worker (weak) or global (strong)")
     sc.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
     sc.add_argument("--steps", type=int, default=30)
+    sc.add_argument("--backend", default="mpi", help="mpi, ray, or mpi,ray for both side by side")
     m = sub.add_parser("memory", help="peak RSS, steady-state RSS growth and allocation per step")
     m.add_argument("--model", default="cnn")
     m.add_argument("--batch", type=int, default=32)

@@ -15,7 +15,8 @@ import tempfile
 from .allreduce import mpirun
 
 
-def worker(model_name, global_batch, steps, warmup, out_path):
+def measure(model_name, global_batch, steps, warmup):
+    """Inside a worker (MPI rank or Ray actor): fit one epoch on synthetic data, return rank 0's record."""
     from .. import distributed
     from ..timeline import Timeline
     from . import engine
@@ -33,12 +34,29 @@ def worker(model_name, global_batch, steps, warmup, out_path):
               "samples_per_s": global_batch / s["median_s"],
               "breakdown_s": model.timeline.step_breakdown(skip=warmup),
               "gradient_bytes": int(model._grad_buf.nbytes)}
-    if comm.rank == 0:
+    return record if comm.rank == 0 else None
+
+
+def worker(model_name, global_batch, steps, warmup, out_path):
+    record = measure(model_name, global_batch, steps, warmup)
+    if record is not None:
         with open(out_path, "w") as f:
             json.dump(record, f)
 
 
-def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads=1, progress=print):
+def _run_ray(n, model_name, global_batch, steps, warmup, threads):
+    from ..parallel import ray_backend
+    ray_backend.init_ray(None, n)
+    group = ray_backend.WorkerGroup(n, env={"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)})
+    try:
+        record = group.run("run_function", measure, (model_name, global_batch, steps, warmup), {})[0]
+    finally:
+        group.shutdown()
+    record["backend"] = "ray"
+    return record
+
+
+def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads=1, progress=print, backend="mpi"):
     if mode not in ("weak", "strong"):
         raise ValueError(f"mode must be 'weak' or 'strong', received {mode!r}")
     records = []
@@ -46,9 +64,14 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
         global_batch = batch * n if mode == "weak" else batch
         if global_batch < n:
             raise ValueError(f"strong scaling with batch {batch} cannot feed {n} workers")
+        progress(f"scaling ({backend}): {model_name} {mode}, {n} worker(s), global batch {global_batch} ...")
+        if backend == "ray":
+            rec = _run_ray(n, model_name, global_batch, steps, warmup, threads)
+            rec.update(mode=mode, threads=threads)
+            records.append(rec)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "record.json")
-            progress(f"scaling: {model_name} {mode}, {n} worker(s), global batch {global_batch} ...")
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
             cmd = [mpirun(), "-n", str(n), sys.executable, "-m", "distnet.bench.scaling", "--worker", model_name,
@@ -60,8 +83,8 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
                 rec = json.load(f)
         rec.update(mode=mode, threads=threads)
         records.append(rec)
-    base = next((r for r in records if r["n"] == 1), None)
     for r in records:
+        base = next((b for b in records if b["n"] == 1 and b["backend"] == r["backend"]), None)
         if base:
             r["speedup"] = r["samples_per_s"] / base["samples_per_s"]
             r["efficiency"] = r["speedup"] / r["n"]

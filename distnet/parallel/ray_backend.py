@@ -152,7 +152,14 @@ class TcpRing:
         self._awaiting_ack = True
 
     def sendrecv(self, send, recv):
-        sending = self._pool.submit(self._send, send)
+        # Through shared memory a send never waits on the neighbour's receive (only on its acknowledgement of
+        # the previous chunk, which it gives before it can need ours), so it runs inline; on a socket a large
+        # send could fill the buffers while both neighbours are sending, so it runs on the helper thread.
+        sending = None
+        if self.shm_right:
+            self._send(send)
+        else:
+            sending = self._pool.submit(self._send, send)
         who = f"rank {(self.rank - 1) % self.size}"
         header = _recv_exact(self.left, memoryview(bytearray(self._HEADER.size)), who)
         nbytes, gen = self._HEADER.unpack(header)
@@ -165,7 +172,8 @@ class TcpRing:
         else:
             np.frombuffer(view, dtype=np.uint8)[...] = self._inbox(gen, nbytes)
             self.left.sendall(b"a")
-        sending.result()
+        if sending is not None:
+            sending.result()
 
     def _unlink_outbox(self):
         """Remove the outbox's name once the neighbour has it mapped, so a killed worker leaks nothing."""
@@ -282,7 +290,10 @@ class RayCommunicator(Communicator):
         return self._recv(0, tag)
 
     def barrier(self):
-        self.allgather(None)
+        if self.ring_transport is not None:      # a one-element ring allreduce: no trip through Ray
+            ring.ring_allreduce(np.zeros(self.size, np.float32), self.ring_transport)
+        else:
+            self.allgather(None)
 
     def abort(self, code=1):
         os._exit(code)
@@ -317,9 +328,13 @@ class _Worker:
         self.comm = RayCommunicator(self.rank, self.size, peers, self.mailbox, local.index(self.rank), len(local),
                                     timeout, self.ring if self.size > 1 else None)
         world.set_communicator(self.comm)
-        if not any(v in os.environ for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
-            from .mpi import limit_blas_threads
-            limit_blas_threads(len(local))
+        # Ray's worker process loaded NumPy (and OpenBLAS's thread pool) before our environment arrived, so the
+        # thread count is applied through threadpoolctl: the variable if set, else cores / workers on this node.
+        from threadpoolctl import threadpool_limits
+
+        from .mpi import blas_threads_for
+        requested = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        threadpool_limits(int(requested) if requested else blas_threads_for(len(local)), user_api="blas")
         return True
 
     def deliver(self, src, tag, payload):
@@ -390,12 +405,10 @@ class WorkerGroup:
                 from None
         worker_cls = ray.remote(_Worker)
         threads = max(4, num_workers + 2)
-        blas = {"OMP_NUM_THREADS": str(max(1, int(cpus)))} if not any(
-            v in os.environ for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")) else {}
         self.actors = [
             worker_cls.options(num_cpus=cpus, resources=resources or None, max_concurrency=threads,
                                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote(
-                i, num_workers, {**blas, **(env or {})})
+                i, num_workers, dict(env or {}))
             for i in range(num_workers)]
         node_ids = ray.get([a.node_id.remote() for a in self.actors])
         self.node_ids = node_ids
