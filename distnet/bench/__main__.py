@@ -6,9 +6,10 @@ All subcommands take --json FILE to write the records as {"results": [...]}.
 """
 import argparse
 import json
+import os
 import sys
 
-from . import allreduce, engine, memory, scaling
+from . import allreduce, costmodel, engine, memory, scaling
 from .stats import memcpy_bandwidth, table
 
 
@@ -68,6 +69,9 @@ def cmd_allreduce(args):
                        ("seconds", "time (s)", "{:.6f}"), ("algbw_GBps", "algbw GB/s", "{:.2f}"),
                        ("busbw_GBps", "busbw GB/s", "{:.2f}")]))
     print(f"memcpy bandwidth of this machine (one core, 64 MB): {memcpy:.2f} GB/s")
+    if args.plot:
+        from .. import plot
+        print(f"wrote {plot.allreduce(rows, os.path.join(args.plot, 'allreduce.png'))}")
     return rows + [{"kind": "memcpy", "bytes": 64 * 2**20, "GBps": memcpy}]
 
 
@@ -88,7 +92,53 @@ def cmd_scaling(args):
                        ("forward_ms", "fwd", "{:.2f}"), ("backward_ms", "bwd", "{:.2f}"),
                        ("wait_ms", "wait", "{:.2f}"), ("allreduce_ms", "allreduce", "{:.2f}"),
                        ("optimizer_ms", "opt", "{:.2f}")]))
+    if args.predict:
+        rows += predictions(rows, args.predict.split(","), args.n)
+    if args.plot:
+        from .. import plot
+        preds = [(f"{r0['network']} {r0['compression']}", [r for r in rows if r.get("kind") == "prediction" and
+                  (r["network"], r["compression"]) == (r0["network"], r0["compression"])])
+                 for r0 in rows if r0.get("kind") == "prediction" and r0["n"] == 2]
+        for path in plot.scaling([r for r in rows if r.get("kind") == "scaling"], os.path.join(args.plot, "scaling"),
+                                 preds):
+            print(f"wrote {path}")
     return rows
+
+
+def predictions(rows, networks, measured_ns):
+    """Fit alpha/beta of this machine's MPI ring, check the model against the measured points, then predict
+    efficiency at 2..256 workers on the named networks, without and with fp16 compression."""
+    measured = [r for r in rows if r.get("kind") == "scaling" and r.get("backend", "mpi") == "mpi"]
+    base = next((r for r in measured if r["n"] == 1), None)
+    if base is None:
+        raise SystemExit("predictions need the 1-worker run: include 1 in -n")
+    ns = sorted({n for n in measured_ns if n > 1}) or [2]
+    print("cost model: measuring this machine's allreduce to fit alpha/beta ...", file=sys.stderr)
+    ar = allreduce.run(ns, [64 << 10, 1 << 20, 4 << 20, 16 << 20], impls=("ring",), progress=lambda m: None)
+    local = costmodel.fit_alpha_beta(ar)
+    t_compute, grad = base["step_s"], base["gradient_bytes"]
+    out = []
+    local_pred = costmodel.predict(t_compute, grad, ns, local)
+    print(f"\ncost model fitted on this machine: alpha = {local['alpha'] * 1e6:.1f} us, "
+          f"beta = {1 / local['beta'] / 1e9:.2f} GB/s; compute {t_compute * 1e3:.2f} ms/step, gradient {grad:,} B")
+    for p in local_pred:
+        m = next((r for r in measured if r["n"] == p["n"]), None)
+        if m is not None:
+            print(f"  n={p['n']}: measured efficiency {m.get('efficiency', float('nan')):.1%}, "
+                  f"model {p['efficiency']:.1%} (the model counts only communication; two workers sharing two "
+                  f"cores' caches and memory bandwidth are not in it)")
+        out.append({**p, "network": "this machine", **local})
+    big = [2, 4, 8, 16, 32, 64, 128, 256]
+    print("\nPREDICTED weak-scaling efficiency (not measured), compute per step as measured here:")
+    header = "network     compression " + " ".join(f"{n:>6}" for n in big)
+    print(header)
+    for name in networks:
+        net = costmodel.parse_network(name)
+        for comp in ("none", "fp16"):
+            ps = costmodel.predict(t_compute, grad, big, net, comp)
+            print(f"{name:<11} {comp:<11} " + " ".join(f"{p['efficiency']:6.1%}" for p in ps))
+            out += [{**p, "network": name, **net} for p in ps]
+    return out
 
 
 def cmd_memory(args):
@@ -105,6 +155,27 @@ def cmd_memory(args):
     return rows
 
 
+def cmd_all(args):
+    """The default benchmark: allreduce and scaling on both backends, the cost model, and the plots."""
+    os.makedirs(args.out, exist_ok=True)
+    ar = argparse.Namespace(n=[2], sizes="4K,64K,1M,4M,16M,64M", backend="mpi,ray" if _has_ray() else "mpi",
+                            plot=args.out)
+    rows = cmd_allreduce(ar)
+    sc = argparse.Namespace(n=[1, 2, 4], model="cnn", mode="weak", batch=32, threads=1, steps=args.steps,
+                            backend="mpi,ray" if _has_ray() else "mpi", predict="10gbit,25gbit,100gbit",
+                            plot=args.out)
+    rows += cmd_scaling(sc)
+    return rows
+
+
+def _has_ray():
+    try:
+        import ray  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="distnet-bench", description="distnet benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +190,7 @@ def main(argv=None):
     a.add_argument("-n", type=_ints, default=[2])
     a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))
     a.add_argument("--backend", default="mpi")
+    a.add_argument("--plot", default=None, metavar="DIR", help="write a bandwidth-vs-size PNG here")
     sc = sub.add_parser("scaling", help="throughput and efficiency on 1..N workers")
     sc.add_argument("-n", type=_ints, default=[1, 2, 4])
     sc.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
@@ -127,16 +199,24 @@ def main(argv=None):
     sc.add_argument("--threads", type=int, default=1, help="BLAS threads per worker")
     sc.add_argument("--steps", type=int, default=30)
     sc.add_argument("--backend", default="mpi", help="mpi, ray, or mpi,ray for both side by side")
+    sc.add_argument("--predict", default=None, metavar="NETWORKS",
+                    help="cost-model predictions for 2..256 workers, e.g. 10gbit,25gbit,100gbit or alpha=..,beta=..")
+    sc.add_argument("--plot", default=None, metavar="DIR", help="write efficiency/throughput/breakdown PNGs here")
     m = sub.add_parser("memory", help="peak RSS, steady-state RSS growth and allocation per step")
     m.add_argument("--model", default="cnn")
     m.add_argument("--batch", type=int, default=32)
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--compare", choices=["torch"], default=None)
-    for s in (e, a, sc, m):
+    al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
+    al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
+    al.add_argument("--steps", type=int, default=20)
+    for s in (e, a, sc, m, al):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)
     rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling,
-            "memory": cmd_memory}[args.command](args)
+            "memory": cmd_memory, "all": cmd_all}[args.command](args)
+    if args.command == "all" and not args.json:
+        args.json = os.path.join(args.out, "results.json")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": rows}, f, indent=1)

@@ -1,0 +1,105 @@
+"""Plots (matplotlib, from the `plot` extra): training curves and benchmark figures, written as PNG files."""
+import os
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plotting needs matplotlib: pip install 'distnet[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def history(history, path, title=None):
+    """Loss and metrics per epoch (and their val_ twins) from `model.fit(...)`'s History, one panel each."""
+    logs = getattr(history, "history", history)
+    if not logs:
+        raise ValueError("history is empty: nothing to plot")
+    plt = _pyplot()
+    names = [k for k in logs if not k.startswith("val_") and k != "learning_rate"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        epochs = range(1, len(logs[name]) + 1)
+        ax.plot(epochs, logs[name], marker="o", label=name)
+        if "val_" + name in logs:
+            ax.plot(range(1, len(logs["val_" + name]) + 1), logs["val_" + name], marker="s", label="val_" + name)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def scaling(records, path_prefix, predictions=()):
+    """efficiency vs workers, throughput vs workers, and the step-time breakdown: three PNG files."""
+    plt = _pyplot()
+    paths = []
+    groups = {}
+    for r in records:
+        groups.setdefault(r.get("backend", "mpi"), []).append(r)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["n"])
+        ax.plot([r["n"] for r in rs], [r.get("efficiency", float("nan")) * 100 for r in rs], marker="o",
+                label=f"{backend} (measured)")
+    for label, ps in predictions:
+        ax.plot([p["n"] for p in ps], [p["efficiency"] * 100 for p in ps], linestyle="--", label=f"{label} (predicted)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("scaling efficiency (%)")
+    ax.set_ylim(0, 110)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, f"{path_prefix}_efficiency.png"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["n"])
+        ax.plot([r["n"] for r in rs], [r["samples_per_s"] for r in rs], marker="o", label=backend)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("samples / s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(_save(fig, f"{path_prefix}_throughput.png"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    phases = ["data", "forward", "backward", "wait", "allreduce", "optimizer"]
+    labels = [f"{r.get('backend', 'mpi')} n={r['n']}" for r in records]
+    bottom = [0.0] * len(records)
+    for phase in phases:
+        values = [r.get("breakdown_s", {}).get(phase, 0.0) * 1e3 for r in records]
+        ax.bar(labels, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("ms per step (median)")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", rotation=30)
+    paths.append(_save(fig, f"{path_prefix}_breakdown.png"))
+    return paths
+
+
+def allreduce(records, path):
+    """Algorithm bandwidth vs buffer size, one line per backend/implementation/worker count."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    keys = sorted({(r.get("backend", "mpi"), r["impl"], r["n"]) for r in records if r.get("kind") == "allreduce"})
+    for backend, impl, n in keys:
+        rs = sorted((r for r in records if (r.get("backend", "mpi"), r.get("impl"), r.get("n")) == (backend, impl, n)),
+                    key=lambda r: r["bytes"])
+        ax.plot([r["bytes"] for r in rs], [r["algbw_GBps"] for r in rs], marker="o", label=f"{backend} {impl} n={n}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("buffer bytes")
+    ax.set_ylabel("algorithm bandwidth (GB/s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
