@@ -441,7 +441,10 @@ class BackupAndRestore(Callback):
         if self.save_freq != "epoch":
             self._steps += 1
             if self._steps % self.save_freq == 0:
-                self._backup()
+                self._due = True
+        if getattr(self, "_due", False) and not self.model.mid_accumulation:
+            self._backup()        # with steps_per_sync > 1, backups wait for the end of an accumulated update
+            self._due = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":

@@ -92,6 +92,15 @@ class Sequential:
         self._trainable = [w for la in self._layers for w in la.weights if w.trainable]
         self._frozen = [w for la in self._layers for w in la.weights if not w.trainable]
         self._params = flatten_values(self._trainable, dtype)
+        offsets, offset = {}, 0
+        for i, layer in enumerate(self._layers):
+            size = sum(w.value.size for w in layer.trainable_weights)
+            if size:
+                offsets[i] = offset
+            offset += size
+        self._layer_offsets = offsets          # where each layer's gradients start in the flat buffer
+        self._accumulated = None
+        self.mid_accumulation = False          # True between the micro-batches of one accumulated update
         self._state = flatten_values(self._frozen, dtype)
         self._grad_buf = None
         self._regularized = [w for w in self._trainable if w.regularizer is not None]
@@ -115,9 +124,14 @@ class Sequential:
     # -- compile ------------------------------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
                 run_eagerly=False, steps_per_execution=1, jit_compile="auto", allreduce="auto",
-                bucket_bytes=None):
-        """Keras's compile. distnet adds `allreduce` ('auto' | 'ring' | 'native') and `bucket_bytes`, how the
-        gradient buffer is summed across workers when training data-parallel."""
+                bucket_bytes=None, compression=None, topk_ratio=0.01, overlap=False, steps_per_sync=1):
+        """Keras's compile, plus how gradients are combined when training data-parallel:
+        allreduce: 'auto' | 'ring' | 'native'; bucket_bytes: sum the gradient in slices of this size;
+        compression: None | 'fp16' | 'bf16' | 'topk' (with topk_ratio, error feedback);
+        overlap: sum the last layers' gradients while backward continues on the earlier ones;
+        steps_per_sync=K: accumulate K micro-batches per update (an update then covers K * batch_size samples)."""
+        if not isinstance(steps_per_sync, (int, np.integer)) or steps_per_sync < 1:
+            raise ValueError(f"steps_per_sync must be a positive int, received {steps_per_sync!r}")
         if loss is None:
             raise ValueError(f"compile of model '{self.name}' needs a loss, received loss=None")
         self.loss = losses_mod.get(loss)
@@ -125,7 +139,10 @@ class Sequential:
         metrics = list(metrics or []) + list(weighted_metrics or [])
         metrics_mod.validate_names(metrics)
         self._metric_ids = metrics
-        self._reducer_options = {"algorithm": allreduce, "bucket_bytes": bucket_bytes}
+        self._reducer_options = {"algorithm": allreduce, "bucket_bytes": bucket_bytes, "compression": compression,
+                                 "topk_ratio": topk_ratio, "overlap": bool(overlap)}
+        Reducer(world.LOCAL, **self._reducer_options)          # validate the options now, not at fit time
+        self._steps_per_sync = int(steps_per_sync)
         self._reducer = None
         self.compiled = True
         if self.built:
@@ -204,7 +221,8 @@ class Sequential:
             return self.loss.from_logits_pair(y, self._layers[-1].preactivation)
         return self.loss.per_sample(y, out), self.loss.grad(y, out)
 
-    def _backward(self, grad):
+    def _backward(self, grad, ready=None):
+        """ready(offset): told, when overlapping communication, that every gradient from `offset` on is final."""
         last = len(self._layers) - 1
         for i in range(last, self._first_trainable - 1, -1):
             layer, need = self._layers[i], i > self._first_trainable
@@ -212,6 +230,8 @@ class Sequential:
                 grad = layer.backward_preactivation(grad, need)
             else:
                 grad = layer.backward(grad, need)
+            if ready is not None and i in self._layer_offsets:
+                ready(self._layer_offsets[i])
 
     def _penalty(self):
         return sum(w.regularizer.penalty(w.value) for w in self._regularized)
@@ -222,7 +242,12 @@ class Sequential:
             stats[2 + 2 * i] = v.sum() if w is None else np.dot(v, w)
             stats[3 + 2 * i] = v.shape[0] if w is None else w.sum()
 
-    def _train_step(self, xb, yb, wb, tl=timeline_mod.NULL):
+    def _train_step(self, xb, yb, wb, tl=timeline_mod.NULL, sync=True):
+        """One micro-batch; with sync=False (gradient accumulation) the update waits for a later micro-batch
+        and None is returned. Returns the step's global statistics slots after an update."""
+        reducer, n_stats = self._reducer, self._stats.size
+        accumulate = self._steps_per_sync > 1
+        overlap = reducer.overlap and not accumulate and reducer.comm.size > 1
         with tl.phase("forward"):
             out = self._forward(xb, training=True)
         with tl.phase("backward"):
@@ -234,12 +259,26 @@ class Sequential:
             stats[0] = xb.shape[0]
             stats[1] = losses.sum()
             self._fill_metric_stats(stats, yb, out, wb)     # before backward, which may reuse `out` as scratch
-            self._backward(grad)
-        if tl.measure_wait and self._reducer.comm.size > 1:
+            if overlap:
+                reducer.begin(self._grad_buf, n_stats, self._layer_offsets.values())
+            self._backward(grad, reducer.ready if overlap else None)
+        if accumulate:
+            if self._accumulated is None or self._accumulated.size != self._grad_buf.size:
+                self._accumulated = np.zeros_like(self._grad_buf)
+            self._accumulated += self._grad_buf           # gradient sums, sample counts and metric sums add up
+            self.mid_accumulation = not sync
+            if not sync:
+                return None
+            self._grad_buf[...] = self._accumulated
+            self._accumulated.fill(0)
+        if tl.measure_wait and reducer.comm.size > 1 and not overlap:
             with tl.phase("wait"):
-                self._reducer.comm.barrier()
+                reducer.comm.barrier()
         with tl.phase("allreduce"):
-            self._reducer.reduce_(self._grad_buf)            # sums over workers, in place
+            if overlap:
+                reducer.finish()                          # the buckets were sent during backward
+            else:
+                reducer.reduce_(self._grad_buf, n_stats)  # sums over workers, in place
         with tl.phase("optimizer"):
             self._grads *= self._grads.dtype.type(1.0 / stats[0])
             for w in self._regularized:
@@ -370,10 +409,12 @@ class Sequential:
                     xb = self._batch(x, idx, "fit")
                     yb, wb = y[idx], (None if sw is None else sw[idx])
                 penalty = self._penalty() if self._regularized else 0.0
-                stats = self._train_step(xb, yb, wb, tl)
-                totals[:-1] += stats
-                totals[-1] += penalty * stats[0]
-                logs = self._logs(totals)
+                sync = (step + 1) % self._steps_per_sync == 0 or step == steps - 1
+                stats = self._train_step(xb, yb, wb, tl, sync)
+                if stats is not None:
+                    totals[:-1] += stats
+                    totals[-1] += penalty * stats[0]
+                    logs = self._logs(totals)
                 self._position.update(epoch=epoch, step=step + 1, totals=totals)
                 cbs.on_train_batch_end(step, logs)
                 if self.stop_training:
@@ -662,7 +703,7 @@ class Sequential:
             meta["compile"] = {"loss": losses_mod.serialize(self.loss),
                                "optimizer": optimizers_mod.serialize(self.optimizer),
                                "metrics": [m for m in self._metric_ids if isinstance(m, str)],
-                               "reducer": self._reducer_options}
+                               "reducer": self._reducer_options, "steps_per_sync": self._steps_per_sync}
             meta["optimizer_iterations"] = self.optimizer.iterations
             arrays.update({f"optimizer/{k}": v for k, v in self.optimizer.slots.items()})
         return checkpoint.save_arrays(filepath, arrays, _jsonable(meta))
@@ -701,7 +742,8 @@ def load_model(filepath, compile=True):
     if compile and comp:
         model.compile(optimizer=optimizers_mod.get(comp["optimizer"]), loss=losses_mod.get(comp["loss"]),
                       metrics=comp["metrics"], allreduce=comp["reducer"]["algorithm"],
-                      bucket_bytes=comp["reducer"]["bucket_bytes"])
+                      steps_per_sync=comp.get("steps_per_sync", 1),
+                      **{k: v for k, v in comp["reducer"].items() if k != "algorithm"})
         model.optimizer.set_state({"iterations": meta.get("optimizer_iterations", 0),
                                    "slots": {k.split("/", 1)[1]: v for k, v in arrays.items()
                                              if k.startswith("optimizer/")}})

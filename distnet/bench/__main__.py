@@ -81,12 +81,13 @@ def cmd_scaling(args):
         if backend not in ("mpi", "ray"):
             raise SystemExit(f"distnet-bench scaling: --backend must be mpi, ray or mpi,ray; received {backend!r}")
         rows += scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
-                            progress=lambda m: print(m, file=sys.stderr), backend=backend)
+                            progress=lambda m: print(m, file=sys.stderr), backend=backend,
+                            compile_kw=_levers(args))
     for r in rows:
         b = r["breakdown_s"]
         r.update({f"{k}_ms": v * 1e3 for k, v in b.items()}, step_ms=r["step_s"] * 1e3)
     print(table(rows, [("backend", "backend", "{}"), ("n", "n", "{}"), ("global_batch", "global batch", "{}"),
-                       ("step_ms", "step ms", "{:.2f}"),
+                       ("step_ms", "step ms", "{:.2f}"), ("wire_bytes_per_update", "sent B/update", "{:,}"),
                        ("samples_per_s", "samples/s", "{:.0f}"), ("speedup", "speed-up", "{:.2f}"),
                        ("efficiency", "efficiency", "{:.1%}"), ("data_ms", "data", "{:.2f}"),
                        ("forward_ms", "fwd", "{:.2f}"), ("backward_ms", "bwd", "{:.2f}"),
@@ -103,6 +104,17 @@ def cmd_scaling(args):
                                  preds):
             print(f"wrote {path}")
     return rows
+
+
+def _levers(args):
+    kw = {}
+    if getattr(args, "overlap", False):
+        kw["overlap"] = True
+    if getattr(args, "compression", None):
+        kw["compression"] = args.compression
+    if getattr(args, "steps_per_sync", 1) > 1:
+        kw["steps_per_sync"] = args.steps_per_sync
+    return kw
 
 
 def predictions(rows, networks, measured_ns):
@@ -162,6 +174,7 @@ def cmd_all(args):
                             plot=args.out)
     rows = cmd_allreduce(ar)
     sc = argparse.Namespace(n=[1, 2, 4], model="cnn", mode="weak", batch=32, threads=1, steps=args.steps,
+                            overlap=False, compression=None, steps_per_sync=1,
                             backend="mpi,ray" if _has_ray() else "mpi", predict="10gbit,25gbit,100gbit",
                             plot=args.out)
     rows += cmd_scaling(sc)
@@ -202,6 +215,9 @@ def main(argv=None):
     sc.add_argument("--predict", default=None, metavar="NETWORKS",
                     help="cost-model predictions for 2..256 workers, e.g. 10gbit,25gbit,100gbit or alpha=..,beta=..")
     sc.add_argument("--plot", default=None, metavar="DIR", help="write efficiency/throughput/breakdown PNGs here")
+    sc.add_argument("--overlap", action="store_true", help="overlap the allreduce with backward")
+    sc.add_argument("--compression", choices=["fp16", "bf16", "topk"], default=None)
+    sc.add_argument("--steps-per-sync", type=int, default=1, help="gradient accumulation: micro-batches per update")
     m = sub.add_parser("memory", help="peak RSS, steady-state RSS growth and allocation per step")
     m.add_argument("--model", default="cnn")
     m.add_argument("--batch", type=int, default=32)

@@ -11,12 +11,12 @@ from ..models import Sequential
 from .stats import summarize
 
 
-def build(model_name, input_shape=(32, 32, 3)):
+def build(model_name, input_shape=(32, 32, 3), **compile_kw):
     """The two example architectures: 'mlp' (8-10-10-1, Adam, BCE) and 'cnn' (the Keras snippet, Adam, CCE)."""
     if model_name == "mlp":
         model = Sequential([layers.Dense(10, input_dim=8, activation="relu"), layers.Dense(10, activation="relu"),
                             layers.Dense(1, activation="sigmoid")])
-        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"], **compile_kw)
         return model
     if model_name == "cnn":
         model = Sequential([
@@ -24,7 +24,7 @@ def build(model_name, input_shape=(32, 32, 3)):
             layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
             layers.Conv2D(128, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
             layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(10, activation="softmax")])
-        model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+        model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"], **compile_kw)
         return model
     raise ValueError(f"model must be 'mlp' or 'cnn', received {model_name!r}")
 

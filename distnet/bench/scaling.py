@@ -15,48 +15,55 @@ import tempfile
 from .allreduce import mpirun
 
 
-def measure(model_name, global_batch, steps, warmup):
+def measure(model_name, global_batch, steps, warmup, compile_kw=None):
     """Inside a worker (MPI rank or Ray actor): fit one epoch on synthetic data, return rank 0's record."""
     from .. import distributed
     from ..timeline import Timeline
     from . import engine
     comm = distributed.init()
-    model = engine.build(model_name)
-    x, y = engine.synthetic_data(model_name, global_batch * (steps + warmup), seed=1)
+    compile_kw = dict(compile_kw or {})
+    model = engine.build(model_name, **compile_kw)
+    k = compile_kw.get("steps_per_sync", 1)
+    x, y = engine.synthetic_data(model_name, global_batch * (steps + warmup) * k, seed=1)
     model.timeline = Timeline(measure_wait=True)
     timer = engine.StepTimer()
     model.fit(x, y, batch_size=global_batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
     from .stats import summarize
-    s = summarize(timer.durations[warmup:])
+    # with steps_per_sync=K an update is K micro-steps: time per update = sum of K consecutive micro-steps
+    d = timer.durations[warmup * k:]
+    d = [sum(d[i:i + k]) for i in range(0, len(d) - k + 1, k)]
+    s = summarize(d)
     record = {"kind": "scaling", "backend": comm.backend if comm.size > 1 else "mpi", "model": model_name,
               "n": comm.size, "global_batch": global_batch, "batch_per_worker": global_batch / comm.size,
               "step_s": s["median_s"], "p10_s": s["p10_s"], "p90_s": s["p90_s"],
-              "samples_per_s": global_batch / s["median_s"],
-              "breakdown_s": model.timeline.step_breakdown(skip=warmup),
+              "samples_per_s": global_batch * k / s["median_s"], "levers": compile_kw,
+              "wire_bytes_per_update": model._reducer.wire_bytes // max(model.optimizer.iterations, 1),
+              "breakdown_s": model.timeline.step_breakdown(skip=warmup // k),
               "gradient_bytes": int(model._grad_buf.nbytes)}
     return record if comm.rank == 0 else None
 
 
-def worker(model_name, global_batch, steps, warmup, out_path):
-    record = measure(model_name, global_batch, steps, warmup)
+def worker(model_name, global_batch, steps, warmup, out_path, compile_kw=None):
+    record = measure(model_name, global_batch, steps, warmup, compile_kw)
     if record is not None:
         with open(out_path, "w") as f:
             json.dump(record, f)
 
 
-def _run_ray(n, model_name, global_batch, steps, warmup, threads):
+def _run_ray(n, model_name, global_batch, steps, warmup, threads, compile_kw=None):
     from ..parallel import ray_backend
     ray_backend.init_ray(None, n)
     group = ray_backend.WorkerGroup(n, env={"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)})
     try:
-        record = group.run("run_function", measure, (model_name, global_batch, steps, warmup), {})[0]
+        record = group.run("run_function", measure, (model_name, global_batch, steps, warmup, compile_kw), {})[0]
     finally:
         group.shutdown()
     record["backend"] = "ray"
     return record
 
 
-def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads=1, progress=print, backend="mpi"):
+def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads=1, progress=print, backend="mpi",
+        compile_kw=None):
     if mode not in ("weak", "strong"):
         raise ValueError(f"mode must be 'weak' or 'strong', received {mode!r}")
     records = []
@@ -66,7 +73,7 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
             raise ValueError(f"strong scaling with batch {batch} cannot feed {n} workers")
         progress(f"scaling ({backend}): {model_name} {mode}, {n} worker(s), global batch {global_batch} ...")
         if backend == "ray":
-            rec = _run_ray(n, model_name, global_batch, steps, warmup, threads)
+            rec = _run_ray(n, model_name, global_batch, steps, warmup, threads, compile_kw)
             rec.update(mode=mode, threads=threads)
             records.append(rec)
             continue
@@ -75,7 +82,7 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
             cmd = [mpirun(), "-n", str(n), sys.executable, "-m", "distnet.bench.scaling", "--worker", model_name,
-                   str(global_batch), str(steps), str(warmup), out]
+                   str(global_batch), str(steps), str(warmup), out, json.dumps(compile_kw or {})]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
             if res.returncode != 0:
                 raise RuntimeError(f"scaling run with {n} workers failed:\n{res.stderr[-3000:]}")
@@ -92,4 +99,4 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], json.loads(sys.argv[7]))

@@ -29,6 +29,16 @@ class Communicator:
     def barrier(self):
         raise NotImplementedError  # abstract
 
+    @property
+    def transport(self):
+        """The ring transport (rank, size, sendrecv) our ring algorithms run over, or None."""
+        return None
+
+    def allgather_array(self, mine, out):
+        """Every worker's equal-length 1-D array `mine`, concatenated in rank order into `out`."""
+        from .ring import ring_allgather
+        return ring_allgather(mine, out, self.transport)
+
     def abort(self, code=1):
         os._exit(code)
 
@@ -47,6 +57,10 @@ class LocalCommunicator(Communicator):
 
     def allgather(self, obj):
         return [obj]
+
+    def allgather_array(self, mine, out):
+        out[...] = mine
+        return out
 
     def barrier(self):
         pass

@@ -112,6 +112,14 @@ class MPICommunicator(Communicator):
     def allgather(self, obj):
         return self.comm.allgather(obj)
 
+    @property
+    def transport(self):
+        return self._transport
+
+    def allgather_array(self, mine, out):
+        self.comm.Allgather(mine, out)
+        return out
+
     def barrier(self):
         self.comm.Barrier()
 

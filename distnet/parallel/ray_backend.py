@@ -289,6 +289,10 @@ class RayCommunicator(Communicator):
         self._send(0, tag, obj)
         return self._recv(0, tag)
 
+    @property
+    def transport(self):
+        return self.ring_transport or self
+
     def barrier(self):
         if self.ring_transport is not None:      # a one-element ring allreduce: no trip through Ray
             ring.ring_allreduce(np.zeros(self.size, np.float32), self.ring_transport)

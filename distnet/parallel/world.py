@@ -1,5 +1,8 @@
 """Who am I in the job: the current communicator, and rank/size/is_main for code that only needs those."""
+from .communicator import LocalCommunicator
+
 _current = None
+LOCAL = LocalCommunicator()      # the single-process world
 
 
 def communicator():
