@@ -25,3 +25,52 @@ def epsilon():
 def as_float(x, dtype=None):
     """`x` as a float array of the default dtype, copying only when the dtype differs."""
     return np.asarray(x, dtype=dtype or _FLOATX)
+
+
+# -- intra-op threads -------------------------------------------------------------------------------------------
+_THREADS = 1
+_POOL = None
+_BLAS_LIMIT = None       # threadpoolctl's handle while BLAS is held at one thread
+
+
+def num_threads():
+    return _THREADS
+
+
+def set_num_threads(n):
+    """Run convolution and pooling with `n` threads, each on a slice of the batch (like torch.set_num_threads).
+
+    With n > 1, BLAS is limited to one thread per call (the threads already fill the cores), and every
+    element-wise step (im2col, bias, activation, pooling, input-gradient sums) runs in parallel too, not only
+    the matrix products; n = 1 (default) leaves BLAS's own threading as it is."""
+    global _THREADS, _POOL, _BLAS_LIMIT
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads expects a positive int, received {n!r}")
+    if n == _THREADS:
+        return
+    if _POOL is not None:
+        _POOL.shutdown(wait=True)
+        _POOL = None
+    _THREADS = n
+    if n > 1:
+        import concurrent.futures
+
+        from threadpoolctl import threadpool_limits
+        if _BLAS_LIMIT is None:
+            _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
+        _POOL = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="distnet-intraop")
+    elif _BLAS_LIMIT is not None:
+        _BLAS_LIMIT.restore_original_limits()    # back to BLAS's own threading
+        _BLAS_LIMIT = None
+
+
+def parallel_batches(n, work):
+    """Call work(lo, hi, t) for T contiguous slices [lo, hi) of range(n), in parallel when T > 1; return the
+    results in slice order. NumPy and BLAS release the GIL, so the slices really run on T cores."""
+    t = min(_THREADS, n) if n > 0 else 1
+    if t <= 1:
+        return [work(0, n, 0)]
+    bounds = [n * i // t for i in range(t + 1)]
+    futures = [_POOL.submit(work, bounds[i], bounds[i + 1], i) for i in range(1, t)]
+    first = work(bounds[0], bounds[1], 0)
+    return [first] + [f.result() for f in futures]

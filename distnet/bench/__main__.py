@@ -30,7 +30,9 @@ def cmd_engine(args):
         for batch in args.batch:
             for threads in args.threads:
                 print(f"engine: {model_name} batch {batch}, {threads} BLAS thread(s) ...", file=sys.stderr)
-                with threadpool_limits(limits=threads, user_api="blas"):
+                from .. import backend
+                backend.set_num_threads(threads)         # intra-op: the batch split over `threads` threads
+                with threadpool_limits(limits=1 if threads > 1 else threads, user_api="blas"):
                     if args.compare:
                         import torch
                         torch.set_num_threads(threads)

@@ -2,9 +2,9 @@
 kernel: (kh, kw, in_channels, filters), Keras's layout."""
 import numpy as np
 
-from .. import activations, initializers, regularizers
+from .. import activations, backend, initializers, regularizers
 from . import kernels
-from .base import ActivatedLayer, normalize_tuple, sum_rows
+from .base import ActivatedLayer, normalize_tuple
 
 
 class Conv2D(ActivatedLayer):
@@ -61,43 +61,89 @@ class Conv2D(ActivatedLayer):
         return (oh, ow, self.filters)
 
     def call(self, x, training=False):
-        n = x.shape[0]
+        n, c = x.shape[0], x.shape[-1]
         kh, kw = self.kernel_size
-        xp = kernels.pad_hw(x, self._pads, out=self.workspace("xp", kernels.padded_shape(x.shape, self._pads))
-                            if any(map(any, self._pads)) else None)
-        cols = kernels.im2col(xp, self.kernel_size, self.strides, self._out_hw,
-                              self.workspace("cols", (n, *self._out_hw, kh, kw, x.shape[-1])))
-        self._cols = cols
-        k = self.kernel.value.reshape(-1, self.filters)
+        padded = any(map(any, self._pads))
+        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, self._pads)) if padded else None
+        cols = self.workspace("cols", (n, *self._out_hw, kh, kw, c))
         z = self.workspace("z", (n, *self._out_hw, self.filters))
-        np.matmul(cols.reshape(-1, k.shape[0]), k, out=z.reshape(-1, self.filters))
-        if self.bias is not None:
-            z += self.bias.value
+        k = self.kernel.value.reshape(-1, self.filters)
+        act = self.activation
+        inplace = act.from_output and not self.keep_preactivation
+
+        def work(lo, hi, t):              # one slice of the batch: pad, im2col, GEMM, bias, activation
+            xp = kernels.pad_hw(x[lo:hi], self._pads, out=xp_all[lo:hi] if padded else None)
+            kernels.im2col(xp, self.kernel_size, self.strides, self._out_hw, cols[lo:hi])
+            zc = z[lo:hi]
+            np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, self.filters))
+            if self.bias is not None:
+                zc += self.bias.value
+            if inplace:
+                act.forward(zc, out=zc)
+        backend.parallel_batches(n, work)
+        self._cols = cols
+        if inplace:
+            self._z, self._a = None, z
+            return z
         return self._activate(z)
 
+    def backward(self, grad, need_input_grad=True):
+        if self.activation.name == "relu" and self._z is None:      # fuse relu's backward into the slices
+            return self._backward_slices(grad, need_input_grad, relu=True)
+        return super().backward(grad, need_input_grad)
+
     def backward_preactivation(self, grad_z, need_input_grad=True):
-        k = self.kernel.value.reshape(-1, self.filters)
-        cols2 = self._cols.reshape(-1, k.shape[0])
-        g2 = grad_z.reshape(-1, self.filters)
-        if self.kernel.grad is not None:
-            np.matmul(cols2.T, g2, out=self.kernel.grad.reshape(-1, self.filters))
-        if self.bias is not None and self.bias.grad is not None:
-            sum_rows(g2, self.bias.grad, self)
-        if not need_input_grad:
-            return None
-        # d(input): for each kernel offset, one GEMM with that offset's (in, filters) slice, added into the
-        # window it touched. Measured 1.6x faster than one big GEMM + col2im: the adds run over contiguous
-        # rows instead of channel-sized pieces, and no (rows x kh*kw*in) buffer is written.
-        n = grad_z.shape[0]
-        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self.input_shape, self._pads))
-        part = self.workspace("dx_part", (n, *self._out_hw, self.input_shape[-1]))
-        dxp.fill(0)
+        return self._backward_slices(grad_z, need_input_grad, relu=False)
+
+    def _ones(self, t, rows, dtype):
+        """A cached vector of ones per thread: bias gradients as a GEMV (8x faster than an axis-0 sum)."""
+        cache = self.__dict__.setdefault("_ones_by_thread", {})
+        ones = cache.get(t)
+        if ones is None or ones.shape[0] != rows or ones.dtype != dtype:
+            ones = cache[t] = np.ones(rows, dtype)
+        return ones
+
+    def _backward_slices(self, grad, need_input_grad, relu):
+        n = grad.shape[0]
+        kdim = self.kernel.value.size // self.filters
+        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self.input_shape, self._pads)) \
+            if need_input_grad else None
+        part = self.workspace("dx_part", (n, *self._out_hw, self.input_shape[-1])) if need_input_grad else None
+        want_k = self.kernel.grad is not None
+        want_b = self.bias is not None and self.bias.grad is not None
         kh, kw = self.kernel_size
-        for i in range(kh):
-            for j in range(kw):
-                np.matmul(g2, self.kernel.value[i, j].T, out=part.reshape(g2.shape[0], part.shape[-1]))
-                kernels.window(dxp, i, j, self.strides, self._out_hw)[...] += part
-        return kernels.unpad_hw(dxp, self._pads)
+
+        def work(lo, hi, t):
+            g = grad[lo:hi]
+            if relu:
+                self.activation.backward(None, self._a[lo:hi], g, scratch=True)
+            g2 = g.reshape(-1, self.filters)
+            dk = db = None
+            if want_k:        # partial kernel gradient of this slice (summed below)
+                dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
+                    self.workspace(f"dk{t}", (kdim, self.filters))
+                np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
+            if want_b:
+                db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
+                np.dot(self._ones(t, g2.shape[0], g2.dtype), g2, out=db)
+            if need_input_grad:
+                # per kernel offset: one GEMM with that offset's (in, filters) slice, added into the window it
+                # touched (measured 1.6x faster than one big GEMM + col2im)
+                d, p = dxp[lo:hi], part[lo:hi]
+                d.fill(0)
+                for i in range(kh):
+                    for j in range(kw):
+                        np.matmul(g2, self.kernel.value[i, j].T, out=p.reshape(g2.shape[0], p.shape[-1]))
+                        kernels.window(d, i, j, self.strides, self._out_hw)[...] += p
+            return dk, db
+
+        parts = backend.parallel_batches(n, work)
+        for dk, db in parts[1:]:
+            if want_k:
+                self.kernel.grad += dk.reshape(self.kernel.grad.shape)
+            if want_b:
+                self.bias.grad += db
+        return kernels.unpad_hw(dxp, self._pads) if need_input_grad else None
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),

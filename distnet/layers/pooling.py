@@ -5,6 +5,7 @@ pool size, stride and padding runs at NumPy speed without a loop over pixels.
 """
 import numpy as np
 
+from .. import backend
 from . import kernels
 from .base import Layer, normalize_tuple
 
@@ -107,40 +108,54 @@ class MaxPooling2D(_Pooling2D):
     def _pairwise_forward(self, x):
         n, c = x.shape[0], x.shape[-1]
         oh, ow = self._out_hw
-        xc = x[:, :2 * oh, :2 * ow, :]
-        if not xc.flags.c_contiguous:                # odd height/width: the last row/column is never used
-            crop = self.workspace("crop", xc.shape)
-            np.copyto(crop, xc)
-            xc = crop
-        cols = xc.reshape(n * 2 * oh * ow, 2, c)     # [.., 0, :] left column of each pair, [.., 1, :] right
-        right = self.workspace("right_wins", (n * 2 * oh * ow, c), bool)
-        t = self.workspace("colmax", (n * 2 * oh * ow, c))
-        np.greater(cols[:, 1], cols[:, 0], out=right)
-        np.maximum(cols[:, 0], cols[:, 1], out=t)
-        rows = t.reshape(n * oh, 2, ow * c)            # [.., 0, :] upper row of each pair, [.., 1, :] lower
+        per = 2 * oh * ow                                # rows of the column-pair view per sample
+        right = self.workspace("right_wins", (n * per, c), bool)
+        t = self.workspace("colmax", (n * per, c))
         lower = self.workspace("lower_wins", (n * oh, ow * c), bool)
         out = self.workspace("out", (n, oh, ow, c))
-        np.greater(rows[:, 1], rows[:, 0], out=lower)
-        np.maximum(rows[:, 0], rows[:, 1], out=out.reshape(n * oh, ow * c))
+        odd = x.shape[1:3] != (2 * oh, 2 * ow)
+        crop = self.workspace("crop", (n, 2 * oh, 2 * ow, c)) if odd else None
+
+        def work(lo, hi, _):
+            xc = x[lo:hi, :2 * oh, :2 * ow, :]
+            if odd:                                      # odd height/width: the last row/column is never used
+                np.copyto(crop[lo:hi], xc)
+                xc = crop[lo:hi]
+            cols = xc.reshape((hi - lo) * per, 2, c)     # [.., 0, :] left column of each pair, [.., 1, :] right
+            r, tt = right[lo * per:hi * per], t[lo * per:hi * per]
+            np.greater(cols[:, 1], cols[:, 0], out=r)
+            np.maximum(cols[:, 0], cols[:, 1], out=tt)
+            rows = tt.reshape((hi - lo) * oh, 2, ow * c)  # [.., 0, :] upper row of each pair, [.., 1, :] lower
+            low = lower[lo * oh:hi * oh]
+            np.greater(rows[:, 1], rows[:, 0], out=low)
+            np.maximum(rows[:, 0], rows[:, 1], out=out[lo:hi].reshape((hi - lo) * oh, ow * c))
+        backend.parallel_batches(n, work)
         return out
 
     def _pairwise_backward(self, grad):
         n, c = grad.shape[0], grad.shape[-1]
         oh, ow = self._out_hw
-        g = grad.reshape(n * oh, ow * c)
-        dt = self.workspace("d_colmax", (n * oh, 2, ow * c))
-        np.multiply(g, self._ws["lower_wins"], out=dt[:, 1])
-        np.subtract(g, dt[:, 1], out=dt[:, 0])        # g*(1-lower), exactly: g*lower is g or 0
-        dtf = dt.reshape(n * 2 * oh * ow, c)
+        per = 2 * oh * ow
         h, w, _ = self.input_shape
+        dt = self.workspace("d_colmax", (n * oh, 2, ow * c))
         dx = self.workspace("dx", (n, h, w, c))
         cropped = (h, w) != (2 * oh, 2 * ow)
-        dcols = self.workspace("dcrop", (n * 2 * oh * ow, 2, c)) if cropped else dx.reshape(-1, 2, c)
-        np.multiply(dtf, self._ws["right_wins"], out=dcols[:, 1])
-        np.subtract(dtf, dcols[:, 1], out=dcols[:, 0])
-        if cropped:
-            dx.fill(0)
-            dx[:, :2 * oh, :2 * ow, :] = dcols.reshape(n, 2 * oh, 2 * ow, c)
+        dcols = self.workspace("dcrop", (n * per, 2, c)) if cropped else dx.reshape(-1, 2, c)
+        lower, right = self._ws["lower_wins"], self._ws["right_wins"]
+
+        def work(lo, hi, _):
+            g = grad[lo:hi].reshape((hi - lo) * oh, ow * c)
+            d = dt[lo * oh:hi * oh]
+            np.multiply(g, lower[lo * oh:hi * oh], out=d[:, 1])
+            np.subtract(g, d[:, 1], out=d[:, 0])         # g*(1-lower), exactly: g*lower is g or 0
+            dflat = d.reshape((hi - lo) * per, c)
+            dc = dcols[lo * per:hi * per]
+            np.multiply(dflat, right[lo * per:hi * per], out=dc[:, 1])
+            np.subtract(dflat, dc[:, 1], out=dc[:, 0])
+            if cropped:
+                dx[lo:hi].fill(0)
+                dx[lo:hi, :2 * oh, :2 * ow, :] = dc.reshape(hi - lo, 2 * oh, 2 * ow, c)
+        backend.parallel_batches(n, work)
         return dx
 
 

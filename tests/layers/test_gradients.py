@@ -28,8 +28,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Each check runs single-threaded and with the batch split over 2 intra-op threads."""
+    from distnet import backend
+    backend.set_num_threads(request.param)
+    yield request.param
+    backend.set_num_threads(1)
+
+
 @pytest.mark.parametrize("name,make,shape", CASES, ids=[c[0] for c in CASES])
-def test_layer_backward_matches_finite_differences(float64, name, make, shape):
+def test_layer_backward_matches_finite_differences(float64, threads, name, make, shape):
     layer = make()
     x = rng.normal(size=shape)
     layer(x, training=True)
