@@ -99,9 +99,10 @@ def cmd_scaling(args):
         rows += predictions(rows, args.predict.split(","), args.n)
     if args.plot:
         from .. import plot
-        preds = [(f"{r0['network']} {r0['compression']}", [r for r in rows if r.get("kind") == "prediction" and
+        curves = [r for r in rows if r.get("kind") == "prediction" and "lever" not in r]
+        preds = [(f"{r0['network']} {r0['compression']}", [r for r in curves if
                   (r["network"], r["compression"]) == (r0["network"], r0["compression"])])
-                 for r0 in rows if r0.get("kind") == "prediction" and r0["n"] == 2]
+                 for r0 in curves if r0["n"] == 2]
         for path in plot.scaling([r for r in rows if r.get("kind") == "scaling"], os.path.join(args.plot, "scaling"),
                                  preds):
             print(f"wrote {path}")
@@ -132,15 +133,19 @@ def predictions(rows, networks, measured_ns):
     local = costmodel.fit_alpha_beta(ar)
     t_compute, grad = base["step_s"], base["gradient_bytes"]
     out = []
-    local_pred = costmodel.predict(t_compute, grad, ns, local)
+    cores = os.cpu_count() or 1
     print(f"\ncost model fitted on this machine: alpha = {local['alpha'] * 1e6:.1f} us, "
           f"beta = {1 / local['beta'] / 1e9:.2f} GB/s; compute {t_compute * 1e3:.2f} ms/step, gradient {grad:,} B")
-    for p in local_pred:
-        m = next((r for r in measured if r["n"] == p["n"]), None)
+    for n in ns:
+        # more workers than cores: each worker gets cores/n of a core, so its compute takes n/cores longer
+        slow = max(1.0, n / cores)
+        p = costmodel.predict(t_compute * slow, grad, [n], local)[0]
+        p["efficiency"] /= slow
+        m = next((r for r in measured if r["n"] == n), None)
         if m is not None:
-            print(f"  n={p['n']}: measured efficiency {m.get('efficiency', float('nan')):.1%}, "
-                  f"model {p['efficiency']:.1%} (the model counts only communication; two workers sharing two "
-                  f"cores' caches and memory bandwidth are not in it)")
+            print(f"  n={n}: measured efficiency {m.get('efficiency', float('nan')):.1%}, model {p['efficiency']:.1%}"
+                  + (f" ({n} workers on {cores} cores)" if slow > 1 else "")
+                  + " (the model has no term for workers sharing caches and memory bandwidth)")
         out.append({**p, "network": "this machine", **local})
     big = [2, 4, 8, 16, 32, 64, 128, 256]
     print("\nPREDICTED weak-scaling efficiency (not measured), compute per step as measured here:")
@@ -152,6 +157,14 @@ def predictions(rows, networks, measured_ns):
             ps = costmodel.predict(t_compute, grad, big, net, comp)
             print(f"{name:<11} {comp:<11} " + " ".join(f"{p['efficiency']:6.1%}" for p in ps))
             out += [{**p, "network": name, **net} for p in ps]
+    t_backward = base["breakdown_s"].get("backward", t_compute / 2)
+    print("\nPREDICTED at 64 workers, per communication lever (allreduce ms per step / efficiency):")
+    for name in networks:
+        net = costmodel.parse_network(name)
+        levers = costmodel.predict_levers(t_compute, t_backward, grad, 64, net)
+        print(f"{name:<11} " + "  ".join(f"{p['lever']}: {p['allreduce_s'] * 1e3:.2f} ms / {p['efficiency']:.1%}"
+                                        for p in levers))
+        out += [{**p, "network": name} for p in levers]
     return out
 
 

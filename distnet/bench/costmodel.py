@@ -56,3 +56,17 @@ def predict(t_compute, grad_bytes, ns, network, compression=None, overlap=0.0):
         out.append({"kind": "prediction", "n": n, "step_s": step, "allreduce_s": comm,
                     "efficiency": t_compute / step, "compression": compression or "none"})
     return out
+
+
+def predict_levers(t_compute, t_backward, grad_bytes, n, network, topk_ratio=0.01, steps_per_sync=4):
+    """Predicted step time and efficiency at n workers for each communication lever (weak scaling):
+    none; fp16/bf16 (half the bytes); top-k (an allgather of k indices+values per worker); overlap (the
+    allreduce hides behind backward, up to backward's length); steps_per_sync=K (one allreduce per K steps)."""
+    a, b = network["alpha"], network["beta"]
+    ring = ring_time(n, grad_bytes, a, b)
+    k = max(1, int(topk_ratio * grad_bytes / 4))
+    comm = {"none": ring, "fp16": ring_time(n, grad_bytes / 2, a, b), "bf16": ring_time(n, grad_bytes / 2, a, b),
+            "topk": (n - 1) * (a + 8 * k * b), "overlap": max(0.0, ring - t_backward),
+            f"steps_per_sync={steps_per_sync}": ring / steps_per_sync}
+    return [{"kind": "prediction", "lever": lever, "n": n, "step_s": t_compute + c, "allreduce_s": c,
+             "efficiency": t_compute / (t_compute + c)} for lever, c in comm.items()]

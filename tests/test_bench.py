@@ -1,0 +1,55 @@
+"""distnet-bench runs end to end (tiny sizes) and writes its records, predictions and plots."""
+import json
+import os
+
+import pytest
+
+from distnet.bench import costmodel
+from distnet.bench.__main__ import main
+from tests.parallel.mpi_helpers import require_mpi
+
+
+def test_cost_model_fit_recovers_alpha_beta_and_predicts():
+    truth = {"alpha": 20e-6, "beta": 1 / 2e9}
+    records = [{"n": n, "bytes": b, "seconds": costmodel.ring_time(n, b, **truth)}
+               for n in (2, 4) for b in (1 << 10, 1 << 20, 16 << 20)]
+    fit = costmodel.fit_alpha_beta(records)
+    assert fit["alpha"] == pytest.approx(truth["alpha"], rel=1e-6) and fit["beta"] == pytest.approx(truth["beta"])
+    ps = costmodel.predict(0.03, 4e6, [2, 64], costmodel.parse_network("10gbit"))
+    assert 0 < ps[1]["efficiency"] < ps[0]["efficiency"] < 1
+    fp16 = costmodel.predict(0.03, 4e6, [64], costmodel.NETWORKS["10gbit"], "fp16")[0]
+    assert fp16["efficiency"] > ps[1]["efficiency"]
+    with pytest.raises(ValueError, match="network must be one of"):
+        costmodel.parse_network("1gbit")
+
+
+@pytest.mark.timeout(300)
+def test_bench_cli_engine_allreduce_scaling(tmp_path, capsys):
+    require_mpi()
+    assert main(["engine", "--model", "mlp", "--batch", "8", "--steps", "5", "--json", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert rows[0]["impl"] == "distnet" and rows[0]["step_ms"] > 0
+    assert main(["allreduce", "-n", "2", "--sizes", "4K,64K", "--json", str(tmp_path / "a.json"),
+                 "--plot", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["results"]
+    ar = [r for r in rows if r["kind"] == "allreduce"]
+    assert {r["impl"] for r in ar} == {"ring", "native"} and all(r["algbw_GBps"] > 0 for r in ar)
+    assert os.path.getsize(tmp_path / "allreduce.png") > 1000
+    assert main(["scaling", "-n", "1,2", "--model", "mlp", "--steps", "5", "--predict", "10gbit",
+                 "--plot", str(tmp_path), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "PREDICTED" in out and "efficiency" in out
+    rows = json.loads((tmp_path / "s.json").read_text())["results"]
+    measured = [r for r in rows if r["kind"] == "scaling"]
+    assert [r["n"] for r in measured] == [1, 2] and measured[0]["efficiency"] == 1.0
+    assert all(r["samples_per_s"] > 0 for r in measured)
+    for name in ("efficiency", "throughput", "breakdown"):
+        assert os.path.getsize(tmp_path / f"scaling_{name}.png") > 1000
+
+
+def test_history_plot(tmp_path):
+    from distnet import plot
+    path = plot.history({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8]}, tmp_path / "h.png")
+    assert os.path.getsize(path) > 1000
+    with pytest.raises(ValueError, match="history is empty"):
+        plot.history({}, tmp_path / "x.png")
