@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import backend
-from .activations import log_softmax, sigmoid, softmax
+from .activations import log_softmax, softmax
 
 
 class Loss:

@@ -6,15 +6,14 @@ A training step (see ../DESIGN.md):
     -> divide by the global count -> optimizer updates ONE flat parameter buffer
 """
 import json
-import math
 import time
 
 import numpy as np
 
-from . import backend, checkpoint, losses as losses_mod, metrics as metrics_mod, optimizers as optimizers_mod
+from . import checkpoint, losses as losses_mod, metrics as metrics_mod, optimizers as optimizers_mod
 from . import timeline as timeline_mod
 from . import utils
-from .callbacks import Callback, CallbackList, History, ProgbarLogger
+from .callbacks import CallbackList, History, ProgbarLogger
 from .data import sharding
 from .layers import InputLayer, Layer, get_layer_class
 from .layers.base import ActivatedLayer, flatten_grads, flatten_values, segments, unique_name

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .. import backend, initializers, regularizers
+from .. import activations, backend, initializers, regularizers
 
 _name_counts = defaultdict(int)
 
@@ -228,6 +228,23 @@ class ActivatedLayer(Layer):
     """A layer computing z = f(x) then a = activation(z). The model can ask for the gradient to enter at z
     (`backward_preactivation`) so softmax/sigmoid + cross-entropy are differentiated as one stable unit."""
     keep_preactivation = False     # set by the model on an output layer whose logits feed the loss
+
+    def _kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                        bias_regularizer):
+        """The Keras arguments shared by layers with a kernel and a bias (Dense, Conv2D)."""
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def _kernel_config(self):
+        return {"activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
     def _activate(self, z, owned=True):
         """a = activation(z). When the layer owns z's buffer and the activation's derivative needs only its

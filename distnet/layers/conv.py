@@ -2,7 +2,7 @@
 kernel: (kh, kw, in_channels, filters), Keras's layout."""
 import numpy as np
 
-from .. import activations, backend, initializers, regularizers
+from .. import backend
 from . import kernels
 from .base import ActivatedLayer, normalize_tuple
 
@@ -25,12 +25,8 @@ class Conv2D(ActivatedLayer):
         self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size", where)
         self.strides = normalize_tuple(strides, 2, "strides", where)
         self.padding = padding
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._kernel_options(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                             bias_regularizer)
 
     def _geometry(self, input_shape):
         h, w, _ = input_shape
@@ -147,9 +143,4 @@ class Conv2D(ActivatedLayer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding,
-                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+                "strides": list(self.strides), "padding": self.padding, **self._kernel_config()}

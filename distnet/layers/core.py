@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from .. import activations, initializers, regularizers
+from .. import activations, initializers
 from .base import ActivatedLayer, Layer, sum_rows
 
 
@@ -43,12 +43,8 @@ class Dense(ActivatedLayer):
         if not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"Dense layer '{self.name}' expects units to be a positive int, received {units!r}")
         self.units = int(units)
-        self.activation = activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._kernel_options(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                             bias_regularizer)
 
     def validate_input_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -94,12 +90,7 @@ class Dense(ActivatedLayer):
         return None
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+        return {**super().get_config(), "units": self.units, **self._kernel_config()}
 
 
 class Activation(ActivatedLayer):

@@ -1,7 +1,6 @@
 """distnet.distributed under mpirun: collectives, opt-out, rank-0 broadcast of initial weights, buckets, timeline."""
 import json
 
-import numpy as np
 import pytest
 
 from tests.parallel.mpi_helpers import run_mpi

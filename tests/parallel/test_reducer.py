@@ -7,22 +7,7 @@ from distnet import layers
 from distnet.models import Sequential
 from distnet.parallel import ring
 from tests.parallel.mpi_helpers import run_mpi
-from tests.parallel.test_ring import QueueTransport
-
-
-def simulate(arrays, codec):
-    import queue
-    import threading
-    n = len(arrays)
-    links = [queue.Queue() for _ in range(n)]
-    bufs = [a.copy() for a in arrays]
-    threads = [threading.Thread(target=ring.ring_allreduce, args=(bufs[r], QueueTransport(r, n, links), None, codec))
-               for r in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    return bufs
+from tests.parallel.test_ring import simulate
 
 
 @pytest.mark.parametrize("name,rtol", [("fp16", 2e-3), ("bf16", 2e-2)])

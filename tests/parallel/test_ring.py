@@ -20,12 +20,13 @@ class QueueTransport:
         recv[...] = self.links[self.rank].get(timeout=10)
 
 
-def simulate(arrays):
+def simulate(arrays, codec=None):
+    """Run ring_allreduce on len(arrays) threads joined by QueueTransport; return every worker's result."""
     import queue
     n = len(arrays)
     links = [queue.Queue() for _ in range(n)]
     bufs = [a.copy() for a in arrays]
-    threads = [threading.Thread(target=ring_allreduce, args=(bufs[r], QueueTransport(r, n, links)))
+    threads = [threading.Thread(target=ring_allreduce, args=(bufs[r], QueueTransport(r, n, links), None, codec))
                for r in range(n)]
     for t in threads:
         t.start()
