@@ -366,6 +366,9 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
         # single-machine mode (the one it uses on macOS/Windows) binds everything to loopback instead.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray's metrics agents take CPU from the workers; on a 2-core machine, side by side with MPI, steps
+        # measured 1.16-1.42x MPI's with them and 0.98-0.99x without (in 2 runs of 3; see BENCHMARKS.md)
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
     os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stdout.isatty() else "0")
     ray = _ray()
     global _PRIVATE_CPUS
