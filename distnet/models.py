@@ -257,7 +257,7 @@ class Sequential:
             stats = self._stats
             stats[0] = xb.shape[0]
             stats[1] = losses.sum()
-            self._fill_metric_stats(stats, yb, out, wb)     # before backward, which may reuse `out` as scratch
+            self._fill_metric_stats(stats, yb, out, wb)
             if overlap:
                 reducer.begin(self._grad_buf, n_stats, self._layer_offsets.values())
             self._backward(grad, reducer.ready if overlap else None)

@@ -264,8 +264,8 @@ class ActivatedLayer(Layer):
 
     def backward(self, grad, need_input_grad=True):
         act = self.activation
-        if act.name == "relu" and self._z is None:      # our own output buffer: relu may use it as scratch
-            grad = act.backward(None, self._a, grad, scratch=True)
+        if act.name == "relu":
+            grad = act.backward(None, self._a, grad, mask=self.workspace("relu_mask", self._a.shape, bool))
         else:
             grad = act.backward(self._z, self._a, grad)
         return self.backward_preactivation(grad, need_input_grad)

@@ -108,11 +108,12 @@ class Conv2D(ActivatedLayer):
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None
         kh, kw = self.kernel_size
+        mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
 
         def work(lo, hi, t):
             g = grad[lo:hi]
             if relu:
-                self.activation.backward(None, self._a[lo:hi], g, scratch=True)
+                self.activation.backward(None, self._a[lo:hi], g, mask=mask[lo:hi])
             g2 = g.reshape(-1, self.filters)
             dk = db = None
             if want_k:        # partial kernel gradient of this slice (summed below)
