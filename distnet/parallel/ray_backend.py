@@ -224,6 +224,7 @@ class RayCommunicator(Communicator):
         self.local_rank, self.local_size = local_rank, local_size
         self.timeout = timeout
         self.ring_transport = ring_transport
+        self.collectives = 0          # collectives entered so far: tells a stalled rank from the waiting ones
         self._seq = 0
         self._scratch = None
 
@@ -246,6 +247,7 @@ class RayCommunicator(Communicator):
 
     # -- collectives ---------------------------------------------------------------------------------------
     def allreduce_(self, buf, algorithm="auto"):
+        self.collectives += 1
         if self.size == 1 or buf.size == 0:
             return buf
         if algorithm == "auto":
@@ -270,6 +272,7 @@ class RayCommunicator(Communicator):
         return buf
 
     def broadcast_(self, buf, root=0):
+        self.collectives += 1
         tag = self._tag()
         if self.rank == root:
             for dst in range(self.size):
@@ -280,6 +283,7 @@ class RayCommunicator(Communicator):
         return buf
 
     def allgather(self, obj):
+        self.collectives += 1
         tag = self._tag()
         if self.rank == 0:
             everyone = [obj] + [self._recv(src, tag) for src in range(1, self.size)]
@@ -343,6 +347,10 @@ class _Worker:
 
     def deliver(self, src, tag, payload):
         self.mailbox.put(src, tag, payload)
+
+    def progress(self):
+        """How many collectives this rank has entered (answered from a spare thread even while it is stuck)."""
+        return self.comm.collectives if self.comm is not None else 0
 
     def run_function(self, fn, args, kwargs):
         return fn(*args, **kwargs)
@@ -436,9 +444,20 @@ class WorkerGroup:
             try:
                 results[rank] = ray.get(done[0])
             except Exception as e:
+                stalled = self._stalled_ranks() if "TimeoutError" in str(e) else None
                 self.shutdown()
-                raise WorkerFailure(rank, len(refs), e) from e
+                raise WorkerFailure(rank, len(refs), e, stalled) from e
         return [results[r] for r in range(len(refs))]
+
+    def _stalled_ranks(self):
+        """After a timeout: the ranks that entered the fewest collectives are the ones the others waited for."""
+        ray = _ray()
+        try:
+            counts = ray.get([a.progress.remote() for a in self.actors], timeout=10)
+        except Exception:
+            return None
+        low = min(counts)
+        return [r for r, c in enumerate(counts) if c == low] if low < max(counts) else None
 
     def shutdown(self):
         ray = _ray()
@@ -454,12 +473,15 @@ class WorkerGroup:
 
 
 class WorkerFailure(RuntimeError):
-    """A rank raised or its actor died; `rank` names it."""
+    """A rank raised or its actor died; `rank` names it, `stalled` the ranks it timed out waiting for."""
 
-    def __init__(self, rank, size, cause):
-        self.rank, self.size, self.cause = rank, size, cause
+    def __init__(self, rank, size, cause, stalled=None):
+        self.rank, self.size, self.cause, self.stalled = rank, size, cause, stalled
         dead = type(cause).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError")
         what = "its actor died (process killed or node lost)" if dead else f"it raised:\n{cause}"
+        if stalled:
+            what = (f"it timed out waiting for its peers; stalled: rank(s) {stalled} stopped at an earlier "
+                    f"collective than the others\n{cause}")
         super().__init__(f"distnet worker rank {rank} of {size} failed: {what}")
 
 

@@ -21,8 +21,7 @@ def main(argv=None):
         run_script(a.script, a.args, a.num_workers, {"CPU": a.cpus_per_worker}, a.max_failures, a.address,
                    timeout=a.timeout)
     except WorkerFailure as e:
-        print(f"distnet-launch: the job failed.\n  first failure: rank {e.rank} of {e.size}: "
-              f"{'actor died' if 'actor died' in str(e) else 'raised'}\n{e.cause}", file=sys.stderr)
+        print(f"distnet-launch: the job failed.\n  first failure: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -283,3 +283,38 @@ def test_distnet_launch_backend_ray(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("Epoch 1/3") == 1 and "held-out accuracy" in res.stdout and "2 worker(s)" in res.stdout
     assert "rank 1/2" not in res.stdout
+
+
+STALL = """
+import time, sys
+import numpy as np
+import distnet.ray
+
+def train():
+    import distnet
+    from distnet import callbacks, layers
+    from distnet.models import Sequential
+    comm = distnet.distributed.init()
+    m = Sequential([layers.Input((3,)), layers.Dense(4), layers.Dense(1)])
+    m.compile(loss="mse", optimizer="sgd")
+    class Stall(callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if comm.rank == 2 and batch == 3:
+                time.sleep(600)           # stuck without dying
+    m.fit(np.zeros((64, 3)), np.zeros(64), batch_size=8, epochs=5, verbose=0, callbacks=[Stall()])
+
+t0 = time.time()
+try:
+    distnet.ray.run(train, num_workers=3, timeout=3)
+except distnet.ray.WorkerFailure as e:
+    print("FAILED", e.rank, "|", e.stalled, "|", str(e).splitlines()[0], "|", round(time.time() - t0, 1))
+"""
+
+
+@pytest.mark.timeout(200)
+def test_ray_stall_is_detected_by_the_timeout_and_names_the_silent_rank(tmp_path):
+    res = run_py(STALL, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("FAILED"))
+    assert "| [2] |" in line and "stalled: rank(s) [2]" in line, line
+    assert float(line.rsplit("|", 1)[1]) < 60, line
