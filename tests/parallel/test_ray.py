@@ -108,6 +108,22 @@ def boom():
     world.communicator().barrier()
 
 print("RESULT", json.dumps(distnet.ray.run(check, num_workers=3)))
+
+def levers(kw):
+    import distnet
+    from distnet import layers
+    from distnet.models import Sequential
+    distnet.utils.set_random_seed(3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    m = Sequential([layers.Input((6,)), layers.Dense(16, activation="relu"), layers.Dense(3, activation="softmax")])
+    m.compile(loss="sparse_categorical_crossentropy", optimizer="adam", **kw)
+    m.fit(x, rng.integers(0, 3, 60), batch_size=12, epochs=2, verbose=0)
+    return m._params.tolist()
+
+for kw in ({"overlap": True, "bucket_bytes": 256}, {"compression": "fp16"}, {"compression": "topk"}):
+    out = distnet.ray.run(levers, num_workers=3, args=(kw,))
+    print("LEVER", json.dumps(kw), all(o == out[0] for o in out))
 try:
     distnet.ray.run(boom, num_workers=3)
 except distnet.ray.WorkerFailure as e:
@@ -152,6 +168,8 @@ def test_ring_over_ray_actors_failures_and_loopback_binding(tmp_path):
     assert all(r["bcast"] == [2.0] * 4 for r in result)
     assert sorted(r["local"][0] for r in result) == [0, 1, 2] and {r["local"][1] for r in result} == {3}
     assert "FAILURE 1 RayTaskError" in res.stdout or "FAILURE 1 ValueError" in res.stdout, res.stdout[-1500:]
+    levers = [ln for ln in res.stdout.splitlines() if ln.startswith("LEVER")]
+    assert len(levers) == 3 and all(ln.endswith("True") for ln in levers), levers   # replicas identical
     assert res.stdout.split("GCS ", 1)[1].startswith("127.0.0.1:")
     # every socket Ray (and our ring) listens on is loopback: 127.0.0.1, or ::ffff:127.0.0.1 in tcp6
     listen = _listening_addresses(res.stdout.split("LISTEN", 1)[1])
