@@ -72,6 +72,8 @@ def program(args):
 def launch(args):
     hosts = resolve_hosts(args)
     slots = hosts_mod.total_slots(hosts) if hosts else None
+    if args.backend == "ray" and args.cluster and args.n is None:
+        raise mpi.LaunchError("with --backend ray and --cluster, give the number of workers with -n")
     n = args.n if args.n is not None else (slots or 1)
     if n < 1:
         raise mpi.LaunchError(f"-n must be at least 1, received {n}")
@@ -111,8 +113,9 @@ def launch_ray(args, n, prog):
     if prog[1] == "-m":
         raise mpi.LaunchError("--backend ray runs script files; -m module is not supported there")
     cmd = [args.python, "-m", "distnet.parallel.ray_job", "-n", str(n), "--max-failures", str(args.max_restarts)]
-    if args.address:
-        cmd += ["--address", args.address]
+    address = args.address or (hosts_mod.cluster_head_address(args.cluster) if args.cluster else None)
+    if address:
+        cmd += ["--address", address]
     if args.threads:
         cmd += ["--cpus-per-worker", str(args.threads)]
     cmd += prog[1:]

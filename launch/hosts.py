@@ -87,6 +87,18 @@ def parse_cluster_yaml(path, slots_per_host=None):
     return _merge([(_check_name(str(h), where), _check_slots(slots_per_host, where)) for h in [head] + workers])
 
 
+def cluster_head_address(path):
+    """host:port of the Ray head a cluster.yaml describes (the --port of its head start command, else 6379)."""
+    import re
+    import yaml
+    head = parse_cluster_yaml(path)[0][0]
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    commands = " ".join(str(c) for c in config.get("head_start_ray_commands") or [])
+    port = re.search(r"--port[= ](\d+)", commands)
+    return f"{head}:{port.group(1) if port else 6379}"
+
+
 def _check_name(name, where):
     if not name or not _HOST.match(name):
         raise HostSpecError(f"{where}: {name!r} is not a valid host name")

@@ -96,6 +96,13 @@ def test_dry_run_prints_the_exact_mpirun_command(capsys):
     assert "OMP_NUM_THREADS" not in out       # remote cores unknown: each worker sets its own
 
 
+def test_ray_backend_takes_the_head_address_from_cluster_yaml(capsys):
+    pytest.importorskip("yaml")
+    script = os.path.join(ROOT, "examples", "train_mlp.py")
+    assert cli.main(["--dry-run", "--backend", "ray", "--cluster", CLUSTER, "-n", "6", script]) == 0
+    assert "--address 10.0.0.1:6379" in capsys.readouterr().out
+
+
 def test_open_mpi_commands_forward_env_and_oversubscribe():
     cmd = mpi.command("mpirun", "openmpi", 8, None, ["python", "t.py"], env_names=["OMP_NUM_THREADS"])
     assert cmd == ["mpirun", "-n", "8", "--oversubscribe", "-x", "OMP_NUM_THREADS", "python", "t.py"]
