@@ -77,6 +77,7 @@ def run_ray(ns, sizes, impls=("ring", "star"), progress=print):
             records += group.run("run_function", _ray_worker, (sizes, impls), {})[0]
         finally:
             group.shutdown()
+    ray_backend.shutdown_private()       # Ray's daemons must not share the cores with what is measured next
     return records
 
 

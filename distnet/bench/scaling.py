@@ -90,6 +90,9 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
                 rec = json.load(f)
         rec.update(mode=mode, threads=threads)
         records.append(rec)
+    if backend == "ray":
+        from ..parallel import ray_backend
+        ray_backend.shutdown_private()
     for r in records:
         base = next((b for b in records if b["n"] == 1 and b["backend"] == r["backend"]), None)
         if base:

@@ -398,6 +398,14 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
 _PRIVATE_CPUS = None      # CPU slots of the local Ray instance distnet started, or None
 
 
+def shutdown_private():
+    """Stop the local Ray instance distnet started (its daemons would otherwise keep taking CPU)."""
+    global _PRIVATE_CPUS
+    if _PRIVATE_CPUS is not None:
+        _ray().shutdown()
+        _PRIVATE_CPUS = None
+
+
 class WorkerGroup:
     """num_workers actors in a placement group (spread across nodes when there are several), wired into a ring."""
 
