@@ -1,6 +1,6 @@
 """Sequential: Keras's model API over the flat-buffer engine, data-parallel when the world has > 1 worker.
 
-A training step (see ../DESIGN.md):
+A training step, the same on every worker:
     my slice of the global batch -> forward -> per-sample losses -> backward (grads land in ONE flat buffer)
     -> reducer sums [grads | sample count | loss and metric sums] over workers in one allreduce
     -> divide by the global count -> optimizer updates ONE flat parameter buffer

@@ -59,8 +59,15 @@ class Job:
                 try:
                     info = json.load(open(path))
                     rank, pid = int(info["rank"]), int(info["pid"])
+                except (OSError, ValueError, KeyError):
+                    continue
+                try:
                     fd = os.pidfd_open(pid)
-                except (OSError, ValueError, KeyError, AttributeError):
+                except ProcessLookupError:         # gone before we could watch it: it died before the rest
+                    seen.add(path)
+                    self.deaths.insert(0, (time.time() - 3600, rank, pid, None, None))
+                    continue
+                except (OSError, AttributeError):
                     continue
                 seen.add(path)
                 fds[fd] = (rank, pid)
