@@ -35,13 +35,13 @@ def test_bench_cli_engine_allreduce_scaling(tmp_path, capsys):
     ar = [r for r in rows if r["kind"] == "allreduce"]
     assert {r["impl"] for r in ar} == {"ring", "native"} and all(r["algbw_GBps"] > 0 for r in ar)
     assert os.path.getsize(tmp_path / "allreduce.png") > 1000
-    assert main(["scaling", "-n", "1,2", "--model", "mlp", "--steps", "5", "--predict", "10gbit",
+    assert main(["scaling", "-n", "1,2", "--model", "mlp", "--steps", "5", "--predict", "10gbit", "--repeat", "2",
                  "--plot", str(tmp_path), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
-    assert "PREDICTED" in out and "efficiency" in out
+    assert "PREDICTED" in out and "efficiency" in out and "over 2 runs" in out
     rows = json.loads((tmp_path / "s.json").read_text())["results"]
     measured = [r for r in rows if r["kind"] == "scaling"]
-    assert [r["n"] for r in measured] == [1, 2] and measured[0]["efficiency"] == 1.0
+    assert [r["n"] for r in measured] == [1, 2, 1, 2] and measured[0]["efficiency"] == 1.0
     assert all(r["samples_per_s"] > 0 for r in measured)
     for name in ("efficiency", "throughput", "breakdown"):
         assert os.path.getsize(tmp_path / f"scaling_{name}.png") > 1000

@@ -79,12 +79,17 @@ def cmd_allreduce(args):
 
 def cmd_scaling(args):
     rows = []
-    for backend in args.backend.split(","):
-        if backend not in ("mpi", "ray"):
-            raise SystemExit(f"distnet-bench scaling: --backend must be mpi, ray or mpi,ray; received {backend!r}")
-        rows += scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
-                            progress=lambda m: print(m, file=sys.stderr), backend=backend,
-                            compile_kw=_levers(args))
+    repeats = getattr(args, "repeat", 1)
+    for rep in range(repeats):                # backends alternate within each repetition, side by side
+        for backend in args.backend.split(","):
+            if backend not in ("mpi", "ray"):
+                raise SystemExit(f"distnet-bench scaling: --backend must be mpi, ray or mpi,ray; received {backend!r}")
+            rs = scaling.run(args.n, args.model, args.mode, args.batch, steps=args.steps, threads=args.threads,
+                             progress=lambda m: print(m, file=sys.stderr), backend=backend,
+                             compile_kw=_levers(args))
+            rows += [dict(r, repetition=rep) for r in rs]
+    if repeats > 1:
+        _print_repeats(rows)
     for r in rows:
         b = r["breakdown_s"]
         r.update({f"{k}_ms": v * 1e3 for k, v in b.items()}, step_ms=r["step_s"] * 1e3)
@@ -107,6 +112,33 @@ def cmd_scaling(args):
                                  preds):
             print(f"wrote {path}")
     return rows
+
+
+def _print_repeats(rows):
+    """Median and range over repetitions, per backend and worker count (each repetition has its own 1-worker
+    baseline): the machine is noisy, one run says little."""
+    import statistics
+    print("\nover repetitions (median [min - max]):")
+    for backend in sorted({r["backend"] for r in rows}):
+        for n in sorted({r["n"] for r in rows}):
+            rs = [r for r in rows if r["backend"] == backend and r["n"] == n]
+            if not rs:
+                continue
+            eff = [r.get("efficiency", float("nan")) for r in rs]
+            step = [r["step_s"] * 1e3 for r in rs]
+            print(f"  {backend} n={n}: step {statistics.median(step):.2f} ms [{min(step):.2f} - {max(step):.2f}], "
+                  f"efficiency {statistics.median(eff):.1%} [{min(eff):.1%} - {max(eff):.1%}] over {len(rs)} runs")
+    backends = sorted({r["backend"] for r in rows})
+    if len(backends) == 2:
+        for n in sorted({r["n"] for r in rows}):
+            ratios = []
+            for rep in sorted({r["repetition"] for r in rows}):
+                pair = {r["backend"]: r["step_s"] for r in rows if r["n"] == n and r["repetition"] == rep}
+                if len(pair) == 2:
+                    ratios.append(pair["ray"] / pair["mpi"])
+            if ratios:
+                print(f"  ray/mpi step time at n={n}: median {statistics.median(ratios):.2f}x "
+                      f"[{min(ratios):.2f} - {max(ratios):.2f}]")
 
 
 def _levers(args):
@@ -233,6 +265,7 @@ def main(argv=None):
     sc.add_argument("--overlap", action="store_true", help="overlap the allreduce with backward")
     sc.add_argument("--compression", choices=["fp16", "bf16", "topk"], default=None)
     sc.add_argument("--steps-per-sync", type=int, default=1, help="gradient accumulation: micro-batches per update")
+    sc.add_argument("--repeat", type=int, default=1, help="repeat the whole measurement; report medians and ranges")
     m = sub.add_parser("memory", help="peak RSS, steady-state RSS growth and allocation per step")
     m.add_argument("--model", default="cnn")
     m.add_argument("--batch", type=int, default=32)
