@@ -568,7 +568,10 @@ class Sequential:
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
-        """Loss (and metrics) over (x, y): a float when there are no metrics, else [loss, *metrics]."""
+        """Loss (and metrics) over (x, y): a float when there are no metrics, else [loss, *metrics].
+
+        Collective under data parallelism: every rank must call it (each evaluates its slice of every batch;
+        the sums are combined once at the end, so on_test_batch_end sees this rank's running values)."""
         self._require_compiled("evaluate")
         x = self._as_inputs(x, "evaluate")
         batch_size = _check_batch_size(batch_size, "evaluate")
@@ -594,7 +597,8 @@ class Sequential:
         return values[0] if len(values) == 1 else values
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Model outputs for x, computed in batches (inference mode: no dropout, moving BN statistics)."""
+        """Model outputs for x, computed in batches (inference mode: no dropout, moving BN statistics).
+        Local: no communication, so any rank may call it alone."""
         x = self._as_inputs(x, "predict")
         batch_size = _check_batch_size(batch_size, "predict")
         self._ensure_built(x, "predict")
