@@ -12,5 +12,6 @@ from .models import Sequential, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["activations", "backend", "callbacks", "datasets", "distributed", "initializers", "layers", "losses", "metrics",
+__all__ = ["activations", "backend", "callbacks", "datasets", "distributed", "initializers", "layers", "losses",
+           "metrics",
            "models", "optimizers", "regularizers", "utils", "Sequential", "load_model"]

@@ -330,7 +330,8 @@ class Sequential:
                 raise ValueError(f"sample_weight has {w.shape[0]} entries, but x has {n} samples")
         if class_weight is not None:
             if not isinstance(class_weight, dict):
-                raise TypeError(f"class_weight must be a dict {{class: weight}}, received {type(class_weight).__name__}")
+                raise TypeError("class_weight must be a dict {class: weight}, received "
+                                f"{type(class_weight).__name__}")
             if y.ndim == 1:
                 labels = y.astype(np.int64)
             elif y.shape[-1] == 1:
@@ -628,8 +629,9 @@ class Sequential:
         self._ensure_built(x, "train_on_batch")
         y = self._as_targets(y, x.shape[0], "train_on_batch")
         self._prepare_outputs(y)
-        self._sync_world(x.shape[0], x.shape[0]) if not self._synced else None
-        self._synced = True
+        if not self._synced:          # the first call checks the replicas agree and shares rank 0's weights
+            self._sync_world(x.shape[0], x.shape[0])
+            self._synced = True
         comm = self._reducer.comm
         sw = self._sample_weights(y, x.shape[0], sample_weight, class_weight)
         idx = sharding.local_batch(np.arange(x.shape[0]), 0, x.shape[0], comm.rank, comm.size)

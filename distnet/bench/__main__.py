@@ -67,7 +67,8 @@ def cmd_allreduce(args):
         else:
             raise SystemExit(f"distnet-bench allreduce: --backend must be mpi, ray or mpi,ray; received {backend!r}")
     memcpy = memcpy_bandwidth() / 1e9
-    print(table(rows, [("backend", "backend", "{}"), ("n", "n", "{}"), ("bytes", "bytes", "{:,}"), ("impl", "impl", "{}"),
+    print(table(rows, [("backend", "backend", "{}"), ("n", "n", "{}"), ("bytes", "bytes", "{:,}"),
+                       ("impl", "impl", "{}"),
                        ("seconds", "time (s)", "{:.6f}"), ("algbw_GBps", "algbw GB/s", "{:.2f}"),
                        ("busbw_GBps", "busbw GB/s", "{:.2f}")]))
     print(f"memcpy bandwidth of this machine (one core, 64 MB): {memcpy:.2f} GB/s")

@@ -62,5 +62,5 @@ def pad_hw(x, pads, value=0.0, out=None):
 
 
 def unpad_hw(x, pads):
-    (t, b), (l, r) = pads
-    return x[:, t:x.shape[1] - b, l:x.shape[2] - r, :]
+    (top, bottom), (left, right) = pads
+    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
