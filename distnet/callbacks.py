@@ -409,6 +409,7 @@ class BackupAndRestore(Callback):
         self.backup_dir, self.save_freq = os.fspath(backup_dir), save_freq
         self.delete_checkpoint, self.keep_last = delete_checkpoint, keep_last
         self._steps = 0
+        self._due = False         # a step-based backup is owed (it waits for the end of an accumulated update)
         self.restored_from = None
 
     def _files(self):
@@ -442,7 +443,7 @@ class BackupAndRestore(Callback):
             self._steps += 1
             if self._steps % self.save_freq == 0:
                 self._due = True
-        if getattr(self, "_due", False) and not self.model.mid_accumulation:
+        if self._due and not self.model.mid_accumulation:
             self._backup()        # with steps_per_sync > 1, backups wait for the end of an accumulated update
             self._due = False
 

@@ -215,12 +215,14 @@ class Layer:
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 
 
-def sum_rows(g2, out, layer):
+def sum_rows(g2, out, layer, slot=0):
     """out[...] = g2.sum(axis=0) for g2: (rows, cols), as a BLAS matrix-vector product with a ones vector:
-    ~8x faster than NumPy's axis-0 reduction on the (batch*h*w, filters) gradients of a convolution."""
-    ones = layer.__dict__.get("_ones")
+    ~8x faster than NumPy's axis-0 reduction on the (batch*h*w, filters) gradients of a convolution. The ones
+    vector is cached on the layer, one per `slot` (one per intra-op thread)."""
+    cache = layer.__dict__.setdefault("_ones", {})
+    ones = cache.get(slot)
     if ones is None or ones.shape[0] != g2.shape[0] or ones.dtype != g2.dtype:
-        ones = layer._ones = np.ones(g2.shape[0], g2.dtype)
+        ones = cache[slot] = np.ones(g2.shape[0], g2.dtype)
     return np.dot(ones, g2, out=out)
 
 

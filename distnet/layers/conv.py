@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import backend
 from . import kernels
-from .base import ActivatedLayer, normalize_tuple
+from .base import ActivatedLayer, normalize_tuple, sum_rows
 
 
 class Conv2D(ActivatedLayer):
@@ -91,14 +91,6 @@ class Conv2D(ActivatedLayer):
     def backward_preactivation(self, grad_z, need_input_grad=True):
         return self._backward_slices(grad_z, need_input_grad, relu=False)
 
-    def _ones(self, t, rows, dtype):
-        """A cached vector of ones per thread: bias gradients as a GEMV (8x faster than an axis-0 sum)."""
-        cache = self.__dict__.setdefault("_ones_by_thread", {})
-        ones = cache.get(t)
-        if ones is None or ones.shape[0] != rows or ones.dtype != dtype:
-            ones = cache[t] = np.ones(rows, dtype)
-        return ones
-
     def _backward_slices(self, grad, need_input_grad, relu):
         n = grad.shape[0]
         kdim = self.kernel.value.size // self.filters
@@ -122,10 +114,10 @@ class Conv2D(ActivatedLayer):
                 np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
             if want_b:
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
-                np.dot(self._ones(t, g2.shape[0], g2.dtype), g2, out=db)
+                sum_rows(g2, db, self, slot=t)
             if need_input_grad:
                 # per kernel offset: one GEMM with that offset's (in, filters) slice, added into the window it
-                # touched (measured 1.6x faster than one big GEMM + col2im)
+                # touched (measured 1.6x faster than one big GEMM followed by a col2im scatter)
                 d, p = dxp[lo:hi], part[lo:hi]
                 d.fill(0)
                 for i in range(kh):

@@ -1,8 +1,8 @@
 """Array kernels behind convolution and pooling: padding arithmetic, im2col/col2im and window slices.
 
 Images are channels-last, x: (batch, height, width, channels). im2col turns every receptive field into a row
-so that a convolution is ONE matrix product; col2im adds the rows back with a loop over the kernel's kh*kw
-offsets (9 for 3x3), never over pixels.
+so that a convolution is ONE matrix product; `window` gives the strided slice one kernel offset touches, which
+is how pooling and the convolution's input gradient loop over the kh*kw offsets (9 for 3x3), never over pixels.
 """
 import math
 
@@ -32,16 +32,6 @@ def im2col(xp, kernel, stride, out_hw, out):
     s0, s1, s2, s3 = xp.strides
     fields = as_strided(xp, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3), writeable=False)
     np.copyto(out, fields)
-    return out
-
-
-def col2im(cols, kernel, stride, out_hw, out):
-    """Sum cols: (n, oh, ow, kh, kw, c) back into the padded-input gradient out: (n, hp, wp, c)."""
-    kh, kw = kernel
-    out[...] = 0
-    for i in range(kh):
-        for j in range(kw):
-            window(out, i, j, stride, out_hw)[...] += cols[:, :, :, i, j, :]
     return out
 
 
