@@ -1,17 +1,35 @@
 """distnet: Keras-style NumPy models trained data-parallel over MPI or Ray with a ring-allreduce.
 
-    from distnet.models import Sequential
-    from distnet.layers import Dense
-    model = Sequential([Dense(10, input_dim=8, activation="relu"), Dense(1, activation="sigmoid")])
+    import distnet as keras                      # Keras 3 spelling works for the layers distnet has
+    from distnet import layers
+    model = keras.Sequential([layers.Input((8,)), layers.Dense(10, activation="relu"),
+                              layers.Dense(1, activation="sigmoid")])
     model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
     model.fit(x, y, epochs=150, batch_size=10)     # run under `mpirun -n 4` and it trains on 4 workers
+
+Submodules load on first use (importing distnet is cheap and has no side effect; `launch/` imports
+distnet.parallel.protocol without loading NumPy).
 """
-from . import (activations, backend, callbacks, datasets, distributed, initializers, layers, losses, metrics, models,
-               optimizers, regularizers, utils)
-from .models import Sequential, load_model
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["activations", "backend", "callbacks", "datasets", "distributed", "initializers", "layers", "losses",
-           "metrics",
-           "models", "optimizers", "regularizers", "utils", "Sequential", "load_model"]
+_SUBMODULES = ("activations", "backend", "callbacks", "checkpoint", "data", "datasets", "distributed",
+               "initializers", "layers", "losses", "metrics", "models", "optimizers", "parallel", "regularizers",
+               "training", "utils")
+_NAMES = {"Sequential": "models", "Model": "models", "load_model": "models", "Input": "layers"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'distnet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_NAMES))
+
+
+__all__ = list(_SUBMODULES) + list(_NAMES)

@@ -429,21 +429,22 @@ class BackupAndRestore(Callback):
                     warnings.warn(f"BackupAndRestore: skipping damaged backup {path}: {e}", stacklevel=2)
                     continue
                 if meta.get("format") == "distnet.backup":
-                    found = {"arrays": arrays, "meta": meta["state"], "path": path}
+                    found = (arrays, meta["state"], path)
                     break
-        if world.communicator().allgather(found is not None)[0]:
-            self.model._resume = found or {}
-            self.restored_from = found["path"] if found else True
+        strategy = self.model.distribute_strategy
+        if strategy.broadcast_object(found is not None):
+            self.model.fit_state.resume_from(*(found or (None, None, None)))
+            self.restored_from = found[2] if found else True
             if found and self.params.get("verbose") and world.is_main():
-                print(f"BackupAndRestore: resuming from {found['path']} (epoch {found['meta']['epoch'] + 1}, "
-                      f"step {found['meta']['step']})", flush=True)
+                print(f"BackupAndRestore: resuming from {found[2]} (epoch {found[1]['epoch'] + 1}, "
+                      f"step {found[1]['step']})", flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq != "epoch":
             self._steps += 1
             if self._steps % self.save_freq == 0:
                 self._due = True
-        if self._due and not self.model.mid_accumulation:
+        if self._due and not self.model.fit_state.in_update:
             self._backup()        # with steps_per_sync > 1, backups wait for the end of an accumulated update
             self._due = False
 
@@ -453,16 +454,13 @@ class BackupAndRestore(Callback):
 
     def _backup(self):
         from .checkpoint import save_arrays
-        arrays, meta = self.model.training_state(self._callbacks())     # collective: all ranks take part
+        arrays, meta = self.model.fit_state.capture(exclude=(self,))     # collective: all ranks take part
         if not world.is_main():
             return
         path = os.path.join(self.backup_dir, f"backup-e{meta['epoch']:06d}-s{meta['step']:08d}.npz")
         save_arrays(path, arrays, {"format": "distnet.backup", "state": meta})
         for old in self._files()[:-self.keep_last]:
             os.unlink(old)
-
-    def _callbacks(self):
-        return [cb for cb in getattr(self.model, "_callbacks", []) if cb is not self]
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and world.is_main():     # reached only when fit completes without an error

@@ -9,32 +9,17 @@ You rarely need this: `model.fit` already trains data-parallel when the process 
 import numpy as np
 
 from .parallel import world
-from .parallel.communicator import LocalCommunicator, detect
+from .parallel.communicator import LocalCommunicator
 
 
 def init(backend="auto", watchdog_timeout=None):
-    """Join the job's world: 'auto' (MPI when launched by mpirun, else single process), 'mpi', or 'local'.
-    watchdog_timeout (seconds, MPI): end the job, naming the missing ranks, when some rank does not reach a
-    gradient allreduce in time (also settable as DISTNET_WATCHDOG_TIMEOUT)."""
-    if backend == "auto":
-        current = world.current()
-        if current is not None and current.size > 1:      # e.g. a Ray actor wired up by distnet.ray
-            comm = current
-        else:
-            comm = detect()
-    elif backend == "mpi":
-        from .parallel.mpi import MPICommunicator
-        comm = MPICommunicator()
-    elif backend == "local":
-        comm = LocalCommunicator()
-    else:
-        raise ValueError(f"distnet.distributed.init: backend must be 'auto', 'mpi' or 'local', received {backend!r}")
-    if watchdog_timeout is not None:
-        if not watchdog_timeout > 0:
-            raise ValueError(f"watchdog_timeout must be a positive number of seconds, received {watchdog_timeout!r}")
-        comm.watchdog_timeout = float(watchdog_timeout)
-    world.set_communicator(comm)
-    return comm
+    """Join the job's world: 'auto' (MPI when launched by mpirun, the actors' group inside distnet.ray, else a
+    single process), 'mpi', or 'local'. Joining a multi-worker job prefixes other ranks' output lines, ends the
+    whole job on an uncaught exception, and limits BLAS threads (see distnet.parallel.runtime).
+    watchdog_timeout: seconds (also settable as DISTNET_WATCHDOG_TIMEOUT) a rank may wait for the others at any
+    collective; then the job ends naming the ranks that did not arrive and the collective each rank is in
+    (MPI), or the worker group fails naming the stalled ranks (Ray). Enable it on every rank."""
+    return world.join(backend, watchdog_timeout)
 
 
 def disable():
@@ -43,31 +28,32 @@ def disable():
 
 
 def communicator():
-    return world.communicator()
+    """The job's communicator (joining the job on the first call)."""
+    return world.join()
 
 
 def rank():
-    return world.communicator().rank
+    return world.join().rank
 
 
 def size():
-    return world.communicator().size
+    return world.join().size
 
 
 def local_rank():
-    return world.communicator().local_rank
+    return world.join().local_rank
 
 
 def local_size():
-    return world.communicator().local_size
+    return world.join().local_size
 
 
 def is_main():
-    return world.communicator().rank == 0
+    return world.is_main()
 
 
 def barrier():
-    world.communicator().barrier()
+    world.join().barrier()
 
 
 def allreduce(value, op="sum", algorithm="auto"):
@@ -78,7 +64,7 @@ def allreduce(value, op="sum", algorithm="auto"):
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"allreduce expects numeric values, received dtype {arr.dtype}")
     flat = np.ascontiguousarray(arr.reshape(-1))
-    comm = world.communicator()
+    comm = world.join()
     comm.allreduce_(flat, algorithm=algorithm)
     out = flat.reshape(arr.shape)
     return out / comm.size if op == "mean" else out
@@ -87,5 +73,5 @@ def allreduce(value, op="sum", algorithm="auto"):
 def broadcast(value, root=0):
     """A new array equal to root's `value` on every worker (same shape and dtype required everywhere)."""
     arr = np.ascontiguousarray(np.array(value, copy=True))
-    world.communicator().broadcast_(arr, root=root)
+    world.join().broadcast_(arr, root=root)
     return arr

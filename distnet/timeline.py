@@ -1,5 +1,5 @@
 """Per-rank timeline of training phases (data, forward, backward, wait, allreduce, optimizer), like Horovod
-Timeline: enable with `DISTNET_TIMELINE=path.json` (or `Timeline(path)` passed to `fit(..., timeline=...)`);
+Timeline: enable with `DISTNET_TIMELINE=path.json` (or set `model.timeline = Timeline(path)` before fit);
 rank 0 merges every rank's events into one Chrome trace file (open in Perfetto or chrome://tracing).
 
 Recording costs two perf_counter calls per phase; when no timeline is enabled nothing is recorded.
@@ -9,6 +9,8 @@ import os
 import time
 
 import numpy as np
+
+from .parallel import protocol
 
 PHASES = ("data", "forward", "backward", "wait", "allreduce", "optimizer")
 
@@ -99,5 +101,5 @@ NULL = NullTimeline()
 
 
 def from_env():
-    path = os.environ.get("DISTNET_TIMELINE")
+    path = os.environ.get(protocol.TIMELINE)
     return Timeline(path) if path else None

@@ -4,6 +4,8 @@ import os
 import shlex
 import sys
 
+from distnet.parallel import protocol
+
 from . import hosts as hosts_mod
 from . import mpi
 from .run import Job, run_with_restarts
@@ -92,27 +94,27 @@ def launch(args):
     kind = mpi.flavor(mpirun)
     local_workers = n if not hosts else None
     threads = args.threads if args.threads is not None else (
-        mpi.blas_threads(local_workers) if local_workers else None)
+        protocol.blas_threads(local_workers) if local_workers else None)
     launch_dir_placeholder = "<temporary status directory>"
     env_preview = mpi.worker_env(os.environ, kind, threads, launch_dir_placeholder, 0)
     cmd = mpi.command(mpirun, kind, n, hosts, prog, env_names=sorted(env_preview))
     if args.dry_run:
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
-                               if k not in ("DISTNET_LAUNCH_DIR", "DISTNET_RESTART_COUNT"))
+                               if k not in (protocol.LAUNCH_DIR, protocol.RESTART_COUNT))
         print(f"{assignments} {shlex.join(cmd)}")
         return 0
     return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)
 
 
 def launch_ray(args, n, prog):
-    """The script runs inside n Ray actors; a driver process (python -m distnet.parallel.ray_job) places them,
+    """The script runs inside n Ray actors; a driver process (python -m distnet.parallel.ray.job) places them,
     wires their ring, restarts the group on failure (--max-restarts) and names the rank that failed."""
     if args.hosts or args.hostfile:
         raise mpi.LaunchError("--hosts/--hostfile describe MPI hosts; with --backend ray give the cluster with "
                               "--address (or run inside `ray job submit`)")
     if prog[1] == "-m":
         raise mpi.LaunchError("--backend ray runs script files; -m module is not supported there")
-    cmd = [args.python, "-m", "distnet.parallel.ray_job", "-n", str(n), "--max-failures", str(args.max_restarts)]
+    cmd = [args.python, "-m", "distnet.parallel.ray.job", "-n", str(n), "--max-failures", str(args.max_restarts)]
     address = args.address or (hosts_mod.cluster_head_address(args.cluster) if args.cluster else None)
     if address:
         cmd += ["--address", address]

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 
+from distnet.parallel import protocol
+
+
 class LaunchError(RuntimeError):
     """Something the user must fix before the job can start; the message says what and how."""
-
-
-BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def find_mpirun():
@@ -37,24 +36,19 @@ def flavor(mpirun):
     raise LaunchError(f"{mpirun} is neither MPICH/Hydra nor Open MPI (its --version says: {text[:200]!r})")
 
 
-def blas_threads(local_workers, cores=None):
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, local_workers))
-
-
 def worker_env(base, kind, threads, launch_dir, restart):
     """Environment changes for the workers: BLAS threads (unless the user set any), MPI's settings for root and
     oversubscription, and the launcher's status directory."""
     env = {}
-    if threads is not None and not any(v in base for v in BLAS_VARS):
+    if threads is not None and not protocol.user_chose_threads(base):
         for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[v] = str(threads)
     if kind == "openmpi":
         env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                     "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
                     "OMPI_MCA_rmaps_base_oversubscribe": "1"})
-    env["DISTNET_LAUNCH_DIR"] = launch_dir
-    env["DISTNET_RESTART_COUNT"] = str(restart)
+    env[protocol.LAUNCH_DIR] = launch_dir
+    env[protocol.RESTART_COUNT] = str(restart)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

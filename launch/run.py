@@ -1,7 +1,5 @@
 """Running the job: forward output, remember each rank's last lines, summarise a failure, restart."""
 import collections
-import glob
-import json
 import os
 import re
 import signal
@@ -11,9 +9,10 @@ import tempfile
 import threading
 import time
 
+from distnet.parallel import protocol
+
 from . import cleanup, mpi
 
-_PREFIX = re.compile(r"^(?:\[rank (\d+)/(\d+)\] |\(rank (\d+)/(\d+)[^)]*\) )")    # ours (MPI) or Ray's
 _HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
 _OMPI_RANK = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
@@ -53,13 +52,13 @@ class Job:
         import select
         poller, fds, seen = select.poll(), {}, set()
         while not self._done.is_set():
-            for path in glob.glob(os.path.join(self.launch_dir, "rank*.pid")):
+            for info in protocol.read_statuses(self.launch_dir, protocol.PID):
+                path = info["rank"]
                 if path in seen:
                     continue
                 try:
-                    info = json.load(open(path))
-                    rank, pid = int(info["rank"]), int(info["pid"])
-                except (OSError, ValueError, KeyError):
+                    rank, pid = info["rank"], int(info["pid"])
+                except (ValueError, KeyError):
                     continue
                 try:
                     fd = os.pidfd_open(pid)
@@ -87,9 +86,7 @@ class Job:
 
     def _pump(self, stream, sink):
         for line in iter(stream.readline, ""):
-            m = _PREFIX.match(line)
-            rank = int(m.group(1) or m.group(3)) if m else 0
-            text = line[m.end():] if m else line
+            rank, text = protocol.parse_line(line)
             if _HYDRA_PID.search(line) or _HYDRA_CODE.search(line) or "exited on signal" in line \
                     or "exited with" in line or line.startswith("=") or "EXIT STRING" in line:
                 self.launcher_lines.append(line.rstrip("\n"))
@@ -127,19 +124,8 @@ class Job:
 
 def failure_summary(job, rc, launch_dir, n):
     """Which rank failed first, how (exception, exit code, signal), and its last lines of output."""
-    pids = {}
-    for path in glob.glob(os.path.join(launch_dir, "rank*.pid")):
-        try:
-            info = json.load(open(path))
-            pids[int(info["pid"])] = info
-        except (OSError, ValueError, KeyError):
-            pass
-    errors = []
-    for path in glob.glob(os.path.join(launch_dir, "rank*.error")):
-        try:
-            errors.append(json.load(open(path)))
-        except (OSError, ValueError):
-            pass
+    pids = {int(info["pid"]): info for info in protocol.read_statuses(launch_dir, protocol.PID) if "pid" in info}
+    errors = protocol.read_statuses(launch_dir, protocol.ERROR)
     text = "\n".join(job.launcher_lines)
     rank, how = None, None
     if errors:
@@ -190,21 +176,19 @@ def _signal_text(sig):
 
 
 def run_with_restarts(cmd, n, kind, threads, max_restarts, rank0_only):
-    rc = 1
-    for attempt in range(max_restarts + 1):
+    def attempt(k):
         with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
-            env = mpi.worker_env(os.environ, kind, threads, launch_dir, attempt)
+            env = mpi.worker_env(os.environ, kind, threads, launch_dir, k)
             job = Job(cmd, env, rank0_only, launch_dir)
             before = cleanup.snapshot()
             rc = job.run()
             if rc == 0:
-                return 0
+                return True, 0, None
             cleanup.remove_leftovers(before)
-            _, summary = failure_summary(job, rc, launch_dir, n)
-        print(summary, file=sys.stderr, flush=True)
-        if attempt < max_restarts:
-            print(f"distnet-launch: restarting the job ({attempt + 1} of {max_restarts} restarts); training "
-                  "resumes from the last checkpoint if the script uses BackupAndRestore", file=sys.stderr,
-                  flush=True)
-            time.sleep(1)
-    return rc if rc > 0 else 128 - rc
+            return False, rc, failure_summary(job, rc, launch_dir, n)[1]
+
+    def say(text):
+        print(text if text.startswith("distnet-launch") else f"distnet-launch: {text}", file=sys.stderr, flush=True)
+
+    rc = protocol.with_restarts(attempt, max_restarts, say)
+    return rc if rc >= 0 else 128 - rc

@@ -45,7 +45,7 @@ def test_weight_shapes_and_order_follow_keras():
 
 def test_weights_are_views_of_one_flat_buffer():
     model = mlp()
-    buf = model._params
+    buf = model.flat_state.params
     for w in model.trainable_weights:
         assert np.shares_memory(w.value, buf)
     assert buf.size == model.count_params() and buf.dtype == np.float32
@@ -296,7 +296,7 @@ def test_float32_throughout():
     regression = Sequential([layers.Dense(2, input_dim=8)])
     regression.compile(loss="mse", optimizer="adam")
     regression.fit(x.astype(np.float64), np.zeros((20, 2)), epochs=1, verbose=0)   # float64 labels
-    assert regression._grad_buf.dtype == np.float32 and regression.layers[0].kernel.grad.dtype == np.float32
+    assert regression.flat_state.buffer.dtype == np.float32 and regression.layers[0].kernel.grad.dtype == np.float32
     assert model.predict(x, verbose=0).dtype == np.float32
     assert all(w.dtype == np.float32 for w in model.get_weights())
     assert all(s.dtype == np.float32 for s in model.optimizer.slots.values())
@@ -304,5 +304,6 @@ def test_float32_throughout():
     cnn.compile(loss="categorical_crossentropy", optimizer="adam")
     out = cnn(np.zeros((2, 8, 8, 1), np.float32), training=True)
     assert out.dtype == np.float32
-    activated = [la for la in cnn.layers if hasattr(la, "_a")]
-    assert len(activated) == 2 and all(la._a.dtype == np.float32 for la in activated)
+    activated = [la for la in cnn.layers if isinstance(la, layers.base.ActivatedLayer)]
+    assert len(activated) == 2
+    assert all(la.call(np.zeros((2,) + la.input_shape, np.float32)).dtype == np.float32 for la in activated)

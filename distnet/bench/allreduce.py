@@ -62,12 +62,12 @@ def _time_impls(comm, sizes, impls, backend):
 
 def _ray_worker(sizes, impls):
     from ..parallel import world
-    return _time_impls(world.communicator(), sizes, impls, "ray")
+    return _time_impls(world.current(), sizes, impls, "ray")
 
 
 def run_ray(ns, sizes, impls=("ring", "star"), progress=print):
     """The same measurement between Ray actors (one group per worker count)."""
-    from ..parallel import ray_backend
+    from ..parallel import ray as ray_backend
     records = []
     for n in ns:
         progress(f"allreduce (ray): {n} actors, {len(sizes)} sizes x {len(impls)} implementations ...")

@@ -34,12 +34,14 @@ def run_distnet(model_name, batch, steps):
     epochs = -(-steps // 4)
     model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[Probe()], shuffle=True)
     # bytes allocated by one steady-state step (NumPy reports its buffers to tracemalloc)
+    from ..timeline import NULL
     idx = np.arange(batch)
-    xb, yb = model._batch(x, idx, "fit"), model.loss.prepare_targets(y[idx], model.output_shape[1:])
+    data = model.arrays(x, y, "fit")
+    xb, yb, _ = data.batch(idx, "fit")
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    model._train_step(xb, yb, None)
+    model.step.train(xb, yb, None, NULL)
     per_step = tracemalloc.get_traced_memory()[1] - before
     tracemalloc.stop()
     return rss, per_step

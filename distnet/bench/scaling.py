@@ -37,9 +37,9 @@ def measure(model_name, global_batch, steps, warmup, compile_kw=None):
               "n": comm.size, "global_batch": global_batch, "batch_per_worker": global_batch / comm.size,
               "step_s": s["median_s"], "p10_s": s["p10_s"], "p90_s": s["p90_s"],
               "samples_per_s": global_batch * k / s["median_s"], "levers": compile_kw,
-              "wire_bytes_per_update": model._reducer.wire_bytes // max(model.optimizer.iterations, 1),
+              "wire_bytes_per_update": model.distribute_strategy.wire_bytes // max(model.optimizer.iterations, 1),
               "breakdown_s": model.timeline.step_breakdown(skip=warmup // k),
-              "gradient_bytes": int(model._grad_buf.nbytes)}
+              "gradient_bytes": int(model.flat_state.buffer.nbytes)}
     return record if comm.rank == 0 else None
 
 
@@ -51,7 +51,7 @@ def worker(model_name, global_batch, steps, warmup, out_path, compile_kw=None):
 
 
 def _run_ray(n, model_name, global_batch, steps, warmup, threads, compile_kw=None):
-    from ..parallel import ray_backend
+    from ..parallel import ray as ray_backend
     ray_backend.init_ray(None, n)
     group = ray_backend.WorkerGroup(n, env={"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)})
     try:
@@ -91,7 +91,7 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
         rec.update(mode=mode, threads=threads)
         records.append(rec)
     if backend == "ray":
-        from ..parallel import ray_backend
+        from ..parallel import ray as ray_backend
         ray_backend.shutdown_private()
     for r in records:
         base = next((b for b in records if b["n"] == 1 and b["backend"] == r["backend"]), None)

@@ -88,6 +88,10 @@ def normalize_tuple(value, n, arg, layer):
 class Layer:
     """Base layer. Subclasses implement `build(input_shape)`, `call(x, training)`, `backward(grad)` and
     `compute_output_shape(input_shape)`; shapes exclude the batch dimension, as Keras's `input_shape` does."""
+    multi_input = False     # True for layers that take a list of tensors (merge layers)
+    multi_output = False    # True for layers that return a list of tensors (an RNN with return_state)
+    generator = None    # a layer that draws random numbers in training (Dropout) keeps its np.random.Generator
+    # here, so that checkpoints can save and restore where it is
 
     def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_input_shape=None,
                  dtype=None, **kwargs):
@@ -104,7 +108,7 @@ class Layer:
             input_shape = tuple(batch_input_shape)[1:]
         if input_dim is not None:
             input_shape = (input_dim,)
-        self._declared_input_shape = None if input_shape is None else _check_shape(input_shape, self)
+        self.declared_input_shape = None if input_shape is None else _check_shape(input_shape, self)
 
     # -- construction -------------------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer="zeros", regularizer=None, trainable=True):
@@ -203,8 +207,8 @@ class Layer:
     # -- config -------------------------------------------------------------------------------------------
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype}
-        if self._declared_input_shape is not None:
-            config["input_shape"] = list(self._declared_input_shape)
+        if self.declared_input_shape is not None:
+            config["input_shape"] = list(self.declared_input_shape)
         return config
 
     @classmethod

@@ -116,7 +116,7 @@ class Dropout(Layer):
         if not 0 <= rate < 1:
             raise ValueError(f"Dropout layer '{self.name}' expects 0 <= rate < 1, received {rate!r}")
         self.rate, self.noise_shape, self.seed = float(rate), noise_shape, seed
-        self._rng = np.random.default_rng(seed if seed is not None else initializers.generator().integers(2**63))
+        self.generator = np.random.default_rng(seed if seed is not None else initializers.generator().integers(2**63))
         self._mask = None
 
     def call(self, x, training=False):
@@ -125,7 +125,7 @@ class Dropout(Layer):
             return x
         shape = x.shape if self.noise_shape is None else tuple(
             x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
-        keep = self._rng.random(shape, dtype=np.float32) >= self.rate
+        keep = self.generator.random(shape, dtype=np.float32) >= self.rate
         self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
         return np.multiply(x, self._mask, out=self.workspace("out", x.shape))
 

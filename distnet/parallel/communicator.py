@@ -1,7 +1,9 @@
-"""The communicator interface every backend implements, the single-process one, and detection of the world.
+"""The communicator interface every backend implements, and the single-process one.
 
-A communicator sums NumPy buffers across workers in place (`allreduce_`), copies one worker's buffer to all
-(`broadcast_`), gathers small Python values (`allgather`), and can end the whole job (`abort`).
+A communicator sums NumPy buffers across workers in place (`allreduce_`, optionally compressed on the wire by a
+ring codec), copies one worker's buffer to all (`broadcast_`), gathers small Python values (`allgather`) or
+equal-length arrays (`allgather_array`), synchronises (`barrier`), bounds how long a worker waits for the others
+(`set_watchdog`), and can end the whole job (`abort`). Callers never ask which backend they talk to.
 """
 import os
 
@@ -9,13 +11,15 @@ import os
 class Communicator:
     rank = 0
     size = 1
-    local_rank = 0
+    local_rank = 0             # this worker's index among the workers of its node
     local_size = 1
     backend = "local"
+    watchdog_timeout = None    # seconds a worker waits for the others at a collective; None: forever
 
-    def allreduce_(self, buf, algorithm="auto"):
-        """Sum `buf` (a contiguous NumPy array) over all workers, in place. algorithm: 'auto' | 'ring' |
-        'native' (the transport's own collective, where it has one)."""
+    def allreduce_(self, buf, algorithm="auto", codec=None):
+        """Sum `buf` (a contiguous 1-D NumPy array) over all workers, in place.
+        algorithm: 'auto' | 'ring' | 'native' (the transport's own collective, where it has one).
+        codec: a ring codec (distnet.parallel.ring.CODECS) that encodes chunks on the wire (implies 'ring')."""
         raise NotImplementedError  # abstract
 
     def broadcast_(self, buf, root=0):
@@ -26,20 +30,22 @@ class Communicator:
         """A list of every worker's `obj` (small, JSON-like values), in rank order."""
         raise NotImplementedError  # abstract
 
+    def allgather_array(self, mine, out):
+        """Every worker's equal-length 1-D array `mine`, concatenated in rank order into `out`."""
+        raise NotImplementedError  # abstract
+
     def barrier(self):
         raise NotImplementedError  # abstract
 
-    @property
-    def transport(self):
-        """The ring transport (rank, size, sendrecv) our ring algorithms run over, or None."""
-        return None
-
-    def allgather_array(self, mine, out):
-        """Every worker's equal-length 1-D array `mine`, concatenated in rank order into `out`."""
-        from .ring import ring_allgather
-        return ring_allgather(mine, out, self.transport)
+    def set_watchdog(self, timeout):
+        """From now on, a worker that waits more than `timeout` seconds for the others at any collective ends
+        the job (MPI) or fails the group (Ray) with a message naming the ranks it waited for. None: off."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"watchdog_timeout must be a positive number of seconds or None, received {timeout!r}")
+        self.watchdog_timeout = None if timeout is None else float(timeout)
 
     def abort(self, code=1):
+        """End the whole job now (every worker), with exit status `code`."""
         os._exit(code)
 
     def __repr__(self):
@@ -49,7 +55,7 @@ class Communicator:
 class LocalCommunicator(Communicator):
     """One worker: every collective is the identity."""
 
-    def allreduce_(self, buf, algorithm="auto"):
+    def allreduce_(self, buf, algorithm="auto", codec=None):
         return buf
 
     def broadcast_(self, buf, root=0):
@@ -66,19 +72,4 @@ class LocalCommunicator(Communicator):
         pass
 
 
-_MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
-
-
-def launched_by_mpi():
-    """True when this process was started by mpirun/mpiexec (Open MPI, MPICH/Hydra or a PMI/PMIx launcher)."""
-    return any(k in os.environ for k in _MPI_ENV)
-
-
-def detect():
-    """The communicator this process belongs to: MPI when launched by mpirun with more than one rank (unless
-    DISTNET_DISABLE=1), else the single-process one."""
-    if os.environ.get("DISTNET_DISABLE") == "1" or not launched_by_mpi():
-        return LocalCommunicator()
-    from .mpi import MPICommunicator
-    comm = MPICommunicator()
-    return comm if comm.size > 1 else LocalCommunicator()
+LOCAL = LocalCommunicator()

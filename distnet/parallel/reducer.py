@@ -37,8 +37,7 @@ class Reducer:
         self.compression = None if compression == "none" else compression
         self.topk_ratio, self.overlap = topk_ratio, overlap
         self.codec = ring.CODECS.get(self.compression)
-        self.wire_bytes = 0            # bytes this worker sent in the last reduction (for benchmarks)
-        self._scratch = None
+        self.wire_bytes = 0            # bytes this worker has sent so far (for benchmarks)
         self._residual = None
         self._pool = None
         self._pending = []
@@ -48,8 +47,6 @@ class Reducer:
         """Sum buf over all workers, in place; its last n_stats entries are summed exactly, uncompressed."""
         if self.comm.size == 1:
             return buf
-        if getattr(self.comm, "watchdog_timeout", None):
-            self.comm.arrive()
         grads, stats = (buf[:buf.size - n_stats], buf[buf.size - n_stats:]) if n_stats else (buf, None)
         if self.compression == "topk":
             self._topk(grads)
@@ -62,7 +59,7 @@ class Reducer:
             if self.bucket_bytes is None:
                 return buf
         if stats is not None:
-            self.comm.allreduce_(stats, algorithm="native" if self.comm.backend == "mpi" else "auto")
+            self.comm.allreduce_(stats)          # a few slots: the communicator's choice for small buffers
         return buf
 
     def _buckets(self, buf):
@@ -77,10 +74,7 @@ class Reducer:
         self.wire_bytes += int(2 * (n - 1) / n * piece.nbytes)
 
     def _ring(self, piece):
-        need = -(-piece.size // self.comm.size)
-        if self._scratch is None or self._scratch.size < need:
-            self._scratch = np.empty(need, dtype=piece.dtype)
-        ring.ring_allreduce(piece, self.comm.transport, self._scratch, self.codec)
+        self.comm.allreduce_(piece, algorithm="ring", codec=self.codec)
         n = self.comm.size
         self.wire_bytes += int(2 * (n - 1) / n * piece.size * np.dtype(self.codec.wire_dtype).itemsize)
 
@@ -109,8 +103,6 @@ class Reducer:
         which are ready already. boundaries: the flat offsets where layers' gradients start."""
         if self.comm.size == 1:
             return
-        if getattr(self.comm, "watchdog_timeout", None):
-            self.comm.arrive()
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="distnet-allreduce")
         self._buf, self._pending = buf, []
@@ -143,9 +135,8 @@ class Reducer:
         self._pending = []
 
     def _submit(self, piece, exact=False):
-        if exact or self.codec is None:
-            job = (lambda: self.comm.allreduce_(piece, algorithm="native" if self.comm.backend == "mpi"
-                                                 else "auto")) if exact else (lambda: self._sum(piece))
+        if exact:
+            job = self.comm.allreduce_
         else:
-            job = lambda: self._ring(piece)  # noqa: E731
-        self._pending.append(self._pool.submit(job))
+            job = self._sum if self.codec is None else self._ring
+        self._pending.append(self._pool.submit(job, piece))

@@ -20,6 +20,21 @@ def chunk_bounds(length, size):
     return [length * i // size for i in range(size + 1)]
 
 
+class Scratch:
+    """The landing buffer for incoming chunks, kept between calls and grown when a larger buffer comes, so the
+    steady state allocates nothing (one per communicator)."""
+
+    def __init__(self):
+        self.buf = None
+
+    def get(self, buf, size):
+        """A scratch array of buf's dtype with room for the longest of `size` chunks of buf."""
+        need = -(-buf.size // max(size, 1))
+        if self.buf is None or self.buf.size < need or self.buf.dtype != buf.dtype:
+            self.buf = np.empty(need, dtype=buf.dtype)
+        return self.buf
+
+
 class Codec:
     """How float32 values travel: encode(x, out) -> wire array, decode(wire, out)."""
     name, wire_dtype = "none", None

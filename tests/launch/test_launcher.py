@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from distnet.parallel import protocol
 from launch import cli, hosts, mpi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -14,7 +15,7 @@ CLUSTER = os.path.join(ROOT, "cluster.yaml")
 
 def launch(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    for v in mpi.BLAS_VARS:
+    for v in protocol.BLAS_VARS:
         env.pop(v, None)
     try:
         return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True,
@@ -238,7 +239,7 @@ class Die(callbacks.Callback):
 m.fit(x, y, batch_size=8, epochs=5, verbose=0,
       callbacks=[callbacks.BackupAndRestore(f"{out}/backup", save_freq=3), Die()])
 if comm.rank == 0:
-    np.save(f"{out}/final_{sys.argv[2]}.npy", m._params)
+    np.save(f"{out}/final_{sys.argv[2]}.npy", m.flat_state.params)
 """
 
 

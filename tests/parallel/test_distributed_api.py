@@ -30,16 +30,16 @@ def model(bucket):
     m.compile(loss="sparse_categorical_crossentropy", optimizer="sgd", bucket_bytes=bucket)
     return m
 m = model(None)
-init0 = dist.broadcast(m._params)
+init0 = dist.broadcast(m.flat_state.params)
 x = np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32)
 y = np.random.default_rng(1).integers(0, 3, 50)
 m.timeline = Timeline(f"{out}/trace.json")
 m.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
 b = model(64)                                   # 64-byte buckets: many allreduce calls per step
-b._params[...] = init0
+b.flat_state.params[...] = init0
 b.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
-res["weights"] = [float(v) for v in m._params[:5]]
-res["bucket_diff"] = float(np.max(np.abs(b._params - m._params)))
+res["weights"] = [float(v) for v in m.flat_state.params[:5]]
+res["bucket_diff"] = float(np.max(np.abs(b.flat_state.params - m.flat_state.params)))
 res["init0"] = [float(v) for v in init0[:5]]
 
 # opt-out: every rank trains alone on its own data

@@ -81,7 +81,8 @@ for name, kw in [("plain", {"bucket_bytes": 2048}), ("overlap", {"bucket_bytes":
                     layers.Flatten(), layers.Dense(32, activation="relu"), layers.Dense(4, activation="softmax")])
     m.compile(loss="sparse_categorical_crossentropy", optimizer="adam", **kw)
     h = m.fit(x, y, batch_size=24, epochs=4, verbose=0)
-    out[name] = {"params": m._params.tolist(), "loss": h.history["loss"], "wire": m._reducer.wire_bytes}
+    out[name] = {"params": m.flat_state.params.tolist(), "loss": h.history["loss"],
+                 "wire": m.distribute_strategy.wire_bytes}
 json.dump(out, open(f"{sys.argv[1]}/levers_{comm.rank}.json", "w"))
 """
 

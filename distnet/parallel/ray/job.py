@@ -1,13 +1,13 @@
 """Driver for a script on Ray actors (what `distnet-launch --backend ray` runs):
 
-    python -m distnet.parallel.ray_job -n 4 [--address ADDR] [--max-failures K] script.py [args...]
+    python -m distnet.parallel.ray.job -n 4 [--address ADDR] [--max-failures K] script.py [args...]
 """
 import argparse
 import sys
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m distnet.parallel.ray_job")
+    p = argparse.ArgumentParser(prog="python -m distnet.parallel.ray.job")
     p.add_argument("-n", "--num-workers", type=int, required=True)
     p.add_argument("--address", default=None)
     p.add_argument("--max-failures", type=int, default=0)
@@ -16,12 +16,12 @@ def main(argv=None):
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
-    from .ray_backend import WorkerFailure, run_script
+    from .group import WorkerFailure, run_script
     try:
         run_script(a.script, a.args, a.num_workers, {"CPU": a.cpus_per_worker}, a.max_failures, a.address,
                    timeout=a.timeout)
     except WorkerFailure as e:
-        print(f"distnet-launch: the job failed.\n  first failure: {e}", file=sys.stderr)
+        print(f"distnet.ray: the job failed.\n  first failure: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,180 @@
+"""Model: the structure shared by every model (layers, build, flat buffers, weights, summary, config, saving);
+training comes from the Trainer mixin. A subclass says how data flows through its layers: `build_layers`,
+`forward` and `backward` (Sequential: a chain; the functional Model: a graph)."""
+import numpy as np
+
+from ..layers import InputLayer
+from ..layers.base import ActivatedLayer, unique_name
+from ..training.step import FlatState
+from ..training.trainer import Trainer
+from . import saving
+
+
+class Model(Trainer):
+    def __init__(self, name=None, trainable=True):
+        if not isinstance(trainable, bool):
+            raise TypeError(f"trainable must be True or False, received {trainable!r}")
+        self.name = name or unique_name(self.default_name)
+        self.trainable = trainable
+        self.built = False
+        self.flat_state = None
+        self.input_shape = self.output_shape = None
+        Trainer.__init__(self)
+
+    default_name = "model"
+
+    # -- structure (subclasses) ---------------------------------------------------------------------------
+    @property
+    def all_layers(self):
+        """Every layer in execution order, Input layers included."""
+        raise NotImplementedError  # abstract
+
+    def build_layers(self, input_shape):
+        """Build every layer for input_shape (no batch dim); return the output shape (no batch dim)."""
+        raise NotImplementedError  # abstract
+
+    def forward(self, x, training=False):
+        """x: (batch, *input_shape) -> (batch, *output_shape), through every layer."""
+        raise NotImplementedError  # abstract
+
+    def backward(self, grad, fused=False, ready=None):
+        """grad: d(sum of losses)/d(output) (d/d(logits) of the output layer when fused). Fills every weight's
+        grad. ready(offset): told, when overlapping communication, that every gradient from offset on is final."""
+        raise NotImplementedError  # abstract
+
+    # -- building -----------------------------------------------------------------------------------------
+    @property
+    def layers(self):
+        """The model's layers, without Input layers (as in Keras)."""
+        return [la for la in self.all_layers if not isinstance(la, InputLayer)]
+
+    @property
+    def output_layer(self):
+        return self.all_layers[-1]
+
+    def build(self, input_shape):
+        """Build for input_shape including the batch dimension, e.g. model.build((None, 8))."""
+        self.build_for(tuple(input_shape)[1:])
+
+    def build_for(self, input_shape):
+        """Build every layer for input_shape (without the batch dimension) and move the weights into flat
+        buffers."""
+        if not self.all_layers:
+            raise ValueError(f"Model '{self.name}' has no layers; add layers before building or training it")
+        input_shape = tuple(input_shape)
+        output_shape = self.build_layers(input_shape)
+        self.input_shape, self.output_shape = (None,) + input_shape, (None,) + tuple(output_shape)
+        if not self.trainable:
+            for la in self.all_layers:
+                la.trainable = False
+                for w in la.weights:
+                    w.trainable, w.grad = False, None
+        self.flat_state = FlatState(self.all_layers, self.all_layers[0].dtype)
+        self.built = True
+        self.on_built()
+
+    def ensure_built(self, x, what):
+        """Build for x's shape on first use; afterwards, a clear error when x does not fit."""
+        if not self.built:
+            self.build_for(x.shape[1:])
+        expected = self.input_shape[1:]
+        if x.shape[1:] != expected:
+            first = self.all_layers[0]
+            if isinstance(first, ActivatedLayer) or len(expected) == 1:
+                if x.ndim >= 2 and x.shape[-1] != expected[-1]:
+                    raise ValueError(f"{type(first).__name__} layer '{first.name}' expects input with last "
+                                     f"dimension {expected[-1]}, received shape {x.shape}")
+            raise ValueError(f"Model '{self.name}' expects input of shape {self.input_shape} in {what}, received "
+                             f"shape {x.shape}")
+
+    def architecture(self):
+        """Layer classes, configs without names, and weight shapes/dtypes: what two workers (or a checkpoint and
+        a model) must agree on. Automatic names are left out: they depend on how many layers a process made."""
+        def strip(config):
+            return {k: v for k, v in config.items() if k != "name"}
+        return [[type(la).__name__, _jsonable(strip(la.get_config())),
+                 [[list(w.value.shape), str(w.value.dtype)] for w in la.weights]] for la in self.all_layers]
+
+    # -- weights ------------------------------------------------------------------------------------------
+    @property
+    def weights(self):
+        return [w for la in self.all_layers for w in la.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for w in self.weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for w in self.weights if not w.trainable]
+
+    def get_weights(self):
+        """Copies of every weight, layer by layer ([kernel, bias, ...]), in Keras's order and shapes."""
+        return [w.value.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        mine = self.weights
+        if len(weights) != len(mine):
+            raise ValueError(f"Model '{self.name}' has {len(mine)} weight arrays, received a list of {len(weights)}")
+        for w, v in zip(mine, weights):
+            v = np.asarray(v)
+            if v.shape != w.value.shape:
+                raise ValueError(f"Weight '{w.name}' has shape {w.value.shape}, received shape {v.shape}")
+        for w, v in zip(mine, weights):
+            w.value[...] = v
+        self.replicas_synced = False       # the next collective call shares rank 0's weights again
+
+    def count_params(self):
+        return int(sum(w.value.size for w in self.weights))
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No layer named {name!r} in model '{self.name}'; layers: {[la.name for la in self.layers]}")
+
+    # -- summary ------------------------------------------------------------------------------------------
+    def summary_rows(self):
+        """(layer column, output shape column, params column[, connected-to column]) per layer."""
+        return [(f"{la.name} ({type(la).__name__})", str((None,) + tuple(la.output_shape)), str(la.count_params()))
+                for la in self.layers]
+
+    def summary(self, print_fn=None):
+        if not self.built:
+            raise ValueError(f"Model '{self.name}' has not been built yet: give the first layer an input_shape "
+                             "(or add an Input), or call build() or fit() first")
+        print_fn = print_fn or print
+        rows = self.summary_rows()
+        head = ("Layer (type)", "Output Shape", "Param #", "Connected to")[:len(rows[0]) if rows else 3]
+        widths = [max(30, max((len(r[0]) for r in rows), default=0) + 2), 26, 12, 30][:len(head)]
+        line = "_" * sum(widths)
+
+        def fmt(cols):
+            return "".join(c.ljust(w) for c, w in zip(cols, widths))
+        trainable = sum(w.value.size for w in self.trainable_weights)
+        total = self.count_params()
+        out = [f'Model: "{self.name}"', line, fmt(head), "=" * sum(widths)]
+        for i, r in enumerate(rows):
+            out.append(fmt(r))
+            out.append(line if i < len(rows) - 1 else "=" * sum(widths))
+        out += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {total - trainable:,}", line]
+        print_fn("\n".join(out))
+
+    # -- saving -------------------------------------------------------------------------------------------
+    def save(self, filepath):
+        """Architecture + weights + compile settings + optimizer state in one pickle-free .npz file (see
+        distnet.checkpoint); written atomically. Load with distnet.models.load_model."""
+        return saving.save_model(self, filepath)
+
+    def save_weights(self, filepath):
+        return saving.save_weights(self, filepath)
+
+    def load_weights(self, filepath):
+        return saving.load_weights(self, filepath)
+
+
+def _jsonable(obj):
+    return saving.jsonable(obj)

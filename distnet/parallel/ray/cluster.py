@@ -1,0 +1,73 @@
+"""Joining a Ray cluster, or starting a private one that listens on loopback only."""
+import os
+import sys
+
+
+def ray_module():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("distnet's Ray backend needs Ray: pip install 'distnet[ray]' (that is: pip install "
+                          "'ray[default]')") from e
+    return ray
+
+
+def init_ray(address=None, num_workers=1, cpus_per_worker=1):
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS); without one, start a private single-node instance
+    bound to 127.0.0.1 with the dashboard off and enough CPU slots for num_workers (oversubscribing cores)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray 2.x resolves 127.0.0.1 to the machine's external address and listens on every interface; its
+        # single-machine mode (the one it uses on macOS/Windows) binds everything to loopback instead.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray's metrics agents take CPU from the workers; on a 2-core machine, side by side with MPI, steps
+        # measured 1.16-1.42x MPI's with them and 0.98-0.99x without (in 2 runs of 3; see BENCHMARKS.md)
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stdout.isatty() else "0")
+    ray = ray_module()
+    global _PRIVATE_CPUS
+    need = max(os.cpu_count() or 1, int(-(-num_workers * cpus_per_worker // 1)))
+    if ray.is_initialized():
+        if _PRIVATE_CPUS is None or _PRIVATE_CPUS >= need:
+            return ray
+        ray.shutdown()                    # our own local instance is too small for this job: start a larger one
+    if address:
+        check_reachable(address)
+        ray.init(address=address, log_to_driver=True)
+        _PRIVATE_CPUS = None
+    else:
+        # CPU slots are scheduling tokens: N workers on fewer cores oversubscribe, as mpirun -n N does.
+        # address="local": a new instance even when a `ray start` cluster left /tmp/ray/ray_current_cluster.
+        ray.init(address="local", num_cpus=need, include_dashboard=False, log_to_driver=True)
+        _PRIVATE_CPUS = need
+    return ray
+
+
+CONNECT_TIMEOUT = 10.0    # seconds to reach a cluster's address before giving up (Ray itself retries for minutes)
+
+
+def check_reachable(address, timeout=CONNECT_TIMEOUT):
+    """Fail fast, naming the address, when nothing listens at a 'host:port' Ray address."""
+    import socket
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return                      # 'auto' and other forms: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} within {timeout:g} s ({e}); start it "
+                              "with `ray start --head`, fix RAY_ADDRESS / --address, or leave the address out for "
+                              "a private local instance") from None
+
+
+_PRIVATE_CPUS = None      # CPU slots of the local Ray instance distnet started, or None
+
+
+def shutdown_private():
+    """Stop the local Ray instance distnet started (its daemons would otherwise keep taking CPU)."""
+    global _PRIVATE_CPUS
+    if _PRIVATE_CPUS is not None:
+        ray_module().shutdown()
+        _PRIVATE_CPUS = None

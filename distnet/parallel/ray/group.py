@@ -1,0 +1,145 @@
+"""A group of worker actors placed by a placement group and wired into a ring; `run` with restarts."""
+import os
+import sys
+import uuid
+
+from .. import protocol
+from .cluster import init_ray, ray_module as _ray
+from .worker import Worker
+
+
+class WorkerGroup:
+    """num_workers actors in a placement group (spread across nodes when there are several), wired into a ring."""
+
+    def __init__(self, num_workers, resources_per_worker=None, placement_strategy="SPREAD", timeout=None,
+                 env=None):
+        ray = _ray()
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        self._remove_pg = remove_placement_group
+        resources = dict(resources_per_worker or {"CPU": 1})
+        cpus = resources.pop("CPU", 1)
+        bundle = {"CPU": cpus, **resources}
+        self.pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
+        try:
+            ray.get(self.pg.ready(), timeout=float(os.environ.get(protocol.RAY_PLACEMENT_TIMEOUT, 30)))
+        except ray.exceptions.GetTimeoutError:
+            total = ray.cluster_resources()
+            self._remove_pg(self.pg)
+            raise RuntimeError(f"Ray cannot place {num_workers} workers of {bundle}: the cluster has {total}") \
+                from None
+        worker_cls = ray.remote(Worker)
+        threads = max(4, num_workers + 2)
+        self.actors = [
+            worker_cls.options(num_cpus=cpus, resources=resources or None, max_concurrency=threads,
+                               scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote(
+                i, num_workers, dict(env or {}))
+            for i in range(num_workers)]
+        node_ids = ray.get([a.node_id.remote() for a in self.actors])
+        self.node_ids = node_ids
+        hosts = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+        addresses = ray.get([a.open_ring.remote(hosts[nid], timeout) for a, nid in zip(self.actors, node_ids)])
+        job = uuid.uuid4().hex[:12]
+        ray.get([a.connect.remote(self.actors, node_ids, addresses, timeout, job) for a in self.actors])
+
+    def run(self, method, *args):
+        """Call `method` on every actor; return the results in rank order, or raise the first failure
+        (an exception on a rank, or a dead actor) after stopping every other actor."""
+        ray = _ray()
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        pending, results = list(refs), {}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            rank = refs.index(done[0])
+            try:
+                results[rank] = ray.get(done[0])
+            except Exception as e:
+                stalled = self._stalled_ranks() if "TimeoutError" in str(e) else None
+                self.shutdown()
+                raise WorkerFailure(rank, len(refs), e, stalled) from e
+        return [results[r] for r in range(len(refs))]
+
+    def _stalled_ranks(self):
+        """After a timeout: the ranks that entered the fewest collectives are the ones the others waited for."""
+        ray = _ray()
+        try:
+            counts = ray.get([a.progress.remote() for a in self.actors], timeout=10)
+        except Exception:
+            return None
+        low = min(counts)
+        return [r for r, c in enumerate(counts) if c == low] if low < max(counts) else None
+
+    def shutdown(self):
+        ray = _ray()
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        try:
+            self._remove_pg(self.pg)
+        except Exception:
+            pass
+
+
+class WorkerFailure(RuntimeError):
+    """A rank raised or its actor died; `rank` names it, `stalled` the ranks it timed out waiting for."""
+
+    def __init__(self, rank, size, cause, stalled=None):
+        self.rank, self.size, self.cause, self.stalled = rank, size, cause, stalled
+        dead = type(cause).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError")
+        what = "its actor died (process killed or node lost)" if dead else f"it raised:\n{cause}"
+        if stalled:
+            what = (f"it timed out waiting for its peers; stalled: rank(s) {stalled} stopped at an earlier "
+                    f"collective than the others\n{cause}")
+        super().__init__(f"distnet worker rank {rank} of {size} failed: {what}")
+
+
+def run(train_fn, num_workers=2, resources_per_worker=None, max_failures=0, address=None, args=(), kwargs=None,
+        placement_strategy="SPREAD", timeout=None):
+    """Run `train_fn(*args, **kwargs)` on `num_workers` Ray actors as one data-parallel job; return the list of
+    per-rank results. Inside, `model.fit` trains data-parallel over the actors, exactly as under mpirun.
+
+    max_failures: how many times to restart the whole worker group when a worker fails (an exception or a
+    dead actor/node); `train_fn` resumes from its checkpoints if it uses BackupAndRestore.
+    timeout: seconds a worker waits for a peer's message before giving up (a stall watchdog; default none)."""
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int, received {num_workers!r}")
+    if not isinstance(max_failures, int) or max_failures < 0:
+        raise ValueError(f"max_failures must be an int >= 0, received {max_failures!r}")
+    cpus = (resources_per_worker or {}).get("CPU", 1)
+    init_ray(address, num_workers, cpus)
+    return _with_restarts(lambda group: group.run("run_function", train_fn, tuple(args), dict(kwargs or {})),
+                          num_workers, resources_per_worker, max_failures, placement_strategy, timeout)
+
+
+def run_script(path, argv=(), num_workers=2, resources_per_worker=None, max_failures=0, address=None,
+               placement_strategy="SPREAD", timeout=None):
+    """Run a training script on num_workers actors, as `mpirun -n N python script.py argv` would."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"script {path!r} does not exist")
+    cpus = (resources_per_worker or {}).get("CPU", 1)
+    init_ray(address, num_workers, cpus)
+    path, cwd = os.path.abspath(path), os.getcwd()
+    return _with_restarts(lambda group: group.run("run_script", path, list(argv), cwd), num_workers,
+                          resources_per_worker, max_failures, placement_strategy, timeout)
+
+
+def _with_restarts(body, num_workers, resources_per_worker, max_failures, placement_strategy, timeout):
+    def attempt(k):
+        group = WorkerGroup(num_workers, resources_per_worker, placement_strategy, timeout,
+                            {protocol.RESTART_COUNT: str(k)})
+        try:
+            return True, body(group), None
+        except WorkerFailure as failure:
+            return False, failure, str(failure)
+        finally:
+            group.shutdown()
+
+    def say(text):
+        print(f"distnet.ray: {text}", file=sys.stderr, flush=True)
+
+    out = protocol.with_restarts(attempt, max_failures, say, what="worker group")
+    if isinstance(out, WorkerFailure):
+        raise out
+    return out

@@ -1,0 +1,112 @@
+"""Data adapters: what fit/evaluate/predict accept, checked once, served as batches of sample indices.
+
+An adapter holds the inputs x, the targets y and per-sample weights of one call, and gathers the rows of a
+batch with `batch(idx)`; it is the one place a new kind of data source plugs in. Sharding (which indices a
+rank takes) lives in distnet.data.sharding; the adapter only reads what it is asked for.
+"""
+import numpy as np
+
+
+def check_batch_size(batch_size, what):
+    """Keras's default of 32, else a positive int (bools are refused: True is not a batch size)."""
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"{what}() expects batch_size to be a positive int, received {batch_size!r}")
+    return int(batch_size)
+
+
+def as_inputs(x, what, model_name):
+    """x as a NumPy array with a batch dimension, checked (dtype, rank, non-empty) without copying it."""
+    if x is None:
+        raise ValueError(f"{what}() of model '{model_name}' needs input data x, received None")
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}() expects x as a NumPy array, received {type(x).__name__}")
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise TypeError(f"{what}() expects numeric x, received an array of dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{what}() expects x with a batch dimension (rank >= 2), received shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}() received empty input data: x has shape {x.shape}")
+    return x
+
+
+def as_targets(y, n, what, model_name, loss, output_shape):
+    """y checked against x's sample count, finite, and prepared for the loss (e.g. sparse labels)."""
+    if y is None:
+        raise ValueError(f"{what}() of model '{model_name}' needs targets y, received None")
+    y = np.asarray(y)
+    if y.ndim == 0:
+        raise ValueError(f"{what}(): y must have one entry per sample of x ({n}), received a scalar {y!r}")
+    if y.shape[0] != n:
+        raise ValueError(f"{what}(): x and y have different numbers of samples: x has {n}, y has {y.shape[0]}")
+    if y.dtype.kind == "f" and y.size and not np.all(np.isfinite(y)):
+        raise ValueError(f"{what}(): y contains NaN or inf values (first at sample "
+                         f"{int(np.argwhere(~np.isfinite(y.reshape(n, -1)))[0, 0])})")
+    return loss.prepare_targets(y, output_shape)
+
+
+def sample_weights(y, n, sample_weight, class_weight, dtype):
+    """Per-sample weights (n,) from sample_weight and/or class_weight (multiplied), or None."""
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=dtype).reshape(-1)
+        if w.shape[0] != n:
+            raise ValueError(f"sample_weight has {w.shape[0]} entries, but x has {n} samples")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight must be a dict {{class: weight}}, received {type(class_weight).__name__}")
+        if y.ndim == 1:
+            labels = y.astype(np.int64)
+        elif y.shape[-1] == 1:
+            labels = np.round(y.reshape(-1)).astype(np.int64)
+        else:
+            labels = np.argmax(y.reshape(n, -1), axis=1)
+        missing = sorted(set(np.unique(labels).tolist()) - set(class_weight))
+        if missing:
+            raise ValueError(f"class_weight has no weight for class(es) {missing}; it has {sorted(class_weight)}")
+        cw = np.array([class_weight[c] for c in labels], dtype=dtype)
+        w = cw if w is None else w * cw
+    return w
+
+
+class ArrayData:
+    """In-memory (or memory-mapped) arrays: x (n, ...), y (n, ...) prepared for the loss, w (n,) or None."""
+
+    def __init__(self, x, y=None, w=None, dtype=np.float32):
+        self.x, self.y, self.w, self.dtype = x, y, w, np.dtype(dtype)
+
+    @property
+    def num_samples(self):
+        return self.x.shape[0]
+
+    def split(self, fraction):
+        """(training part, validation part): the last `fraction` of the samples are held out, as in Keras."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"validation_split must be in (0, 1), received {fraction!r}")
+        cut = int(self.num_samples * (1 - fraction))
+        if cut == 0 or cut == self.num_samples:
+            raise ValueError(f"validation_split={fraction} leaves no samples for training or validation out of "
+                             f"{self.num_samples}")
+
+        def part(sl):
+            return ArrayData(self.x[sl], None if self.y is None else self.y[sl],
+                             None if self.w is None else self.w[sl], self.dtype)
+        return part(slice(None, cut)), part(slice(cut, None))
+
+    def inputs(self, idx, what):
+        """The rows `idx` of x as the model's float type, checked for NaN/inf."""
+        xb = np.take(self.x, idx, axis=0)
+        if xb.dtype != self.dtype:
+            xb = xb.astype(self.dtype)
+        if xb.dtype.kind == "f" and not np.isfinite(xb).all():
+            bad = idx[np.argwhere(~np.isfinite(xb.reshape(len(idx), -1)))[0, 0]]
+            raise ValueError(f"{what}(): input x contains NaN or inf values (sample {int(bad)}); clean the data "
+                             "or drop those samples")
+        return xb
+
+    def batch(self, idx, what):
+        """(x rows, y rows, w rows or None) of the samples `idx`."""
+        return self.inputs(idx, what), self.y[idx], (None if self.w is None else self.w[idx])

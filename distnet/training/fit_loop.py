@@ -1,0 +1,122 @@
+"""The epoch loop of `fit`: every rank runs the same number of steps on its slice of each global batch, with the
+callbacks seeing globally averaged logs, validation at the end of epochs, and resumption from a backup."""
+import numpy as np
+
+from .. import timeline as timeline_mod, utils
+from ..callbacks import CallbackList, History, ProgbarLogger
+from ..data import sharding
+from . import adapter
+from .resume import FitState
+
+
+def _count(value, name, minimum, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"fit() expects {name} to be {kind}{' or None' if allow_none else ''}, received {value!r}")
+    return int(value)
+
+
+class FitLoop:
+    def __init__(self, model, batch_size, epochs, verbose, shuffle, initial_epoch, steps_per_epoch,
+                 validation_steps, validation_batch_size, validation_freq):
+        self.model = model
+        self.batch_size = adapter.check_batch_size(batch_size, "fit")
+        self.epochs = _count(epochs, "epochs", 0)
+        self.initial_epoch = _count(initial_epoch, "initial_epoch", 0)
+        self.steps_per_epoch = _count(steps_per_epoch, "steps_per_epoch", 1, allow_none=True)
+        self.validation_steps = _count(validation_steps, "validation_steps", 1, allow_none=True)
+        self.validation_batch_size = (None if validation_batch_size is None
+                                      else adapter.check_batch_size(validation_batch_size, "fit"))
+        self.validation_freq = _count(validation_freq, "validation_freq", 1)
+        self.verbose = 1 if verbose == "auto" else verbose
+        self.shuffle = shuffle
+
+    def run(self, data, val, callbacks):
+        model, B = self.model, self.batch_size
+        strategy = model.distribute_strategy
+        n = data.num_samples
+        model.sync_replicas(num_samples=n, batch_size=B, validation_samples=None if val is None else val.num_samples)
+        seed = strategy.data_seed(utils.get_seed())
+        steps = sharding.num_steps(n, B)
+        if self.steps_per_epoch is not None:
+            steps = min(self.steps_per_epoch, steps)
+        step = model.make_step(data.y)
+        model.history = History()
+        cbs = list(callbacks or []) + [model.history]
+        if self.verbose:
+            cbs.append(ProgbarLogger(self.verbose))
+        cbs = CallbackList(cbs, model, {"epochs": self.epochs, "steps": steps, "verbose": self.verbose,
+                                        "batch_size": B, "samples": n})
+        state = model.fit_state = FitState(model, step, cbs.callbacks, seed, B)
+        model.stop_training = False
+        tl = model.timeline or timeline_mod.from_env() or timeline_mod.NULL
+        cbs.on_train_begin()
+        start = (self.initial_epoch, 0, None)
+        if state.pending is not None:                  # a BackupAndRestore found a checkpoint
+            start = state.restore()
+        logs = {}
+        for epoch in range(start[0], self.epochs):
+            logs = self._epoch(epoch, start, data, val, steps, step, state, cbs, tl)
+            if model.stop_training:
+                break
+        cbs.on_train_end(logs)
+        tl.write(strategy.comm)
+        return model.history
+
+    def _epoch(self, epoch, start, data, val, steps, step, state, cbs, tl):
+        model, B = self.model, self.batch_size
+        strategy, flat = model.distribute_strategy, model.flat_state
+        cbs.on_epoch_begin(epoch)
+        order = sharding.epoch_order(data.num_samples, state.seed, epoch, self.shuffle)
+        totals, first_step, logs = step.stats.new_totals(), 0, {}
+        if epoch == start[0] and start[2] is not None:
+            totals[...], first_step = start[2], start[1]
+            logs = step.stats.logs(totals)      # the epoch's logs so far (its steps may all be done already)
+        for i in range(first_step, steps):
+            cbs.on_train_batch_begin(i)
+            with tl.phase("data"):
+                idx = sharding.local_batch(order, i, B, strategy.rank, strategy.num_workers)
+                batch = data.batch(idx, "fit")
+            penalty = flat.penalty()
+            sync = (i + 1) % model.steps_per_sync == 0 or i == steps - 1
+            slots = step.train(*batch, tl, sync)
+            if slots is not None:
+                step.stats.add(totals, slots, penalty)
+                logs = step.stats.logs(totals)
+            state.at(epoch, i + 1, totals)
+            cbs.on_train_batch_end(i, logs)
+            if model.stop_training:
+                break
+        strategy.average_(flat.state)
+        logs = dict(logs)
+        if val is not None and (epoch + 1) % self.validation_freq == 0:
+            vb = self.validation_batch_size or B
+            vsteps = sharding.num_steps(val.num_samples, vb)
+            if self.validation_steps is not None:
+                vsteps = min(vsteps, self.validation_steps)
+            val_logs = evaluate_data(model, step, val, vb, vsteps)
+            logs.update({"val_" + k: v for k, v in val_logs.items()})
+        state.at(epoch + 1, 0, None, logs)
+        cbs.on_epoch_end(epoch, logs)
+        return logs
+
+
+def evaluate_data(model, step, data, batch_size, num_steps, callbacks=None):
+    """Sharded over workers: each evaluates its slice of every batch; sums are combined once at the end."""
+    strategy = model.distribute_strategy
+    totals = step.stats.new_totals()
+    slots = np.zeros(step.stats.size, dtype=np.float64)
+    order = np.arange(data.num_samples)
+    for i in range(num_steps):
+        if callbacks:
+            callbacks.on_test_batch_begin(i)
+        idx = sharding.local_batch(order, i, batch_size, strategy.rank, strategy.num_workers)
+        step.evaluate(*data.batch(idx, "evaluate"), slots)
+        totals[:-1] += slots
+        if callbacks:
+            callbacks.on_test_batch_end(i, step.stats.logs(totals))
+    strategy.sum_(totals)
+    totals[-1] = model.flat_state.penalty() * totals[0]
+    return step.stats.logs(totals)

@@ -1,0 +1,257 @@
+"""The Trainer: Keras's compile / fit / evaluate / predict / train_on_batch for any distnet Model, data-parallel
+whenever the process belongs to a job with more than one worker (through its DataParallel strategy)."""
+import time
+
+import numpy as np
+
+from .. import losses as losses_mod, metrics as metrics_mod, optimizers as optimizers_mod
+from ..callbacks import CallbackList
+from ..data import sharding
+from ..parallel.strategy import DataParallel
+from . import adapter
+from .fit_loop import FitLoop, evaluate_data
+from .step import Step
+
+# compile arguments that only tell Keras's backends how to run a step: accepted, with no effect in distnet
+_BACKEND_KNOBS = ("run_eagerly", "jit_compile", "auto_scale_loss")
+
+
+class Trainer:
+    def __init__(self):
+        self.optimizer = self.loss = None
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        self.timeline = None       # a distnet.timeline.Timeline recording every step's phases (or DISTNET_TIMELINE)
+        self.distribute_strategy = None
+        self.fit_state = None      # where a running fit is (distnet.training.resume.FitState), for callbacks
+        self.step = None
+        self.replicas_synced = False
+
+    # -- compile ------------------------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True,
+                allreduce="auto", bucket_bytes=None, compression=None, topk_ratio=0.01, overlap=False,
+                steps_per_sync=1):
+        """Keras's compile, plus how gradients are combined when training data-parallel:
+        allreduce: 'auto' | 'ring' | 'native'; bucket_bytes: sum the gradient in slices of this size;
+        compression: None | 'fp16' | 'bf16' | 'topk' (with topk_ratio, error feedback);
+        overlap: sum the last layers' gradients while backward continues on the earlier ones;
+        steps_per_sync=K: accumulate K micro-batches per update (an update then covers K * batch_size samples).
+        run_eagerly, jit_compile and auto_scale_loss are accepted and have no effect (distnet always runs eagerly
+        in float32); steps_per_execution must be 1."""
+        if isinstance(steps_per_sync, bool) or not isinstance(steps_per_sync, (int, np.integer)) or steps_per_sync < 1:
+            raise ValueError(f"steps_per_sync must be a positive int, received {steps_per_sync!r}")
+        if steps_per_execution != 1:
+            raise ValueError(f"steps_per_execution={steps_per_execution!r} is not supported: distnet runs one step "
+                             "per call and calls batch callbacks after every step; use steps_per_execution=1")
+        if loss is None:
+            raise ValueError(f"compile of model '{self.name}' needs a loss, received loss=None")
+        self.loss = losses_mod.get(loss)
+        self.loss_weight = _single_loss_weight(loss_weights)
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.metric_ids = _metric_list(metrics, "metrics") + _metric_list(weighted_metrics, "weighted_metrics")
+        self.metric_weighted = ([False] * len(_metric_list(metrics, "metrics"))
+                                + [True] * len(_metric_list(weighted_metrics, "weighted_metrics")))
+        metrics_mod.validate_names(self.metric_ids)
+        self.distribute_strategy = DataParallel(allreduce, bucket_bytes, compression, topk_ratio, overlap)
+        self.steps_per_sync = int(steps_per_sync)
+        self.compiled = True
+        self.step = None
+        self.replicas_synced = False
+        if self.built:
+            self.optimizer.build(self.flat_state.params, self.flat_state.segments)
+
+    def compile_config(self):
+        """The compile settings as JSON (for model files), or None before compile."""
+        if not self.compiled:
+            return None
+        return {"loss": losses_mod.serialize(self.loss), "optimizer": optimizers_mod.serialize(self.optimizer),
+                "metrics": [m for m, w in zip(self.metric_ids, self.metric_weighted) if isinstance(m, str) and not w],
+                "weighted_metrics": [m for m, w in zip(self.metric_ids, self.metric_weighted)
+                                     if isinstance(m, str) and w],
+                "loss_weights": self.loss_weight, "reducer": self.distribute_strategy.options,
+                "steps_per_sync": self.steps_per_sync}
+
+    def compile_from_config(self, config):
+        reducer = dict(config["reducer"])
+        self.compile(optimizer=optimizers_mod.get(config["optimizer"]), loss=losses_mod.get(config["loss"]),
+                     metrics=config["metrics"], weighted_metrics=config.get("weighted_metrics") or None,
+                     loss_weights=config.get("loss_weights", 1.0), allreduce=reducer.pop("algorithm"),
+                     steps_per_sync=config.get("steps_per_sync", 1), **reducer)
+
+    def on_built(self):
+        """The model (re)built its flat buffers: the optimizer's slots follow, the replicas must sync again."""
+        self.step = None
+        self.replicas_synced = False
+        if self.compiled:
+            self.optimizer.build(self.flat_state.params, self.flat_state.segments)
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise RuntimeError(f"You must call compile() on model '{self.name}' before {what}()")
+
+    # -- the pieces every entry point shares --------------------------------------------------------------
+    def make_step(self, y):
+        """The Step for targets like y: metrics resolved ('accuracy' depends on the labels), loss fusion set."""
+        out_shape = self.output_shape[1:]
+        sparse = y is not None and (y.ndim == 1 or y.shape[1:] == (1,)) and out_shape[-1:] != (1,)
+        metrics = [metrics_mod.get(m, self.loss, out_shape, sparse) for m in self.metric_ids]
+        names = [m.name for m in metrics]
+        for i, (m, weighted) in enumerate(zip(metrics, self.metric_weighted)):
+            if weighted and names.count(m.name) > 1:      # Keras's name for a metric asked for both ways
+                metrics[i] = metrics_mod.Metric("weighted_" + m.name, m.fn)
+        self.step = Step(self, self.loss, metrics, self.metric_weighted, self.optimizer, self.distribute_strategy,
+                         self.steps_per_sync, self.loss_weight)
+        return self.step
+
+    def arrays(self, x, y, what, sample_weight=None, class_weight=None):
+        """Checked data of one call, the model built for it."""
+        x = adapter.as_inputs(x, what, self.name)
+        self.ensure_built(x, what)
+        y = adapter.as_targets(y, x.shape[0], what, self.name, self.loss, self.output_shape[1:])
+        w = adapter.sample_weights(y, x.shape[0], sample_weight, class_weight, self.flat_state.params.dtype)
+        return adapter.ArrayData(x, y, w, self.flat_state.params.dtype)
+
+    def sync_replicas(self, **facts):
+        """Collective: join the job, check every worker agrees (model architecture and `facts`), then give every
+        replica rank 0's weights, state and optimizer state (once per build, and whenever weights were set)."""
+        strategy = self.distribute_strategy
+        strategy.join()
+        strategy.check_same(model=self.architecture(), **facts)
+        if strategy.num_workers > 1 and not self.replicas_synced:
+            flat = self.flat_state
+            strategy.broadcast_(flat.params, flat.state, *self.optimizer.slots.values())
+            self.optimizer.iterations = strategy.broadcast_int(self.optimizer.iterations)
+        self.replicas_synced = True
+
+    # -- fit / evaluate / predict -------------------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+        """Train for `epochs`. `batch_size` (default 32) is the GLOBAL batch: with N workers each step uses
+        batch_size samples in total, split across workers, and gives the same update as one worker would.
+        Collective: every rank calls it."""
+        self._require_compiled("fit")
+        loop = FitLoop(self, batch_size, epochs, verbose, shuffle, initial_epoch, steps_per_epoch,
+                       validation_steps, validation_batch_size, validation_freq)
+        data = self.arrays(x, y, "fit", sample_weight, class_weight)
+        val = None
+        if validation_data is None and validation_split:
+            data, val = data.split(validation_split)
+        elif validation_data is not None:
+            val = self._validation_arrays(validation_data)
+        return loop.run(data, val, callbacks)
+
+    def _validation_arrays(self, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight), "
+                             f"received {type(validation_data).__name__}")
+        sw = validation_data[2] if len(validation_data) == 3 else None
+        return self.arrays(validation_data[0], validation_data[1], "validation", sw)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
+        """Loss (and metrics) over (x, y): a float when there are no metrics, else [loss, *metrics].
+
+        Collective under data parallelism: every rank must call it with data of the same size; every rank starts
+        from rank 0's weights (as in fit), evaluates its slice of every batch, and the sums are combined once at
+        the end (so on_test_batch_end sees this rank's running values)."""
+        self._require_compiled("evaluate")
+        batch_size = adapter.check_batch_size(batch_size, "evaluate")
+        data = self.arrays(x, y, "evaluate", sample_weight)
+        num_steps = _limit_steps(sharding.num_steps(data.num_samples, batch_size), steps, "steps")
+        self.sync_replicas(evaluate_samples=data.num_samples, evaluate_batch_size=batch_size)
+        step = self.make_step(data.y)
+        cbs = CallbackList(callbacks or [], self, {"steps": num_steps})
+        cbs.on_test_begin()
+        t0 = time.perf_counter()
+        logs = evaluate_data(self, step, data, batch_size, num_steps, cbs)
+        cbs.on_test_end(logs)
+        verbose = 1 if verbose == "auto" else verbose
+        if verbose and self.distribute_strategy.is_main:
+            items = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"{num_steps}/{num_steps} - {time.perf_counter() - t0:.0f}s - {items}")
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Model outputs for x, computed in batches (inference mode: no dropout, moving BN statistics).
+        Local: no communication, so any rank may call it alone."""
+        x = adapter.as_inputs(x, "predict", self.name)
+        batch_size = adapter.check_batch_size(batch_size, "predict")
+        self.ensure_built(x, "predict")
+        n = min(x.shape[0], _limit_steps(sharding.num_steps(x.shape[0], batch_size), steps, "steps") * batch_size)
+        data = adapter.ArrayData(x, dtype=self.flat_state.params.dtype)
+        cbs = CallbackList(callbacks or [], self, {})
+        cbs.on_predict_begin()
+        out = np.empty((n,) + self.output_shape[1:], dtype=self.flat_state.params.dtype)
+        for step, start in enumerate(range(0, n, batch_size)):
+            cbs.on_predict_batch_begin(step)
+            idx = np.arange(start, min(start + batch_size, n))
+            out[start:start + len(idx)] = self.forward(data.inputs(idx, "predict"), training=False)
+            cbs.on_predict_batch_end(step, {"outputs": out[start:start + len(idx)]})
+        cbs.on_predict_end()
+        return out
+
+    def __call__(self, x, training=False):
+        x = np.asarray(x)
+        self.ensure_built(x, "call")
+        return np.array(self.forward(x.astype(self.flat_state.params.dtype, copy=False), training=training))
+
+    def predict_on_batch(self, x):
+        return self.predict(x, batch_size=max(len(x), 1), verbose=0)
+
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
+        """One optimizer step on (x, y) as one global batch. Collective."""
+        self._require_compiled("train_on_batch")
+        data = self.arrays(x, y, "train_on_batch", sample_weight, class_weight)
+        n = data.num_samples
+        self.sync_replicas(num_samples=n)
+        step = self.step if self.step is not None else self.make_step(data.y)
+        strategy = self.distribute_strategy
+        idx = sharding.local_batch(np.arange(n), 0, n, strategy.rank, strategy.num_workers)
+        from ..timeline import NULL
+        penalty = self.flat_state.penalty()
+        slots = step.train(*data.batch(idx, "train_on_batch"), NULL)
+        totals = step.stats.new_totals()
+        step.stats.add(totals, slots, penalty)
+        logs = step.stats.logs(totals)
+        return logs if return_dict else (list(logs.values()) if len(logs) > 1 else logs["loss"])
+
+
+def _limit_steps(available, steps, name):
+    if steps is None:
+        return available
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"{name} must be a positive int or None, received {steps!r}")
+    return min(int(steps), available)
+
+
+def _metric_list(metrics, what):
+    """Keras accepts one metric or a list: metrics='accuracy' is ['accuracy'], not ['a', 'c', ...]."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, metrics_mod.Metric)):
+        return [metrics]
+    if isinstance(metrics, dict):
+        raise ValueError(f"{what} given as a dict (per output) needs a model with named outputs; this model has "
+                         f"one output: pass a list, received {metrics!r}")
+    return list(metrics)
+
+
+def _single_loss_weight(loss_weights):
+    """The loss scale of a one-output model: None, a number, or a one-element list/dict (Keras's forms)."""
+    if loss_weights is None:
+        return 1.0
+    value = loss_weights
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    elif isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"loss_weights for a one-output model must be a number or a one-element list/dict, "
+                         f"received {loss_weights!r}")
+    return float(value)
