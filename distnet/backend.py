@@ -22,11 +22,6 @@ def epsilon():
     return _EPSILON
 
 
-def as_float(x, dtype=None):
-    """`x` as a float array of the default dtype, copying only when the dtype differs."""
-    return np.asarray(x, dtype=dtype or _FLOATX)
-
-
 # -- intra-op threads -------------------------------------------------------------------------------------------
 _THREADS = 1
 _POOL = None

@@ -12,7 +12,7 @@ from . import backend
 _rng = np.random.default_rng()
 
 
-def _reset_generator(seed):
+def reset_generator(seed):
     global _rng
     _rng = np.random.default_rng(seed)
 

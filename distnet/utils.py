@@ -15,7 +15,7 @@ def set_random_seed(seed):
     random.seed(_SEED)
     np.random.seed(_SEED % 2**32)
     from . import initializers
-    initializers._reset_generator(_SEED)
+    initializers.reset_generator(_SEED)
 
 
 def get_seed():

@@ -110,11 +110,19 @@ def load_npz(path, mmap=True):
         return {k: z[k] for k in z.files}
 
 
-def train_test_split(x, y, test_size=0.25, seed=0):
-    """Shuffle with `seed` and split off the last `test_size` fraction: ((x_train, y_train), (x_test, y_test))."""
+def train_test_split(x, y, test_size=0.25, seed=0, shuffle=True):
+    """Split off the last `test_size` fraction: ((x_train, y_train), (x_test, y_test)).
+
+    shuffle=True (default) draws the split at random with `seed`; the selected rows are copied, so a
+    memory-mapped x is read into memory. shuffle=False cuts the arrays as they are and returns views (nothing
+    is read or copied): use it for memory-mapped data sets (fit shuffles the training part every epoch anyway)."""
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be in (0, 1), received {test_size!r}")
-    order = np.random.default_rng(seed).permutation(len(x))
+    if len(x) != len(y):
+        raise ValueError(f"train_test_split: x has {len(x)} samples, y has {len(y)}")
     cut = len(x) - int(round(len(x) * test_size))
+    if not shuffle:
+        return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+    order = np.random.default_rng(seed).permutation(len(x))
     tr, te = order[:cut], order[cut:]
     return (x[tr], y[tr]), (x[te], y[te])

@@ -1,4 +1,4 @@
-"""Array kernels behind convolution and pooling: padding arithmetic, im2col/col2im and window slices.
+"""Array kernels behind convolution and pooling: padding arithmetic, im2col and window slices.
 
 Images are channels-last, x: (batch, height, width, channels). im2col turns every receptive field into a row
 so that a convolution is ONE matrix product; `window` gives the strided slice one kernel offset touches, which

@@ -52,8 +52,8 @@ class DataParallel:
         return self.reducer.wire_bytes
 
     # -- agreement ----------------------------------------------------------------------------------------
-    def check_same(self, **facts):
-        """Raise, on every rank, if any rank's facts (JSON-like values) differ from rank 0's."""
+    def check_same(self, facts):
+        """Raise, on every rank, if any rank's facts ({what: JSON-like value}) differ from rank 0's."""
         if self.comm.size == 1:
             return
         everyone = self.comm.allgather(facts)
@@ -62,8 +62,10 @@ class DataParallel:
                 where, ours, other = _first_difference(everyone[0].get(key), theirs.get(key))
                 if where is not None:
                     at = f" (at {_describe(key, where, everyone[0].get(key))})" if where else ""
+                    hint = (f"{key.split()[0]} must be given on every rank" if None in (ours, other)
+                            else "Every rank must build the same model and use data of the same size")
                     raise RuntimeError(f"Workers disagree on {key}: rank 0 has {ours!r}, rank {r} has {other!r}{at}. "
-                                       "Every rank must build the same model and use data of the same size.")
+                                       f"{hint}.")
 
     def broadcast_(self, *arrays):
         """Overwrite each array on every worker with rank 0's, in place."""

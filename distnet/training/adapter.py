@@ -37,7 +37,7 @@ def as_targets(y, n, what, model_name, loss, output_shape):
     """y checked against x's sample count, finite, and prepared for the loss (e.g. sparse labels)."""
     if y is None:
         raise ValueError(f"{what}() of model '{model_name}' needs targets y, received None")
-    y = np.asarray(y)
+    y = _numeric(np.asarray(y), what, "y")
     if y.ndim == 0:
         raise ValueError(f"{what}(): y must have one entry per sample of x ({n}), received a scalar {y!r}")
     if y.shape[0] != n:
@@ -48,13 +48,33 @@ def as_targets(y, n, what, model_name, loss, output_shape):
     return loss.prepare_targets(y, output_shape)
 
 
+def _numeric(a, what, name):
+    """a as a numeric array; object arrays holding None or strings, and string arrays, are refused by name."""
+    if a.dtype.kind in "US":
+        raise TypeError(f"{what}(): {name} holds strings (dtype {a.dtype}); encode labels as integers first, e.g. "
+                        f"classes, {name}_int = np.unique({name}, return_inverse=True)")
+    if a.dtype == object:
+        flat = a.reshape(-1)
+        bad = next((i for i, v in enumerate(flat) if v is None or isinstance(v, (str, bytes))), None)
+        if bad is not None:
+            raise TypeError(f"{what}(): {name} holds a non-number ({flat[bad]!r}) at flat position {bad}")
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{what}(): {name} must be numeric, received an object array ({e})") from None
+    return a
+
+
 def sample_weights(y, n, sample_weight, class_weight, dtype):
     """Per-sample weights (n,) from sample_weight and/or class_weight (multiplied), or None."""
     w = None
     if sample_weight is not None:
-        w = np.asarray(sample_weight, dtype=dtype).reshape(-1)
+        w = _numeric(np.asarray(sample_weight), "fit", "sample_weight").astype(dtype).reshape(-1)
         if w.shape[0] != n:
             raise ValueError(f"sample_weight has {w.shape[0]} entries, but x has {n} samples")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            bad = int(np.argwhere(~np.isfinite(w) | (w < 0))[0, 0])
+            raise ValueError(f"sample_weight must be finite and >= 0; sample {bad} has {float(w[bad])}")
     if class_weight is not None:
         if not isinstance(class_weight, dict):
             raise TypeError(f"class_weight must be a dict {{class: weight}}, received {type(class_weight).__name__}")
@@ -102,8 +122,13 @@ class ArrayData:
         if xb.dtype != self.dtype:
             xb = xb.astype(self.dtype)
         if xb.dtype.kind == "f" and not np.isfinite(xb).all():
-            bad = idx[np.argwhere(~np.isfinite(xb.reshape(len(idx), -1)))[0, 0]]
-            raise ValueError(f"{what}(): input x contains NaN or inf values (sample {int(bad)}); clean the data "
+            row = np.argwhere(~np.isfinite(xb.reshape(len(idx), -1)))[0]
+            bad = int(idx[row[0]])
+            original = np.asarray(self.x[bad]).reshape(-1)[row[1]]
+            if np.isfinite(original):
+                raise ValueError(f"{what}(): input x has a value beyond the range of {self.dtype} (sample {bad}: "
+                                 f"{float(original)!r}), which becomes inf; rescale the data")
+            raise ValueError(f"{what}(): input x contains NaN or inf values (sample {bad}); clean the data "
                              "or drop those samples")
         return xb
 

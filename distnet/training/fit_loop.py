@@ -37,7 +37,8 @@ class FitLoop:
         model, B = self.model, self.batch_size
         strategy = model.distribute_strategy
         n = data.num_samples
-        model.sync_replicas(num_samples=n, batch_size=B, validation_samples=None if val is None else val.num_samples)
+        model.sync_replicas({"training data (samples)": n, "batch_size": B,
+                             "validation_data (samples)": None if val is None else val.num_samples})
         seed = strategy.data_seed(utils.get_seed())
         steps = sharding.num_steps(n, B)
         if self.steps_per_epoch is not None:

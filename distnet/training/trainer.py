@@ -113,12 +113,12 @@ class Trainer:
         w = adapter.sample_weights(y, x.shape[0], sample_weight, class_weight, self.flat_state.params.dtype)
         return adapter.ArrayData(x, y, w, self.flat_state.params.dtype)
 
-    def sync_replicas(self, **facts):
+    def sync_replicas(self, facts):
         """Collective: join the job, check every worker agrees (model architecture and `facts`), then give every
         replica rank 0's weights, state and optimizer state (once per build, and whenever weights were set)."""
         strategy = self.distribute_strategy
         strategy.join()
-        strategy.check_same(model=self.architecture(), **facts)
+        strategy.check_same({"model": self.architecture(), **facts})
         if strategy.num_workers > 1 and not self.replicas_synced:
             flat = self.flat_state
             strategy.broadcast_(flat.params, flat.state, *self.optimizer.slots.values())
@@ -161,7 +161,7 @@ class Trainer:
         batch_size = adapter.check_batch_size(batch_size, "evaluate")
         data = self.arrays(x, y, "evaluate", sample_weight)
         num_steps = _limit_steps(sharding.num_steps(data.num_samples, batch_size), steps, "steps")
-        self.sync_replicas(evaluate_samples=data.num_samples, evaluate_batch_size=batch_size)
+        self.sync_replicas({"evaluate data (samples)": data.num_samples, "evaluate batch_size": batch_size})
         step = self.make_step(data.y)
         cbs = CallbackList(callbacks or [], self, {"steps": num_steps})
         cbs.on_test_begin()
@@ -209,7 +209,7 @@ class Trainer:
         self._require_compiled("train_on_batch")
         data = self.arrays(x, y, "train_on_batch", sample_weight, class_weight)
         n = data.num_samples
-        self.sync_replicas(num_samples=n)
+        self.sync_replicas({"train_on_batch data (samples)": n})
         step = self.step if self.step is not None else self.make_step(data.y)
         strategy = self.distribute_strategy
         idx = sharding.local_batch(np.arange(n), 0, n, strategy.rank, strategy.num_workers)

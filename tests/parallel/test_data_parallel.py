@@ -113,7 +113,7 @@ time.sleep(30)
 @pytest.mark.parametrize("mode,message", [
     ("raise", r"\[rank 1/3\].*RuntimeError: boom on purpose"),
     ("model", r"Workers disagree on model: rank 0 has .*rank 2 has"),
-    ("data", r"Workers disagree on num_samples: rank 0 has 40, rank 1 has 39"),
+    ("data", r"Workers disagree on training data \(samples\): rank 0 has 40, rank 1 has 39"),
 ])
 def test_failure_on_one_rank_ends_the_job_and_names_it(tmp_path, mode, message):
     import re
