@@ -1,5 +1,4 @@
 """Global numeric settings (Keras's `keras.config`): the default float type and the epsilon fuzz factor."""
-import numpy as np
 
 _FLOATX = "float32"
 _EPSILON = 1e-7
