@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import activations, backend, initializers, regularizers
+from . import symbolic
 
 _name_counts = defaultdict(int)
 
@@ -141,7 +142,12 @@ class Layer:
         return input_shape
 
     # -- running ------------------------------------------------------------------------------------------
+    inbound = None      # in a functional graph: the SymbolicTensor(s) this layer reads (see symbolic.py)
+
     def __call__(self, x, training=False):
+        """On symbolic tensors: add this layer to a functional graph. On arrays: run it once (a copy)."""
+        if symbolic.is_symbolic(x):
+            return symbolic.connect(self, x)
         x = np.asarray(x)
         if not self.built:
             self.build_for(x.shape[1:])

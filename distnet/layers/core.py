@@ -5,10 +5,12 @@ import numpy as np
 
 from .. import activations, initializers
 from .base import ActivatedLayer, Layer, sum_rows
+from .symbolic import SymbolicTensor
 
 
 class InputLayer(Layer):
-    """Declares the input shape of a Sequential model (Keras's `keras.Input(shape=...)`)."""
+    """Where data enters a model: declares its shape (without the batch dimension). `Input(...)` makes one and
+    returns its symbolic output tensor."""
 
     def __init__(self, shape=None, name=None, input_shape=None, batch_size=None, **kwargs):
         shape = shape if shape is not None else input_shape
@@ -30,8 +32,12 @@ class InputLayer(Layer):
 
 
 def Input(shape=None, batch_size=None, name=None, dtype=None):
-    """`distnet.layers.Input(shape=(8,))`, for `Sequential([Input(...), Dense(...)])` as in Keras 3."""
-    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+    """`distnet.Input(shape=(8,))`: the symbolic tensor a functional model starts from (Keras 3's `keras.Input`);
+    also accepted as the first entry of a Sequential."""
+    layer = InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+    layer.output_shape = layer.input_shape = layer.declared_input_shape
+    layer.built = True
+    return SymbolicTensor(layer.declared_input_shape, layer.dtype, layer)
 
 
 class Dense(ActivatedLayer):

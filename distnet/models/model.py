@@ -4,7 +4,7 @@ training comes from the Trainer mixin. A subclass says how data flows through it
 import numpy as np
 
 from ..layers import InputLayer
-from ..layers.base import ActivatedLayer, unique_name
+from ..layers.base import unique_name
 from ..training.step import FlatState
 from ..training.trainer import Trainer
 from . import saving
@@ -48,9 +48,20 @@ class Model(Trainer):
         """The model's layers, without Input layers (as in Keras)."""
         return [la for la in self.all_layers if not isinstance(la, InputLayer)]
 
+    multiple_inputs = multiple_outputs = False     # True for functional models with several
+
     @property
     def output_layer(self):
         return self.all_layers[-1]
+
+    @property
+    def output_layers(self):
+        return [self.output_layer]
+
+    def ensure_built(self, xs, what):
+        """Build for the inputs' shapes on first use; afterwards, a clear error when they do not fit.
+        xs: a list with one array per model input."""
+        raise NotImplementedError  # abstract
 
     def build(self, input_shape):
         """Build for input_shape including the batch dimension, e.g. model.build((None, 8))."""
@@ -72,20 +83,6 @@ class Model(Trainer):
         self.flat_state = FlatState(self.all_layers, self.all_layers[0].dtype)
         self.built = True
         self.on_built()
-
-    def ensure_built(self, x, what):
-        """Build for x's shape on first use; afterwards, a clear error when x does not fit."""
-        if not self.built:
-            self.build_for(x.shape[1:])
-        expected = self.input_shape[1:]
-        if x.shape[1:] != expected:
-            first = self.all_layers[0]
-            if isinstance(first, ActivatedLayer) or len(expected) == 1:
-                if x.ndim >= 2 and x.shape[-1] != expected[-1]:
-                    raise ValueError(f"{type(first).__name__} layer '{first.name}' expects input with last "
-                                     f"dimension {expected[-1]}, received shape {x.shape}")
-            raise ValueError(f"Model '{self.name}' expects input of shape {self.input_shape} in {what}, received "
-                             f"shape {x.shape}")
 
     def architecture(self):
         """Layer classes, configs without names, and weight shapes/dtypes: what two workers (or a checkpoint and

@@ -1,22 +1,27 @@
-"""Sequential: a stack of layers, each feeding the next (Keras's `keras.Sequential`)."""
+"""Sequential: a stack of layers, each feeding the next (Keras's `keras.Sequential`) — one case of the functional
+graph: once the input shape is known, the stack is connected as a chain and runs as any functional Model."""
 from ..layers import InputLayer, Layer
-from .model import Model
+from ..layers.symbolic import SymbolicTensor, connect
+from .functional import Model
 
 
 class Sequential(Model):
     default_name = "sequential"
 
     def __init__(self, layers=None, name=None, trainable=True):
-        super().__init__(name=name, trainable=trainable)
+        Model.__base__.__init__(self, name=name, trainable=trainable)      # no graph until the shape is known
         self.stack = []
+        self.order = []
         for layer in layers or []:
             self.add(layer)
 
     @property
     def all_layers(self):
-        return self.stack
+        return self.order if self.built else self.stack
 
     def add(self, layer):
+        if isinstance(layer, SymbolicTensor) and isinstance(layer.layer, InputLayer):
+            layer = layer.layer             # Sequential([Input((8,)), ...]) as in Keras 3
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a distnet Layer instance, received {layer!r}")
         if isinstance(layer, InputLayer) and self.stack:
@@ -28,6 +33,8 @@ class Sequential(Model):
         if layer.multi_input or layer.multi_output:
             raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) takes or returns several tensors; "
                              "use the functional API (distnet.Model(inputs, outputs)) for it")
+        if layer.inbound is not None:
+            raise ValueError(f"Layer '{layer.name}' is already used in another model's graph; create a new layer")
         self.stack.append(layer)
         self.built = False
         self._build_if_declared()
@@ -36,38 +43,34 @@ class Sequential(Model):
         if not self.layers:
             raise ValueError(f"Model '{self.name}' has no layers to pop")
         layer = self.stack.pop()
+        layer.inbound = None
         self.built = False
         self._build_if_declared()
         return layer
 
     def _build_if_declared(self):
         """Build as soon as the first layer declares its input shape, as Keras does."""
-        if self.stack and self.stack[0].declared_input_shape is not None:
+        if self.layers and self.stack[0].declared_input_shape is not None:
             self.build_for(self.stack[0].declared_input_shape)
 
-    def build_layers(self, input_shape):
-        shape = input_shape
-        for layer in self.stack:
-            shape = layer.build_for(shape)
-        return shape
-
-    def forward(self, x, training=False):
-        for layer in self.stack:
-            x = layer.call(x, training=training)
-        return x
-
-    def backward(self, grad, fused=False, ready=None):
-        offsets = self.flat_state.layer_offsets
-        first = next((i for i, la in enumerate(self.stack) if la.trainable_weights), len(self.stack))
-        last = len(self.stack) - 1
-        for i in range(last, first - 1, -1):
-            layer, need = self.stack[i], i > first
-            if i == last and fused:
-                grad = layer.backward_preactivation(grad, need)
-            else:
-                grad = layer.backward(grad, need)
-            if ready is not None and i in offsets:
-                ready(offsets[i])
+    def build_for(self, input_shape):
+        """Connect the stack as a chain from an input of `input_shape` (no batch dim), then build like any graph."""
+        if not self.stack or (len(self.stack) == 1 and isinstance(self.stack[0], InputLayer)):
+            raise ValueError(f"Model '{self.name}' has no layers; add layers before building or training it")
+        input_shape = tuple(input_shape)
+        layers = list(self.stack)
+        first = layers.pop(0) if isinstance(layers[0], InputLayer) else InputLayer(shape=input_shape)
+        first.build_for(input_shape)
+        tensor = SymbolicTensor(input_shape, first.dtype, first)
+        inputs = tensor
+        for layer in layers:
+            layer.inbound = None            # reconnected from scratch (after add/pop)
+            tensor = connect(layer, tensor)
+        self.inputs, self.outputs = [inputs], [tensor]
+        self.multiple_inputs = self.multiple_outputs = False
+        self.order = [first] + layers
+        self.implicit_input = first is not self.stack[0]
+        Model.build_for(self, input_shape)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,

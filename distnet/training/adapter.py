@@ -92,15 +92,46 @@ def sample_weights(y, n, sample_weight, class_weight, dtype):
     return w
 
 
-class ArrayData:
-    """In-memory (or memory-mapped) arrays: x (n, ...), y (n, ...) prepared for the loss, w (n,) or None."""
+def structure(value, names, what):
+    """One entry per name from a single value (one name), a list/tuple in order, or a dict by name."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        missing = [n for n in names if n not in value]
+        if unknown or missing:
+            raise ValueError(f"{what} given as a dict must have exactly the keys {names}; received keys "
+                             f"{sorted(value)}")
+        return [value[n] for n in names]
+    if len(names) == 1:
+        if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], np.ndarray):
+            return [value[0]]
+        return [value]
+    if not isinstance(value, (list, tuple)) or len(value) != len(names):
+        got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ValueError(f"{what} must have one entry per {names} (a list in that order or a dict), received {got}")
+    return list(value)
 
-    def __init__(self, x, y=None, w=None, dtype=np.float32):
-        self.x, self.y, self.w, self.dtype = x, y, w, np.dtype(dtype)
+
+class ArrayData:
+    """In-memory (or memory-mapped) arrays of one call: xs (one per model input, (n, ...)), ys (one per output,
+    prepared for its loss) or None, w (n,) or None. `many_inputs`/`many_outputs` say whether batches are lists."""
+
+    def __init__(self, xs, ys=None, w=None, dtype=np.float32, many_inputs=False, many_outputs=False):
+        self.xs, self.ys, self.w, self.dtype = list(xs), ys, w, np.dtype(dtype)
+        self.many_inputs, self.many_outputs = many_inputs, many_outputs
+        counts = {x.shape[0] for x in self.xs} | ({y.shape[0] for y in ys} if ys is not None else set())
+        if len(counts) > 1:
+            raise ValueError(f"all inputs and targets must have the same number of samples, received "
+                             f"{[x.shape[0] for x in self.xs]} inputs and "
+                             f"{[y.shape[0] for y in ys] if ys is not None else []} targets")
 
     @property
     def num_samples(self):
-        return self.x.shape[0]
+        return self.xs[0].shape[0]
+
+    @property
+    def y(self):
+        """The targets as the step takes them: one array, or a list per output."""
+        return None if self.ys is None else (self.ys if self.many_outputs else self.ys[0])
 
     def split(self, fraction):
         """(training part, validation part): the last `fraction` of the samples are held out, as in Keras."""
@@ -112,19 +143,23 @@ class ArrayData:
                              f"{self.num_samples}")
 
         def part(sl):
-            return ArrayData(self.x[sl], None if self.y is None else self.y[sl],
-                             None if self.w is None else self.w[sl], self.dtype)
+            return ArrayData([x[sl] for x in self.xs], None if self.ys is None else [y[sl] for y in self.ys],
+                             None if self.w is None else self.w[sl], self.dtype, self.many_inputs, self.many_outputs)
         return part(slice(None, cut)), part(slice(cut, None))
 
     def inputs(self, idx, what):
-        """The rows `idx` of x as the model's float type, checked for NaN/inf."""
-        xb = np.take(self.x, idx, axis=0)
+        """The rows `idx` of every input as the model's float type, checked for NaN/inf."""
+        out = [self._rows(x, idx, what) for x in self.xs]
+        return out if self.many_inputs else out[0]
+
+    def _rows(self, x, idx, what):
+        xb = np.take(x, idx, axis=0)
         if xb.dtype != self.dtype:
             xb = xb.astype(self.dtype)
         if xb.dtype.kind == "f" and not np.isfinite(xb).all():
             row = np.argwhere(~np.isfinite(xb.reshape(len(idx), -1)))[0]
             bad = int(idx[row[0]])
-            original = np.asarray(self.x[bad]).reshape(-1)[row[1]]
+            original = np.asarray(x[bad]).reshape(-1)[row[1]]
             if np.isfinite(original):
                 raise ValueError(f"{what}(): input x has a value beyond the range of {self.dtype} (sample {bad}: "
                                  f"{float(original)!r}), which becomes inf; rescale the data")
@@ -133,5 +168,6 @@ class ArrayData:
         return xb
 
     def batch(self, idx, what):
-        """(x rows, y rows, w rows or None) of the samples `idx`."""
-        return self.inputs(idx, what), self.y[idx], (None if self.w is None else self.w[idx])
+        """(x rows, y rows, w rows or None) of the samples `idx` (lists for several inputs/outputs)."""
+        ys = [y[idx] for y in self.ys]
+        return self.inputs(idx, what), (ys if self.many_outputs else ys[0]), (None if self.w is None else self.w[idx])

@@ -14,22 +14,26 @@ from ..layers.base import ActivatedLayer, flatten_grads, flatten_values, segment
 
 
 class StepStats:
-    """Names for the statistics slots: [count, loss_sum, (metric_sum, metric_weight) per metric]. Running totals
-    of an epoch have one more slot at the end: the regularisation penalty times the count."""
+    """Names for the statistics slots: [count, loss_sum, (loss_sum of each output, if several),
+    (metric_sum, metric_weight) per metric]. Running totals of an epoch have one more slot at the end: the
+    regularisation penalty times the count."""
 
     COUNT, LOSS = 0, 1
 
-    def __init__(self, metric_names):
+    def __init__(self, metric_names, output_loss_names=()):
+        self.output_loss_names = list(output_loss_names)
         self.metric_names = list(metric_names)
-        self.size = 2 + 2 * len(self.metric_names)
+        self.first_metric = 2 + len(self.output_loss_names)
+        self.size = self.first_metric + 2 * len(self.metric_names)
 
-    @staticmethod
-    def metric_sum(i):
-        return 2 + 2 * i
+    def output_loss(self, k):
+        return 2 + k
 
-    @staticmethod
-    def metric_weight(i):
-        return 3 + 2 * i
+    def metric_sum(self, i):
+        return self.first_metric + 2 * i
+
+    def metric_weight(self, i):
+        return self.first_metric + 2 * i + 1
 
     def new_totals(self):
         """Zeroed running totals: the slots plus the penalty slot, in float64 (sums over an epoch)."""
@@ -40,9 +44,12 @@ class StepStats:
         totals[-1] += penalty * slots[self.COUNT]
 
     def logs(self, totals):
-        """The Keras logs of running totals: mean loss (with the penalty) and each metric's weighted mean."""
+        """The Keras logs of running totals: mean loss (with the penalty), each output's mean loss, and each
+        metric's weighted mean."""
         count = totals[self.COUNT]
         logs = {"loss": float((totals[self.LOSS] + totals[-1]) / count) if count else 0.0}
+        for k, name in enumerate(self.output_loss_names):
+            logs[name] = float(totals[self.output_loss(k)] / count) if count else 0.0
         for i, name in enumerate(self.metric_names):
             weight = totals[self.metric_weight(i)]
             logs[name] = float(totals[self.metric_sum(i)] / weight) if weight else 0.0
@@ -86,74 +93,94 @@ class FlatState:
             w.regularizer.add_gradient(w.value, w.grad)
 
 
+class Head:
+    """One model output with its loss, loss weight, metrics and whether the loss is fused with its activation
+    (softmax/sigmoid + cross-entropy differentiated as one stable unit from the logits)."""
+
+    def __init__(self, name, layer, loss, weight, metrics, weighted):
+        self.name, self.layer, self.loss, self.weight = name, layer, loss, weight
+        self.metrics, self.weighted = metrics, weighted
+        self.fused = (loss.fuses_with is not None and not loss.from_logits and isinstance(layer, ActivatedLayer)
+                      and layer.activation.name == loss.fuses_with)
+        if isinstance(layer, ActivatedLayer):
+            layer.keep_preactivation = self.fused
+
+    def losses(self, y, out, with_grad):
+        """Per-sample losses (batch,), times the loss weight, and (with_grad) d(them)/d(output or logits)."""
+        if self.fused:
+            losses, grad = self.loss.from_logits_pair(y, self.layer.preactivation)
+        elif with_grad:
+            losses, grad = self.loss.per_sample(y, out), self.loss.grad(y, out)
+        else:
+            losses, grad = self.loss.per_sample(y, out), None
+        if self.weight != 1.0:
+            losses = losses * self.weight
+            if grad is not None:
+                grad = grad * grad.dtype.type(self.weight)
+        return losses, grad
+
+
 class Step:
     """The training and evaluation steps of one compiled model on one kind of targets.
 
-    model: the structure (forward/backward over its layers); loss, metrics: resolved objects; strategy: the
-    DataParallel that sums over workers; steps_per_sync: micro-batches accumulated per update."""
+    model: the structure (forward/backward over its layers); heads: one per output; strategy: the DataParallel
+    that sums over workers; steps_per_sync: micro-batches accumulated per update."""
 
-    def __init__(self, model, loss, metrics, weighted, optimizer, strategy, steps_per_sync=1, loss_weight=1.0):
-        self.model, self.loss, self.metrics, self.weighted = model, loss, metrics, weighted
-        self.optimizer, self.strategy, self.steps_per_sync = optimizer, strategy, steps_per_sync
-        self.loss_weight = loss_weight
+    def __init__(self, model, heads, optimizer, strategy, steps_per_sync=1):
+        self.model, self.heads, self.optimizer, self.strategy = model, heads, optimizer, strategy
+        self.steps_per_sync = steps_per_sync
+        self.many = len(heads) > 1
         self.flat = model.flat_state
-        self.stats = StepStats([m.name for m in metrics])
+        self.metric_refs = [(h, m, w) for h in heads for m, w in zip(h.metrics, h.weighted)]
+        self.stats = StepStats([(f"{h.name}_{m.name}" if self.many else m.name) for h, m, _ in self.metric_refs],
+                               [f"{h.name}_loss" for h in heads] if self.many else ())
         self.buffer = self.flat.gradient_buffer(self.stats.size)
-        last = model.output_layer
-        # softmax/sigmoid + cross-entropy are differentiated as one stable unit from the logits
-        self.fused = (loss.fuses_with is not None and not loss.from_logits and isinstance(last, ActivatedLayer)
-                      and last.activation.name == loss.fuses_with)
-        if isinstance(last, ActivatedLayer):
-            last.keep_preactivation = self.fused
+        self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
         self.mid_accumulation = False       # True between the micro-batches of one accumulated update
 
-    # -- pieces -------------------------------------------------------------------------------------------
-    def losses_and_grad(self, y, out):
-        """Per-sample losses (batch,) and d(loss_i)/d(output) (or d/d(logits) when fused)."""
-        if self.fused:
-            losses, grad = self.loss.from_logits_pair(y, self.model.output_layer.preactivation)
-        else:
-            losses, grad = self.loss.per_sample(y, out), self.loss.grad(y, out)
-        if self.loss_weight != 1.0:
-            losses = losses * self.loss_weight
-            grad = grad * grad.dtype.type(self.loss_weight)
-        return losses, grad
+    def outputs_and_losses(self, xb, ys, training, with_grad):
+        """Forward, then per head (per-sample losses, gradient); ys: one target array per head."""
+        out = self.model.forward(xb, training=training)
+        outs = out if self.many else [out]
+        return outs, [h.losses(y, o, with_grad) for h, y, o in zip(self.heads, ys, outs)]
 
-    def per_sample_losses(self, y, out):
-        if self.fused:
-            losses = self.loss.from_logits_pair(y, self.model.output_layer.preactivation)[0]
-        else:
-            losses = self.loss.per_sample(y, out)
-        return losses * self.loss_weight if self.loss_weight != 1.0 else losses
-
-    def fill_stats(self, slots, y, out, losses, w):
-        """Write the batch's count, loss sum and metric sums into `slots` (weighted by w where asked)."""
-        slots[StepStats.COUNT] = out.shape[0]
-        slots[StepStats.LOSS] = losses.sum() if w is None else np.dot(losses, w)
-        for i, (m, weighted) in enumerate(zip(self.metrics, self.weighted)):
-            v = m.values(y, out)
+    def fill_stats(self, slots, ys, outs, per_head, w):
+        """Write the batch's count, loss sums and metric sums into `slots` (weighted by w where asked)."""
+        slots[StepStats.COUNT] = outs[0].shape[0]
+        total = 0.0
+        for k, (losses, _) in enumerate(per_head):
+            value = losses.sum() if w is None else np.dot(losses, w)
+            total += value
+            if self.many:
+                slots[self.stats.output_loss(k)] = value
+        slots[StepStats.LOSS] = total
+        index = {id(h): k for k, h in enumerate(self.heads)}
+        for i, (h, m, weighted) in enumerate(self.metric_refs):
+            v = m.values(ys[index[id(h)]], outs[index[id(h)]])
             use = w if weighted else None
-            slots[StepStats.metric_sum(i)] = v.sum() if use is None else np.dot(v, use)
-            slots[StepStats.metric_weight(i)] = v.shape[0] if use is None else use.sum()
+            slots[self.stats.metric_sum(i)] = v.sum() if use is None else np.dot(v, use)
+            slots[self.stats.metric_weight(i)] = v.shape[0] if use is None else use.sum()
 
     # -- steps --------------------------------------------------------------------------------------------
     def train(self, xb, yb, wb, tl, sync=True):
         """One micro-batch. With sync=False (gradient accumulation) the update waits for a later micro-batch and
         None is returned; else the step's global statistics slots after the update."""
         strategy, flat = self.strategy, self.flat
+        ys = yb if self.many else [yb]
         accumulate = self.steps_per_sync > 1
         overlap = strategy.overlaps and not accumulate
         with tl.phase("forward"):
-            out = self.model.forward(xb, training=True)
+            outs, per_head = self.outputs_and_losses(xb, ys, True, True)
         with tl.phase("backward"):
-            losses, grad = self.losses_and_grad(yb, out)
+            grads = [g for _, g in per_head]
             if wb is not None:
-                grad = grad * wb.reshape((-1,) + (1,) * (grad.ndim - 1)).astype(grad.dtype, copy=False)
-            self.fill_stats(flat.stats, yb, out, losses, wb)
+                grads = [g * wb.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype, copy=False) for g in grads]
+            self.fill_stats(flat.stats, ys, outs, per_head, wb)
             if overlap:
                 strategy.begin_gradients(self.buffer, self.stats.size, flat.layer_offsets.values())
-            self.model.backward(grad, fused=self.fused, ready=strategy.gradients_ready if overlap else None)
+            self.model.backward(grads if self.many else grads[0], fused=self.fused,
+                                ready=strategy.gradients_ready if overlap else None)
         if accumulate:
             if self.accumulated is None or self.accumulated.size != self.buffer.size:
                 self.accumulated = np.zeros_like(self.buffer)
@@ -180,6 +207,7 @@ class Step:
 
     def evaluate(self, xb, yb, wb, slots):
         """Fill `slots` with this batch's statistics in inference mode (no update, no communication)."""
-        out = self.model.forward(xb, training=False)
-        self.fill_stats(slots, yb, out, self.per_sample_losses(yb, out), wb)
+        ys = yb if self.many else [yb]
+        outs, per_head = self.outputs_and_losses(xb, ys, False, False)
+        self.fill_stats(slots, ys, outs, per_head, wb)
         return slots

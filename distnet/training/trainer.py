@@ -4,17 +4,14 @@ import time
 
 import numpy as np
 
-from .. import losses as losses_mod, metrics as metrics_mod, optimizers as optimizers_mod
+from .. import optimizers as optimizers_mod
 from ..callbacks import CallbackList
 from ..data import sharding
 from ..parallel.strategy import DataParallel
 from . import adapter
 from .fit_loop import FitLoop, evaluate_data
+from .compile_config import CompileConfig
 from .step import Step
-
-# compile arguments that only tell Keras's backends how to run a step: accepted, with no effect in distnet
-_BACKEND_KNOBS = ("run_eagerly", "jit_compile", "auto_scale_loss")
-
 
 class Trainer:
     def __init__(self):
@@ -38,6 +35,7 @@ class Trainer:
         compression: None | 'fp16' | 'bf16' | 'topk' (with topk_ratio, error feedback);
         overlap: sum the last layers' gradients while backward continues on the earlier ones;
         steps_per_sync=K: accumulate K micro-batches per update (an update then covers K * batch_size samples).
+        With several outputs, loss / loss_weights / metrics may be lists (output order) or dicts by output name.
         run_eagerly, jit_compile and auto_scale_loss are accepted and have no effect (distnet always runs eagerly
         in float32); steps_per_execution must be 1."""
         if isinstance(steps_per_sync, bool) or not isinstance(steps_per_sync, (int, np.integer)) or steps_per_sync < 1:
@@ -45,15 +43,9 @@ class Trainer:
         if steps_per_execution != 1:
             raise ValueError(f"steps_per_execution={steps_per_execution!r} is not supported: distnet runs one step "
                              "per call and calls batch callbacks after every step; use steps_per_execution=1")
-        if loss is None:
-            raise ValueError(f"compile of model '{self.name}' needs a loss, received loss=None")
-        self.loss = losses_mod.get(loss)
-        self.loss_weight = _single_loss_weight(loss_weights)
+        self.compile_settings = CompileConfig(loss, loss_weights, metrics, weighted_metrics, self.name)
+        self.loss = self.compile_settings.loss
         self.optimizer = optimizers_mod.get(optimizer)
-        self.metric_ids = _metric_list(metrics, "metrics") + _metric_list(weighted_metrics, "weighted_metrics")
-        self.metric_weighted = ([False] * len(_metric_list(metrics, "metrics"))
-                                + [True] * len(_metric_list(weighted_metrics, "weighted_metrics")))
-        metrics_mod.validate_names(self.metric_ids)
         self.distribute_strategy = DataParallel(allreduce, bucket_bytes, compression, topk_ratio, overlap)
         self.steps_per_sync = int(steps_per_sync)
         self.compiled = True
@@ -66,19 +58,15 @@ class Trainer:
         """The compile settings as JSON (for model files), or None before compile."""
         if not self.compiled:
             return None
-        return {"loss": losses_mod.serialize(self.loss), "optimizer": optimizers_mod.serialize(self.optimizer),
-                "metrics": [m for m, w in zip(self.metric_ids, self.metric_weighted) if isinstance(m, str) and not w],
-                "weighted_metrics": [m for m, w in zip(self.metric_ids, self.metric_weighted)
-                                     if isinstance(m, str) and w],
-                "loss_weights": self.loss_weight, "reducer": self.distribute_strategy.options,
-                "steps_per_sync": self.steps_per_sync}
+        return {**self.compile_settings.to_json(), "optimizer": optimizers_mod.serialize(self.optimizer),
+                "reducer": self.distribute_strategy.options, "steps_per_sync": self.steps_per_sync}
 
     def compile_from_config(self, config):
         reducer = dict(config["reducer"])
-        self.compile(optimizer=optimizers_mod.get(config["optimizer"]), loss=losses_mod.get(config["loss"]),
-                     metrics=config["metrics"], weighted_metrics=config.get("weighted_metrics") or None,
-                     loss_weights=config.get("loss_weights", 1.0), allreduce=reducer.pop("algorithm"),
-                     steps_per_sync=config.get("steps_per_sync", 1), **reducer)
+        self.compile(optimizer=optimizers_mod.get(config["optimizer"]),
+                     loss=CompileConfig.loss_from_json(config["loss"]), metrics=config.get("metrics"),
+                     weighted_metrics=config.get("weighted_metrics"), loss_weights=config.get("loss_weights"),
+                     allreduce=reducer.pop("algorithm"), steps_per_sync=config.get("steps_per_sync", 1), **reducer)
 
     def on_built(self):
         """The model (re)built its flat buffers: the optimizer's slots follow, the replicas must sync again."""
@@ -92,26 +80,46 @@ class Trainer:
             raise RuntimeError(f"You must call compile() on model '{self.name}' before {what}()")
 
     # -- the pieces every entry point shares --------------------------------------------------------------
-    def make_step(self, y):
-        """The Step for targets like y: metrics resolved ('accuracy' depends on the labels), loss fusion set."""
-        out_shape = self.output_shape[1:]
-        sparse = y is not None and (y.ndim == 1 or y.shape[1:] == (1,)) and out_shape[-1:] != (1,)
-        metrics = [metrics_mod.get(m, self.loss, out_shape, sparse) for m in self.metric_ids]
-        names = [m.name for m in metrics]
-        for i, (m, weighted) in enumerate(zip(metrics, self.metric_weighted)):
-            if weighted and names.count(m.name) > 1:      # Keras's name for a metric asked for both ways
-                metrics[i] = metrics_mod.Metric("weighted_" + m.name, m.fn)
-        self.step = Step(self, self.loss, metrics, self.metric_weighted, self.optimizer, self.distribute_strategy,
-                         self.steps_per_sync, self.loss_weight)
+    @property
+    def output_names(self):
+        return [la.name for la in self.output_layers]
+
+    def make_step(self, ys):
+        """The Step for targets like ys (one per output): metrics resolved ('accuracy' depends on the labels),
+        loss fusion set."""
+        ys = ys if self.multiple_outputs else [ys]
+        shapes = [s[1:] for s in (self.output_shape if self.multiple_outputs else [self.output_shape])]
+        heads = self.compile_settings.heads(self.output_names, self.output_layers, shapes, ys)
+        self.step = Step(self, heads, self.optimizer, self.distribute_strategy, self.steps_per_sync)
         return self.step
 
     def arrays(self, x, y, what, sample_weight=None, class_weight=None):
         """Checked data of one call, the model built for it."""
-        x = adapter.as_inputs(x, what, self.name)
-        self.ensure_built(x, what)
-        y = adapter.as_targets(y, x.shape[0], what, self.name, self.loss, self.output_shape[1:])
-        w = adapter.sample_weights(y, x.shape[0], sample_weight, class_weight, self.flat_state.params.dtype)
-        return adapter.ArrayData(x, y, w, self.flat_state.params.dtype)
+        xs = self.input_arrays(x, what)
+        n = xs[0].shape[0]
+        names = self.output_names
+        losses = self.compile_settings.losses(names)
+        shapes = [s[1:] for s in (self.output_shape if self.multiple_outputs else [self.output_shape])]
+        if y is None:
+            raise ValueError(f"{what}() of model '{self.name}' needs targets y, received None")
+        ys = [adapter.as_targets(v, n, what, self.name, loss, shape)
+              for v, loss, shape in zip(adapter.structure(y, names, "y"), losses, shapes)]
+        if class_weight is not None and len(ys) > 1:
+            raise ValueError("class_weight is only supported for models with one output; pass sample_weight")
+        w = adapter.sample_weights(ys[0], n, sample_weight, class_weight, self.flat_state.params.dtype)
+        return adapter.ArrayData(xs, ys, w, self.flat_state.params.dtype, self.multiple_inputs,
+                                 self.multiple_outputs)
+
+    def input_arrays(self, x, what):
+        """x as a list of checked arrays, one per model input (a list in input order or a dict by name)."""
+        if self.built and self.multiple_inputs:
+            names = [t.name for t in self.inputs]
+            xs = [adapter.as_inputs(v, what, self.name) for v in adapter.structure(x, names, "x")]
+        else:
+            xs = [adapter.as_inputs(x[0] if isinstance(x, (list, tuple)) and len(x) == 1
+                                    and isinstance(x[0], np.ndarray) else x, what, self.name)]
+        self.ensure_built(xs, what)
+        return xs
 
     def sync_replicas(self, facts):
         """Collective: join the job, check every worker agrees (model architecture and `facts`), then give every
@@ -178,31 +186,38 @@ class Trainer:
         return values[0] if len(values) == 1 else values
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Model outputs for x, computed in batches (inference mode: no dropout, moving BN statistics).
-        Local: no communication, so any rank may call it alone."""
-        x = adapter.as_inputs(x, "predict", self.name)
+        """Model outputs for x, computed in batches (inference mode: no dropout, moving BN statistics); a list
+        per output for several. Local: no communication, so any rank may call it alone."""
         batch_size = adapter.check_batch_size(batch_size, "predict")
-        self.ensure_built(x, "predict")
-        n = min(x.shape[0], _limit_steps(sharding.num_steps(x.shape[0], batch_size), steps, "steps") * batch_size)
-        data = adapter.ArrayData(x, dtype=self.flat_state.params.dtype)
+        xs = self.input_arrays(x, "predict")
+        total = xs[0].shape[0]
+        n = min(total, _limit_steps(sharding.num_steps(total, batch_size), steps, "steps") * batch_size)
+        data = adapter.ArrayData(xs, dtype=self.flat_state.params.dtype, many_inputs=self.multiple_inputs)
         cbs = CallbackList(callbacks or [], self, {})
         cbs.on_predict_begin()
-        out = np.empty((n,) + self.output_shape[1:], dtype=self.flat_state.params.dtype)
+        shapes = self.output_shape if self.multiple_outputs else [self.output_shape]
+        outs = [np.empty((n,) + tuple(s[1:]), dtype=self.flat_state.params.dtype) for s in shapes]
         for step, start in enumerate(range(0, n, batch_size)):
             cbs.on_predict_batch_begin(step)
             idx = np.arange(start, min(start + batch_size, n))
-            out[start:start + len(idx)] = self.forward(data.inputs(idx, "predict"), training=False)
-            cbs.on_predict_batch_end(step, {"outputs": out[start:start + len(idx)]})
+            got = self.forward(data.inputs(idx, "predict"), training=False)
+            for o, g in zip(outs, got if self.multiple_outputs else [got]):
+                o[start:start + len(idx)] = g
+            cbs.on_predict_batch_end(step, {"outputs": [o[start:start + len(idx)] for o in outs]
+                                            if self.multiple_outputs else outs[0][start:start + len(idx)]})
         cbs.on_predict_end()
-        return out
+        return outs if self.multiple_outputs else outs[0]
 
     def __call__(self, x, training=False):
-        x = np.asarray(x)
-        self.ensure_built(x, "call")
-        return np.array(self.forward(x.astype(self.flat_state.params.dtype, copy=False), training=training))
+        xs = [np.asarray(v).astype(self.flat_state.params.dtype if self.built else np.float32, copy=False)
+              for v in (x if self.multiple_inputs else [x])]
+        self.ensure_built(xs, "call")
+        out = self.forward(xs if self.multiple_inputs else xs[0], training=training)
+        return [np.array(o) for o in out] if self.multiple_outputs else np.array(out)
 
     def predict_on_batch(self, x):
-        return self.predict(x, batch_size=max(len(x), 1), verbose=0)
+        n = len(x[0]) if self.multiple_inputs and isinstance(x, (list, tuple)) else len(x)
+        return self.predict(x, batch_size=max(n, 1), verbose=0)
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on (x, y) as one global batch. Collective."""
@@ -228,30 +243,3 @@ def _limit_steps(available, steps, name):
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"{name} must be a positive int or None, received {steps!r}")
     return min(int(steps), available)
-
-
-def _metric_list(metrics, what):
-    """Keras accepts one metric or a list: metrics='accuracy' is ['accuracy'], not ['a', 'c', ...]."""
-    if metrics is None:
-        return []
-    if isinstance(metrics, (str, metrics_mod.Metric)):
-        return [metrics]
-    if isinstance(metrics, dict):
-        raise ValueError(f"{what} given as a dict (per output) needs a model with named outputs; this model has "
-                         f"one output: pass a list, received {metrics!r}")
-    return list(metrics)
-
-
-def _single_loss_weight(loss_weights):
-    """The loss scale of a one-output model: None, a number, or a one-element list/dict (Keras's forms)."""
-    if loss_weights is None:
-        return 1.0
-    value = loss_weights
-    if isinstance(value, dict) and len(value) == 1:
-        value = next(iter(value.values()))
-    elif isinstance(value, (list, tuple)) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"loss_weights for a one-output model must be a number or a one-element list/dict, "
-                         f"received {loss_weights!r}")
-    return float(value)

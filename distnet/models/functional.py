@@ -1,0 +1,237 @@
+"""The functional API: `Model(inputs, outputs)` over a graph of layers (Keras's functional Model).
+
+    inputs = distnet.Input((28, 28, 1))
+    h = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    h = layers.Add()([h, layers.Conv2D(16, 3, padding="same")(h)])      # a skip connection
+    outputs = layers.Dense(10, activation="softmax")(layers.Flatten()(h))
+    model = distnet.Model(inputs, outputs)
+
+The layers run in a topological order (also the order of their weights in the flat buffers, so that an
+overlapped allreduce can send the gradients of the last layers while backward continues). Backward visits them
+in reverse, summing the gradients of a tensor that feeds several layers.
+"""
+import numpy as np
+
+from ..layers import InputLayer
+from ..layers.symbolic import SymbolicTensor
+from .model import Model as BaseModel
+
+
+def _as_list(tensors, what):
+    many = isinstance(tensors, (list, tuple))
+    items = list(tensors) if many else [tensors]
+    if not items or not all(isinstance(t, SymbolicTensor) for t in items):
+        raise TypeError(f"Model {what} must be symbolic tensors (from distnet.Input(...) and layer calls), "
+                        f"received {tensors!r}")
+    return items, many
+
+
+class Model(BaseModel):
+    """A model from its input tensor(s) to its output tensor(s); a list of several gives several."""
+    default_name = "functional"
+    implicit_input = False     # a Sequential without an Input layer makes its own
+    def __init__(self, inputs=None, outputs=None, name=None, trainable=True):
+        if inputs is None or outputs is None:
+            raise TypeError("Model(inputs, outputs) needs both: the Input tensor(s) and the output tensor(s) of a "
+                            f"graph of layer calls; received inputs={inputs!r}, outputs={outputs!r}")
+        super().__init__(name=name, trainable=trainable)
+        self.inputs, self.multiple_inputs = _as_list(inputs, "inputs")
+        self.outputs, self.multiple_outputs = _as_list(outputs, "outputs")
+        for t in self.inputs:
+            if not isinstance(t.layer, InputLayer):
+                raise ValueError(f"Model inputs must come from distnet.Input(...); {t.name} is made by "
+                                 f"{type(t.layer).__name__} layer '{t.layer.name}'")
+        self.order = self._topological_order()
+        names = [la.name for la in self.order]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"All layers in a model must have unique names; repeated: {dup}")
+        self.build_for(None)
+
+    # -- the graph ----------------------------------------------------------------------------------------
+    def _topological_order(self):
+        order, state = [], {}
+
+        def visit(layer):
+            mark = state.get(id(layer))
+            if mark == "done":
+                return
+            if mark == "open":
+                raise ValueError(f"The graph has a cycle through layer '{layer.name}'")
+            state[id(layer)] = "open"
+            if isinstance(layer, InputLayer):
+                if not any(t.layer is layer for t in self.inputs):
+                    raise ValueError(f"Graph disconnected: the outputs need Input '{layer.name}', which is not "
+                                     f"among the model's inputs {[t.name for t in self.inputs]}")
+            else:
+                inbound = layer.inbound if isinstance(layer.inbound, list) else [layer.inbound]
+                for t in inbound:
+                    visit(t.layer)
+            state[id(layer)] = "done"
+            order.append(layer)
+
+        for t in self.outputs:
+            visit(t.layer)
+        for t in self.inputs:                     # inputs first, in the order given (unused ones too)
+            if id(t.layer) not in state:
+                visit(t.layer)
+        inputs = [t.layer for t in self.inputs]
+        return inputs + [la for la in order if not isinstance(la, InputLayer)]
+
+    @property
+    def all_layers(self):
+        return self.order
+
+    @property
+    def output_layers(self):
+        return [t.layer for t in self.outputs]
+
+    @property
+    def output_layer(self):
+        return self.outputs[-1].layer
+
+    def build_layers(self, input_shape):
+        # every layer was built when it was called on symbolic tensors
+        shapes = [t.shape[1:] for t in self.outputs]
+        return shapes if self.multiple_outputs else shapes[0]
+
+    def build_for(self, input_shape):
+        super().build_for(tuple(t.shape[1:] for t in self.inputs) if self.multiple_inputs
+                          else self.inputs[0].shape[1:])
+        self.input_shape = [t.shape for t in self.inputs] if self.multiple_inputs else self.inputs[0].shape
+        self.output_shape = [t.shape for t in self.outputs] if self.multiple_outputs else self.outputs[0].shape
+        first_trainable = {}
+        seen = False
+        for la in self.order:                      # does any layer before this one hold trainable weights?
+            first_trainable[id(la)] = seen
+            seen = seen or bool(la.trainable_weights)
+        self.upstream_trainable = first_trainable
+
+    def ensure_built(self, xs, what):
+        if not self.built:                  # a Sequential without a declared input shape builds on first data
+            if len(xs) != 1:
+                raise ValueError(f"Model '{self.name}' has one input, received {len(xs)} input arrays")
+            self.build_for(xs[0].shape[1:])
+            return
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"Model '{self.name}' has {len(self.inputs)} input(s) {[t.name for t in self.inputs]}, "
+                             f"received {len(xs)} input array(s) in {what}")
+        for t, x in zip(self.inputs, xs):
+            if x.shape[1:] != t.shape[1:]:
+                self.shape_error(t, x, what)
+
+    def shape_error(self, t, x, what):
+        """Name the first layer that reads this input when only the last dimension is off (Keras's message)."""
+        readers = [la for la in self.order if la.inbound is t]
+        first = readers[0] if readers and self.implicit_input else t.layer
+        expected = t.shape[1:]
+        from ..layers.base import ActivatedLayer
+        if (isinstance(first, ActivatedLayer) or len(expected) == 1) and x.ndim >= 2 and x.shape[-1] != expected[-1]:
+            raise ValueError(f"{type(first).__name__} layer '{first.name}' expects input with last dimension "
+                             f"{expected[-1]}, received shape {x.shape}")
+        raise ValueError(f"Model '{self.name}' expects input of shape {t.shape} in {what}, received shape {x.shape}")
+
+    # -- running ------------------------------------------------------------------------------------------
+    def forward(self, x, training=False):
+        """x: one array, or a list with one array per input -> one array, or a list per output."""
+        xs = x if self.multiple_inputs else [x]
+        values = {}
+        for t, v in zip(self.inputs, xs):
+            values[(id(t.layer), 0)] = v
+        for la in self.order[len(self.inputs):]:
+            inbound = la.inbound
+            args = [values[(id(t.layer), t.index)] for t in inbound] if la.multi_input \
+                else values[(id(inbound.layer), inbound.index)]
+            out = la.call(args, training=training)
+            for i, o in enumerate(out if la.multi_output else [out]):
+                values[(id(la), i)] = o
+        outs = [values[(id(t.layer), t.index)] for t in self.outputs]
+        return outs if self.multiple_outputs else outs[0]
+
+    def backward(self, grad, fused=False, ready=None):
+        """grad: d(loss)/d(output) (a list per output for several); fused: per output, whether the gradient
+        enters at the output layer's logits."""
+        grads = grad if self.multiple_outputs else [grad]
+        fused = fused if isinstance(fused, (list, tuple)) else [fused] * len(grads)
+        pending, entry = {}, {}
+        for t, g, f in zip(self.outputs, grads, fused):
+            if f:
+                entry[id(t.layer)] = g          # enters at the logits: the layer's activation is skipped
+            else:
+                _accumulate(pending, (id(t.layer), t.index), g)
+        offsets = self.flat_state.layer_offsets
+        for i in range(len(self.order) - 1, len(self.inputs) - 1, -1):
+            la = self.order[i]
+            need = self.upstream_trainable[id(la)]
+            if id(la) in entry:
+                g_in = la.backward_preactivation(entry[id(la)], need)
+            else:
+                outs = [pending.pop((id(la), k), None) for k in range(len(la.output_shape) if la.multi_output
+                                                                       else 1)]
+                if all(g is None for g in outs):
+                    g_in = None                  # nothing downstream needs this layer (cannot happen in a model)
+                else:
+                    g_in = la.backward(outs if la.multi_output else outs[0], need)
+            if ready is not None and i in offsets:
+                ready(offsets[i])
+            if not need or g_in is None:
+                continue
+            inbound = la.inbound if la.multi_input else [la.inbound]
+            g_list = g_in if la.multi_input else [g_in]
+            for k, (t, g) in enumerate(zip(inbound, g_list)):
+                if g is not None and not isinstance(t.layer, InputLayer):
+                    # a merge layer may hand the same array to several inputs; each producer may overwrite it
+                    _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
+
+    # -- description --------------------------------------------------------------------------------------
+    def summary_rows(self):
+        rows = []
+        for la in self.order:
+            shape = [str((None,) + tuple(s)) for s in la.output_shape] if la.multi_output \
+                else str((None,) + tuple(la.output_shape))
+            inbound = [] if la.inbound is None else (la.inbound if isinstance(la.inbound, list) else [la.inbound])
+            rows.append((f"{la.name} ({type(la).__name__})", shape if isinstance(shape, str) else ", ".join(shape),
+                         str(la.count_params()), ", ".join(f"{t.name}[0][{t.index}]" for t in inbound) or "-"))
+        return rows
+
+    def get_config(self):
+        def ref(t):
+            return [t.layer.name, 0, t.index]
+        layers = []
+        for la in self.order:
+            inbound = [] if la.inbound is None else (la.inbound if isinstance(la.inbound, list) else [la.inbound])
+            layers.append({"class_name": type(la).__name__, "name": la.name, "config": la.get_config(),
+                           "inbound": [ref(t) for t in inbound], "multi_input": bool(la.multi_input)})
+        return {"name": self.name, "trainable": self.trainable, "layers": layers,
+                "input_layers": [ref(t) for t in self.inputs], "output_layers": [ref(t) for t in self.outputs],
+                "multiple_inputs": self.multiple_inputs, "multiple_outputs": self.multiple_outputs}
+
+    @classmethod
+    def from_config(cls, config):
+        from ..layers import get_layer_class
+        from ..layers.core import Input
+        made = {}
+        for spec in config["layers"]:
+            cfg = dict(spec["config"])
+            if spec["class_name"] == "InputLayer":
+                made[spec["name"]] = [Input(shape=tuple(cfg["shape"]), name=cfg.get("name"), dtype=cfg.get("dtype"))]
+                continue
+            layer = get_layer_class(spec["class_name"]).from_config(cfg)
+            inbound = [made[n][i] for n, _, i in spec["inbound"]]
+            out = layer(inbound if spec["multi_input"] else inbound[0])
+            made[spec["name"]] = out if isinstance(out, list) else [out]
+
+        def pick(refs, many):
+            tensors = [made[n][i] for n, _, i in refs]
+            return tensors if many else tensors[0]
+        return cls(pick(config["input_layers"], config["multiple_inputs"]),
+                   pick(config["output_layers"], config["multiple_outputs"]),
+                   name=config.get("name"), trainable=config.get("trainable", True))
+
+
+def _accumulate(pending, key, g):
+    """Add a gradient for one tensor: the first is kept as is, later ones are summed into a new array."""
+    if key in pending:
+        pending[key] = pending[key] + g
+    else:
+        pending[key] = g
