@@ -1,0 +1,147 @@
+"""Reading chosen rows of a file with positioned reads, and decoding them for the model.
+
+Why not a memory map: with a cold page cache, gathering 2,560 random samples (7 MB) through a map of a 2.1 GB
+.npy read 2,045 MB from disk (read-ahead and large folios fetch megabytes per fault), while `os.preadv` of the
+same rows read 17 MB. So rows are read with one `preadv` per run of nearby rows, straight into the rows of the
+output array (an iovec per row, in the caller's order: no extra copy).
+"""
+import os
+
+import numpy as np
+
+from .. import backend
+from .format import DataError
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+class IOStats:
+    """What a reader asked the OS for: bytes requested and read calls. Deterministic, unlike /proc/self/io, which
+    counts what the disk delivered (page granularity, read-ahead) and nothing on a warm cache."""
+    __slots__ = ("bytes_requested", "reads")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.bytes_requested, self.reads = 0, 0
+
+    def __repr__(self):
+        return f"IOStats(bytes_requested={self.bytes_requested}, reads={self.reads})"
+
+
+def as_indices(indices, length, what):
+    """indices as a 1-D int64 array within [0, length); echoes what was received when not."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+        raise ValueError(f"{what}.take expects a 1-D array of sample indices, received shape {idx.shape}")
+    if idx.size == 0:
+        return idx.astype(np.int64)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{what}.take expects integer sample indices, received dtype {idx.dtype}")
+    idx = idx.astype(np.int64, copy=False)
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= length:
+        raise IndexError(f"{what}.take: sample index {lo if lo < 0 else hi} is out of range for {length} samples")
+    return idx
+
+
+def unique_plan(idx):
+    """Sort the requested indices once: (sorted unique indices, the output position that receives each one,
+    (dst, src) position pairs to copy for repeated indices)."""
+    order = np.argsort(idx, kind="stable")
+    s = idx[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    lead = order[np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))]   # first position of each value
+    return s[first], order[first], (order[~first], lead[~first])
+
+
+def read_rows(fd, path, offset, stride, row_bytes, rows, dest, positions, stats, max_gap=PAGE):
+    """Read file rows `rows` (sorted, unique) of `row_bytes` bytes each, row r starting at offset + r * stride,
+    into dest (a writable 1-D byte memoryview of (n, row_bytes) rows) at row `positions[i]` for rows[i].
+
+    Rows closer than `max_gap` bytes are read in one call, the gap into a scratch buffer: a gap below a page
+    costs the disk nothing (it reads whole pages) and saves a system call per row."""
+    if len(rows) == 0:
+        return
+    starts = offset + rows * stride
+    gaps = starts[1:] - (starts[:-1] + row_bytes)
+    breaks = np.flatnonzero(gaps > max_gap) + 1
+    scratch = memoryview(bytearray(max_gap))
+    bounds = np.concatenate(([0], breaks, [len(rows)]))
+    gaps_list, starts_list, pos_list = gaps.tolist(), starts.tolist(), positions.tolist()
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        bufs, begin = [], starts_list[a]
+        for i in range(a, b):
+            if i > a and gaps_list[i - 1] > 0:
+                bufs.append(scratch[:gaps_list[i - 1]])
+            p = pos_list[i]
+            bufs.append(dest[p * row_bytes:(p + 1) * row_bytes])
+            if len(bufs) >= IOV_MAX - 1:
+                begin = _preadv_full(fd, path, bufs, begin, stats)
+                bufs = []
+        if bufs:
+            _preadv_full(fd, path, bufs, begin, stats)
+
+
+def _preadv_full(fd, path, bufs, offset, stats):
+    """preadv until every buffer is full; returns the offset after them. A read that ends early means the file
+    is shorter than its header and index say."""
+    want = sum(len(b) for b in bufs)
+    stats.bytes_requested += want
+    end = offset + want
+    while bufs:
+        n = os.preadv(fd, bufs, offset)
+        stats.reads += 1
+        if n == 0:
+            raise DataError(f"{path!r} ended at byte {offset}, expected at least {end} bytes (truncated?)")
+        offset += n
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs = bufs[1:]
+        if n:
+            bufs[0] = bufs[0][n:]
+    return end
+
+
+def byte_view(raw):
+    """A writable flat byte view of a C-contiguous array (one row after another)."""
+    return memoryview(raw.reshape(-1).view(np.uint8)) if raw.size else memoryview(bytearray(0))
+
+
+def decoding(names, stored, scale=None, dtype=None):
+    """Per field, (dtype the model sees, scale or None). A scalar scale/dtype applies to the first field (the
+    input x); a dict gives them per field name. Scaling an integer field makes it floatx unless dtype says."""
+    scales, dtypes = _per_field(scale, names, "scale"), _per_field(dtype, names, "dtype")
+    out = []
+    for name, st in zip(names, stored):
+        s, d = scales.get(name), dtypes.get(name)
+        d = np.dtype(d) if d is not None else (np.dtype(backend.floatx()) if s is not None and st.kind in "biu"
+                                              else st.newbyteorder("="))
+        if s is not None and d.kind != "f":
+            raise ValueError(f"field {name!r}: scale={s!r} needs a float dtype, received dtype={d}")
+        out.append((d, None if s is None else float(s)))
+    return out
+
+
+def _per_field(value, names, what):
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"{what} names unknown field(s) {unknown}; the fields are {list(names)}")
+        return dict(value)
+    return {names[0]: value}
+
+
+def decode(raw, dtype, scale):
+    """raw rows as stored -> what the model sees: cast to dtype, then multiplied by scale (in place)."""
+    if scale is None and raw.dtype == dtype:
+        return raw
+    out = raw.astype(dtype)
+    if scale is not None:
+        out *= out.dtype.type(scale)
+    return out
