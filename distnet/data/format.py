@@ -146,20 +146,3 @@ def check_file_crc(directory, entry):
     if found != entry["crc32"]:
         raise DataError(f"shard file {path!r} is corrupt: CRC-32 {found}, {INDEX} says {entry['crc32']}")
     return path
-
-
-def verify_directory(directory, progress=None):
-    """Check every file of a data set against its index; return the list of problems (empty when all is well).
-    progress(done_bytes, total_bytes) is called after each file."""
-    index = read_index(directory)
-    entries = [e for s in index["shards"] for e in s["files"].values()]
-    total, done, problems = sum(e["bytes"] for e in entries), 0, []
-    for entry in entries:
-        try:
-            check_file_crc(directory, entry)
-        except DataError as e:
-            problems.append(str(e))
-        done += entry["bytes"]
-        if progress:
-            progress(done, total)
-    return problems

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .format import DataError
-from .rowio import IOStats, as_indices, byte_view, decode, decoding, read_rows, unique_plan
+from .rowio import IOStats, as_indices, byte_view, decode, decoding, open_for_rows, read_rows, unique_plan
 
 MAGIC = b"\x93NUMPY"
 
@@ -100,7 +100,7 @@ class FileRows:
         self.path, self.offset, self.stride, self.length = os.fspath(path), int(offset), int(stride), int(length)
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape))
-        self.fd = os.open(self.path, os.O_RDONLY)
+        self.fd = open_for_rows(self.path)
 
     @classmethod
     def from_npy(cls, path):
@@ -131,16 +131,18 @@ class FileRows:
         return raw
 
     def close(self):
-        if self.fd is not None:
+        if getattr(self, "fd", None) is not None:
             os.close(self.fd)
             self.fd = None
+
+    __del__ = close
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "fd"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.fd = os.open(self.path, os.O_RDONLY)
+        self.fd = open_for_rows(self.path)
 
 
 class MemoryRows:

@@ -31,6 +31,15 @@ class IOStats:
         return f"IOStats(bytes_requested={self.bytes_requested}, reads={self.reads})"
 
 
+def open_for_rows(path):
+    """A read-only fd for row reads. POSIX_FADV_RANDOM turns the kernel's read-ahead off for it: the reads are
+    exactly the pages of the rows asked for."""
+    fd = os.open(path, os.O_RDONLY)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
 def as_indices(indices, length, what):
     """indices as a 1-D int64 array within [0, length); echoes what was received when not."""
     idx = np.asarray(indices)
