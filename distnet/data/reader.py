@@ -82,6 +82,11 @@ class ShardedDataset:
         """Per field, the dtype take() returns (after dtype/scale decoding)."""
         return tuple(d for d, _ in self._decoding)
 
+    @property
+    def open_files(self):
+        """How many shard files are open now (at most max_open_files)."""
+        return len(self._fds)
+
     def shard_of(self, index):
         """(shard number, row within it) of a global sample index."""
         s = int(np.searchsorted(self._starts, index, side="right") - 1)
@@ -95,7 +100,7 @@ class ShardedDataset:
         raws = [np.empty((len(idx),) + shape, dt) for shape, dt in self._stored]
         views = [byte_view(r) for r in raws]
         shard = np.searchsorted(self._starts, rows, side="right") - 1
-        bounds = np.concatenate(([0], np.flatnonzero(np.diff(shard)) + 1, [len(rows)])).tolist()
+        bounds = np.concatenate(([0], np.flatnonzero(np.diff(shard)) + 1, [len(rows)])).tolist() if len(rows) else []
         with self._lock:         # the prefetch thread and the caller may share a reader
             for lo, hi in itertools.pairwise(bounds):
                 s = int(shard[lo])
