@@ -157,7 +157,7 @@ def test_open_file_limit_recycles_descriptors(packed):
     path, x, y, _ = packed
     data = ShardedDataset(path, max_open_files=2)
     for s in range(5):
-        xb, yb = data.take(np.array([s * 25]))
+        xb, _ = data.take(np.array([s * 25]))
         assert np.array_equal(xb, x[[s * 25]])
     assert data.open_files <= 2
     data.close()
