@@ -78,7 +78,7 @@ def mapped_file(arr):
         return None
     start = np.frombuffer(base, np.uint8).ctypes.data
     mapped_from = owner.offset - owner.offset % mmap.ALLOCATIONGRANULARITY
-    return owner.filename, mapped_from + arr.ctypes.data - start
+    return os.fspath(owner.filename), mapped_from + arr.ctypes.data - start
 
 
 def _rows_contiguous(arr):
