@@ -18,8 +18,6 @@ from .writer import ShardWriter
 
 def cmd_pack(args):
     if args.from_arrays:
-        if len(args.from_arrays) > 2:
-            raise ValueError(f"--from-arrays takes X.npy [Y.npy], received {len(args.from_arrays)} files")
         total, batches = pack.array_batches(*args.from_arrays, batch=args.samples_per_shard)
     elif args.from_mnist:
         total, batches = pack.mnist_batches(*args.from_mnist, batch=args.samples_per_shard)
@@ -92,7 +90,7 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True)
     pk = sub.add_parser("pack", help="pack arrays, MNIST IDX files or a CSV into a sharded directory")
     src = pk.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-arrays", nargs="+", metavar="NPY", help="X.npy [Y.npy] (memory-mapped)")
+    src.add_argument("--from-arrays", nargs=2, metavar=("X_NPY", "Y_NPY"), help=".npy files (memory-mapped)")
     src.add_argument("--from-mnist", nargs=2, metavar=("IMAGES_IDX", "LABELS_IDX"), help="IDX files (.gz or raw)")
     src.add_argument("--from-csv", metavar="FILE", help="a numeric CSV (.gz or raw), one sample per line")
     pk.add_argument("out", metavar="OUT", help="the directory to create")
