@@ -1,6 +1,6 @@
 """distnet-data: pack data into the sharded format, describe a packed directory, verify its checksums.
 
-    distnet-data pack --from-arrays x.npy y.npy OUT [--samples-per-shard 4096]
+    distnet-data pack --from-arrays x.npy y.npy OUT [--samples-per-shard 4096] [--row-align page]
     distnet-data pack --from-mnist train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz OUT
     distnet-data pack --from-csv data.csv --label-column -1 [--shape 28,28] [--dtype uint8] OUT
     distnet-data info DIR [--json]
@@ -8,7 +8,10 @@
 """
 import argparse
 import json
+import math
 import sys
+
+import numpy as np
 
 from . import pack
 from .format import DataError, read_index
@@ -29,7 +32,8 @@ def cmd_pack(args):
                                           skip_rows=args.skip_rows)
     progress = pack.Progress(total)
     nbytes = 0
-    with ShardWriter(args.out, samples_per_shard=args.samples_per_shard, overwrite=args.overwrite) as w:
+    with ShardWriter(args.out, samples_per_shard=args.samples_per_shard, overwrite=args.overwrite,
+                     row_align=args.row_align) as w:
         for batch in batches:
             w.write(**batch)
             nbytes += sum(a.nbytes for a in batch.values())
@@ -49,7 +53,9 @@ def cmd_info(args):
     print(f"  samples: {index['count']:,} in {len(index['shards'])} shard(s) of up to "
           f"{index['samples_per_shard']:,}")
     for f in index["fields"]:
-        print(f"  field {f['name']}: shape {tuple(f['shape'])}, dtype {f['dtype']}")
+        stride = f" (rows padded to {f['row_stride']} bytes)" if f.get("row_stride", 0) > np.dtype(
+            f["dtype"]).itemsize * math.prod(f["shape"]) else ""
+        print(f"  field {f['name']}: shape {tuple(f['shape'])}, dtype {f['dtype']}{stride}")
     print(f"  files: {len(files)}, {sum(e['bytes'] for e in files):,} bytes, checksums: {index['checksum']}")
     return 0
 
@@ -79,6 +85,10 @@ def _shape(text):
     return shape
 
 
+def _align(text):
+    return None if text == "none" else "page" if text == "page" else _positive(text)
+
+
 def _positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive int, received {text!r}")
@@ -96,6 +106,9 @@ def parser():
     pk.add_argument("out", metavar="OUT", help="the directory to create")
     pk.add_argument("--samples-per-shard", type=_positive, default=4096)
     pk.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
+    pk.add_argument("--row-align", type=_align, default=None, metavar="page|BYTES",
+                    help="pad rows of at least half a page to whole pages (random reads then fetch 1.33x the "
+                         "bytes of a 3072-byte image instead of 2x; costs up to 50%% more disk)")
     csv = pk.add_argument_group("CSV options")
     csv.add_argument("--label-column", type=int, default=None, help="column of y (negative: from the end)")
     csv.add_argument("--dtype", default="float32", help="dtype of x on disk (e.g. uint8 for pixels)")

@@ -6,14 +6,19 @@
     DIR/y-00000.npy         the same rows of field y
     DIR/crc-00000.npy       (rows, fields) uint32: the CRC-32 of every row of every field of the shard
 
-Each file entry of the index records its name, its size in bytes and the CRC-32 of the whole file. The per-row
+Each file entry of the index records its name, its size in bytes and the CRC-32 of the whole file. A field may
+be written with rows padded to a multiple of the page size (`row_stride` in the index; see `row_stride`): its
+files then hold a structured array {name: dtype[shape]} of itemsize row_stride, so np.load(f)[name] still
+gives the rows, and a random row costs one page read instead of two half the time. The per-row
 CRCs let a reader check exactly the rows it reads: checking whole files on first touch would read every shard
 once per worker, N times the worker's share of the data (see reader.py).
 """
 import json
+import math
 import os
 import re
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +30,41 @@ _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class DataError(ValueError):
     """A data set on disk is missing, corrupt, or does not match its index. The message names the file."""
+
+
+class Field(NamedTuple):
+    """One field of a data set: per-sample shape (no sample dim), dtype, and bytes from one row to the next."""
+    name: str
+    shape: tuple
+    dtype: np.dtype
+    stride: int
+
+    @property
+    def row_bytes(self):
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    def npy_layout(self, count):
+        """(shape, dtype) of the .npy array holding `count` rows of this field."""
+        if self.stride == self.row_bytes:
+            return (count,) + self.shape, self.dtype
+        return (count,), np.dtype({"names": [self.name], "formats": [(self.dtype, self.shape)], "offsets": [0],
+                                   "itemsize": self.stride})
+
+
+def crc_field(num_fields):
+    """The row checksums of a shard: (fields,) uint32 per sample."""
+    return Field("crc", (num_fields,), np.dtype(np.uint32), 4 * num_fields)
+
+
+def row_stride(shape, dtype, align):
+    """Bytes per stored row. With `align` (e.g. the page size), a row of at least half a page is padded to a
+    multiple of it when that costs at most 50% more disk: 3072-byte CIFAR rows take 4096 bytes, and reading a
+    random row then reads one page, not 1.5 pages on average (2x the row instead of 1.33x)."""
+    row = np.dtype(dtype).itemsize * math.prod(shape)
+    if not align or row < align // 2:
+        return row
+    padded = -(-row // align) * align
+    return padded if padded <= 1.5 * row else row
 
 
 def shard_file(field, shard):
@@ -99,7 +139,7 @@ def check_index(index, path):
         raise DataError(f"{path!r}: unknown format version {index.get('version')!r}; this distnet reads version "
                         f"{VERSION} (written by a newer distnet? upgrade it)")
     try:
-        fields = [(f["name"], tuple(int(d) for d in f["shape"]), np.dtype(f["dtype"])) for f in index["fields"]]
+        fields = index_fields(index)
         shards = index["shards"]
         counts = [int(s["count"]) for s in shards]
         total = int(index["count"])
@@ -109,7 +149,7 @@ def check_index(index, path):
         raise DataError(f"{path!r}: the index lists no fields")
     for i, s in enumerate(shards):
         names = set(s.get("files", {}))
-        want = {name for name, _, _ in fields} | {"crc"}
+        want = {f.name for f in fields} | {"crc"}
         if names != want:
             raise DataError(f"{path!r}: shard {i} lists files for {sorted(names)}, expected {sorted(want)}")
         for entry in s["files"].values():
@@ -122,8 +162,12 @@ def check_index(index, path):
 
 
 def index_fields(index):
-    """[(name, shape without the sample dim, dtype)] of an index that passed check_index."""
-    return [(f["name"], tuple(int(d) for d in f["shape"]), np.dtype(f["dtype"])) for f in index["fields"]]
+    """[Field] of an index (row_stride defaults to the unpadded row size)."""
+    out = []
+    for f in index["fields"]:
+        shape, dtype = tuple(int(d) for d in f["shape"]), np.dtype(f["dtype"])
+        out.append(Field(f["name"], shape, dtype, int(f.get("row_stride", dtype.itemsize * math.prod(shape)))))
+    return out
 
 
 def check_file_size(directory, entry):

@@ -16,13 +16,14 @@ share in the first epoch); with verify="open" every file's CRC-32 is checked at 
 and rows as they are read; verify="off" checks sizes and headers only.
 """
 import itertools
+import math
 import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from .format import INDEX, DataError, check_file_crc, check_file_size, index_fields, read_index, row_crc32
+from .format import INDEX, DataError, check_file_crc, check_file_size, crc_field, index_fields, read_index, row_crc32
 from .npy import read_header
 from .rowio import IOStats, as_indices, byte_view, decode, decoding, open_for_rows, read_rows, unique_plan
 
@@ -43,20 +44,19 @@ class ShardedDataset:
         self._args = {"fields": fields, "scale": scale, "dtype": dtype, "verify": verify,
                       "max_open_files": max_open_files}
         self.index = read_index(self.directory)
-        stored = {name: (shape, dt) for name, shape, dt in index_fields(self.index)}
+        stored = {f.name: f for f in index_fields(self.index)}
         if isinstance(fields, str) or not fields or any(f not in stored for f in fields):
             raise DataError(f"{os.path.join(self.directory, INDEX)!r} has fields {list(stored)}; "
                             f"received fields={fields!r}")
         self.fields = tuple(fields)
         self._column = {name: i for i, name in enumerate(stored)}          # column in the crc files
         self._stored = [stored[f] for f in self.fields]
-        self._row_bytes = [dt.itemsize * int(np.prod(shape)) for shape, dt in self._stored]
         self._shards = self.index["shards"]
         self._starts = np.concatenate(([0], np.cumsum([s["count"] for s in self._shards]))).astype(np.int64)
         for s in self._shards:
             for entry in s["files"].values():
                 check_file_size(self.directory, entry)
-        self._decoding = decoding(self.fields, [dt for _, dt in self._stored], scale, dtype)
+        self._decoding = decoding(self.fields, [f.dtype for f in self._stored], scale, dtype)
         self._fds, self._max_open = OrderedDict(), max(int(max_open_files), len(self.fields))
         self._offsets, self._row_crcs, self._lock = {}, {}, threading.Lock()
         self.io_stats = IOStats()
@@ -75,7 +75,7 @@ class ShardedDataset:
     @property
     def shapes(self):
         """Per field, the shape of one sample (without the sample dimension)."""
-        return tuple(shape for shape, _ in self._stored)
+        return tuple(f.shape for f in self._stored)
 
     @property
     def dtypes(self):
@@ -97,7 +97,7 @@ class ShardedDataset:
         (n, *shape) array per field, row i holding sample indices[i]."""
         idx = as_indices(indices, len(self), "ShardedDataset")
         rows, positions, dups = unique_plan(idx)
-        raws = [np.empty((len(idx),) + shape, dt) for shape, dt in self._stored]
+        raws = [np.empty((len(idx),) + f.shape, f.dtype) for f in self._stored]
         views = [byte_view(r) for r in raws]
         shard = np.searchsorted(self._starts, rows, side="right") - 1
         bounds = np.concatenate(([0], np.flatnonzero(np.diff(shard)) + 1, [len(rows)])).tolist() if len(rows) else []
@@ -105,10 +105,9 @@ class ShardedDataset:
             for lo, hi in itertools.pairwise(bounds):
                 s = int(shard[lo])
                 local, pos = rows[lo:hi] - self._starts[s], positions[lo:hi]
-                for j, name in enumerate(self.fields):
-                    fd, offset, path = self._file(s, name)
-                    rb = self._row_bytes[j]
-                    read_rows(fd, path, offset, rb, rb, local, views[j], pos, self.io_stats)
+                for j, f in enumerate(self._stored):
+                    fd, offset, path = self._file(s, j)
+                    read_rows(fd, path, offset, f.stride, f.row_bytes, local, views[j], pos, self.io_stats)
                 if self.verify != "off":
                     self._check_rows(s, local, pos, raws)
         for raw in raws:
@@ -142,17 +141,18 @@ class ShardedDataset:
                 f"fields {dict(zip(self.fields, self.shapes))}>")
 
     # -- files --------------------------------------------------------------------------------------------
-    def _file(self, s, name):
-        """(fd, data offset, path) of field `name` of shard s; its header is checked the first time."""
-        key = (s, name)
-        entry = self._shards[s]["files"][name]
+    def _file(self, s, j):
+        """(fd, data offset, path) of field j of shard s; its header is checked the first time."""
+        key = (s, j)
+        entry = self._shards[s]["files"][self.fields[j]]
         path = os.path.join(self.directory, entry["name"])
         fd = self._fds.get(key)
         if fd is None:
             fd = open_for_rows(path)
             if key not in self._offsets:
                 try:
-                    self._offsets[key] = self._check_header(fd, path, s, name, entry)
+                    shape, dtype = self._stored[j].npy_layout(self._shards[s]["count"])
+                    self._offsets[key] = check_npy(fd, path, shape, dtype, entry["bytes"])
                 except BaseException:
                     os.close(fd)
                     raise
@@ -161,11 +161,6 @@ class ShardedDataset:
                 os.close(self._fds.popitem(last=False)[1])
         self._fds.move_to_end(key)
         return fd, self._offsets[key], path
-
-    def _check_header(self, fd, path, s, name, entry):
-        shape, dt = self._stored[self.fields.index(name)]
-        count = self._shards[s]["count"]
-        return check_npy(fd, path, (count,) + shape, dt, entry["bytes"])
 
     def _check_rows(self, s, local, pos, raws):
         """Compare the CRC-32 of every row just read with the shard's crc file."""
@@ -191,7 +186,7 @@ class ShardedDataset:
             check_file_crc(self.directory, entry)
             fd = os.open(path, os.O_RDONLY)
             try:
-                offset = check_npy(fd, path, (self._shards[s]["count"], len(self._column)), np.dtype(np.uint32),
+                offset = check_npy(fd, path, *crc_field(len(self._column)).npy_layout(self._shards[s]["count"]),
                                    entry["bytes"])
                 data = os.pread(fd, entry["bytes"] - offset, offset)
             finally:
@@ -210,7 +205,7 @@ def check_npy(fd, path, shape, dtype, size):
         raise DataError(f"shard file {path!r} holds shape {h.shape}, {INDEX} says {tuple(shape)}")
     if h.fortran_order and len(shape) > 1:
         raise DataError(f"shard file {path!r} is in Fortran order; shards are written in C order")
-    expected = h.offset + int(np.prod(shape)) * dtype.itemsize
+    expected = h.offset + math.prod(shape) * dtype.itemsize
     if expected != size:
         raise DataError(f"shard file {path!r}: its header (shape {h.shape}, dtype {h.dtype}) needs {expected} "
                         f"bytes, {INDEX} says the file has {size}")
@@ -221,8 +216,8 @@ def verify_directory(directory, progress=None):
     """Check every file of a data set against its index: size, .npy header, CRC-32 of the whole file. Returns
     the list of problems (empty when all is well); progress(done_bytes, total_bytes) after each file."""
     index = read_index(directory)
-    fields = {name: (shape, dt) for name, shape, dt in index_fields(index)}
-    fields["crc"] = ((len(fields),), np.dtype(np.uint32))
+    fields = {f.name: f for f in index_fields(index)}
+    fields["crc"] = crc_field(len(fields))
     total = sum(e["bytes"] for s in index["shards"] for e in s["files"].values())
     done, problems = 0, []
     for shard in index["shards"]:
@@ -230,7 +225,7 @@ def verify_directory(directory, progress=None):
             try:
                 path = check_file_crc(directory, entry)
                 with open(path, "rb") as f:
-                    check_npy(f.fileno(), path, (shard["count"],) + fields[name][0], fields[name][1], entry["bytes"])
+                    check_npy(f.fileno(), path, *fields[name].npy_layout(shard["count"]), entry["bytes"])
             except DataError as e:
                 problems.append(str(e))
             done += entry["bytes"]

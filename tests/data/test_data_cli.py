@@ -54,13 +54,17 @@ def test_verify_finds_a_flipped_byte(tmp_path, capsys):
 def test_pack_from_mnist_idx(tmp_path, capsys):
     out = tmp_path / "mnist"
     images, labels = os.path.join(MNIST, "t10k-images-idx3-ubyte.gz"), os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz")
-    assert main(["pack", "--from-mnist", images, labels, str(out), "--samples-per-shard", "4096"]) == 0
+    assert main(["pack", "--from-mnist", images, labels, str(out), "--samples-per-shard", "4096",
+                 "--row-align", "512"]) == 0
     data = ShardedDataset(out, scale=1 / 255)
     assert len(data) == 10000 and data.shapes == ((28, 28), ()) and data.num_shards == 3
     idx = np.array([9999, 0, 4096, 123])
     xb, yb = data.take(idx)
     assert np.allclose(xb, read_idx(images)[idx] / 255) and np.array_equal(yb, read_idx(labels)[idx])
     assert json.loads((out / "index.json").read_text())["fields"][0]["dtype"] == "|u1"
+    assert main(["info", str(out)]) == 0           # 784-byte rows padded to 1024 for --row-align 512
+    assert "field x: shape (28, 28), dtype |u1 (rows padded to 1024 bytes)" in capsys.readouterr().out
+    assert main(["verify", str(out)]) == 0
 
 
 def test_pack_from_csv(tmp_path, capsys):

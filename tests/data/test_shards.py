@@ -29,7 +29,7 @@ def test_round_trip_several_shards_uneven_last(packed):
     path, x, y, f = packed
     index = json.loads((path / INDEX).read_text())
     assert [s["count"] for s in index["shards"]] == [25, 25, 25, 25, 3] and index["count"] == 103
-    assert index["fields"][0] == {"name": "x", "shape": [6, 5, 3], "dtype": "|u1"}
+    assert index["fields"][0] == {"name": "x", "shape": [6, 5, 3], "dtype": "|u1", "row_stride": 90}
     assert np.load(path / "x-00004.npy").shape == (3, 6, 5, 3)          # the short shard is a valid .npy
     data = ShardedDataset(path, fields=("x", "y", "feat"))
     assert len(data) == 103 and data.num_shards == 5
@@ -115,6 +115,23 @@ def test_adjacent_rows_are_one_read_and_a_rank_reads_its_share(packed):
     order = sharding.epoch_order(len(data), seed=0, epoch=0)
     taken = sum(len(data.take(sharding.local_batch(order, s, 8, 1, 3))[0]) for s in range(13))
     assert taken == 38 and data.io_stats.bytes_requested <= taken * 90 + data.io_stats.reads * rowio.PAGE
+
+
+def test_page_aligned_rows_read_one_page_each(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 30)
+    index = write_arrays(tmp_path / "a", x, y, samples_per_shard=16, row_align=4096)
+    assert [f["row_stride"] for f in index["fields"]] == [4096, 8]           # labels stay unpadded
+    stored = np.load(tmp_path / "a" / "x-00001.npy")
+    assert stored.dtype.itemsize == 4096 and np.array_equal(stored["x"], x[16:])   # still a valid .npy
+    assert os.path.getsize(tmp_path / "a" / "x-00000.npy") == 4096 * 17                # header: one page
+    data = ShardedDataset(tmp_path / "a", fields=("x", "y"), verify="lazy")
+    idx = np.array([29, 3, 17, 8, 0])
+    xb, yb = data.take(idx)
+    assert np.array_equal(xb, x[idx]) and np.array_equal(yb, y[idx])
+    data = ShardedDataset(tmp_path / "a", fields=("x",), verify="off")
+    data.take(idx)
+    assert data.io_stats.bytes_requested == 5 * 3072            # the padding is never read
 
 
 def test_writer_streams_batches_that_straddle_shards(tmp_path):
