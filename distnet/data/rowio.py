@@ -77,42 +77,41 @@ def read_rows(fd, path, offset, stride, row_bytes, rows, dest, positions, stats,
         return
     starts = offset + rows * stride
     gaps = starts[1:] - (starts[:-1] + row_bytes)
-    breaks = np.flatnonzero(gaps > max_gap) + 1
     scratch = memoryview(bytearray(max_gap))
-    bounds = np.concatenate(([0], breaks, [len(rows)]))
+    # one call per run of rows closer than max_gap; the loop is per row only to build the iovecs
+    joined = np.concatenate(([False], gaps <= max_gap)).tolist()
     gaps_list, starts_list, pos_list = gaps.tolist(), starts.tolist(), positions.tolist()
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        bufs, begin = [], starts_list[a]
-        for i in range(a, b):
-            if i > a and gaps_list[i - 1] > 0:
-                bufs.append(scratch[:gaps_list[i - 1]])
-            p = pos_list[i]
-            bufs.append(dest[p * row_bytes:(p + 1) * row_bytes])
-            if len(bufs) >= IOV_MAX - 1:
-                begin = _preadv_full(fd, path, bufs, begin, stats)
-                bufs = []
-        if bufs:
-            _preadv_full(fd, path, bufs, begin, stats)
+    bufs, begin, want = [], starts_list[0], 0
+    for i, p in enumerate(pos_list):
+        if not joined[i] or len(bufs) >= IOV_MAX - 1:
+            if bufs:
+                _preadv_full(fd, path, bufs, begin, want, stats)
+            bufs, begin, want = [], starts_list[i], 0
+        elif gaps_list[i - 1]:
+            bufs.append(scratch[:gaps_list[i - 1]])
+            want += gaps_list[i - 1]
+        bufs.append(dest[p * row_bytes:(p + 1) * row_bytes])
+        want += row_bytes
+    _preadv_full(fd, path, bufs, begin, want, stats)
 
 
-def _preadv_full(fd, path, bufs, offset, stats):
-    """preadv until every buffer is full; returns the offset after them. A read that ends early means the file
-    is shorter than its header and index say."""
-    want = sum(len(b) for b in bufs)
+def _preadv_full(fd, path, bufs, offset, want, stats):
+    """preadv `want` bytes into bufs, continuing after short reads. A read that ends early means the file is
+    shorter than its header and index say."""
     stats.bytes_requested += want
+    stats.reads += 1
+    n = os.preadv(fd, bufs, offset)
     end = offset + want
-    while bufs:
-        n = os.preadv(fd, bufs, offset)
-        stats.reads += 1
+    while n < want:
         if n == 0:
             raise DataError(f"{path!r} ended at byte {offset}, expected at least {end} bytes (truncated?)")
-        offset += n
-        while bufs and n >= len(bufs[0]):
+        offset, want = offset + n, want - n
+        while n >= len(bufs[0]):
             n -= len(bufs[0])
             bufs = bufs[1:]
-        if n:
-            bufs[0] = bufs[0][n:]
-    return end
+        bufs[0] = bufs[0][n:]
+        stats.reads += 1
+        n = os.preadv(fd, bufs, offset)
 
 
 def byte_view(raw):

@@ -72,3 +72,12 @@ def test_pickle_reopens(files):
     d, x, _ = files
     rows = pickle.loads(pickle.dumps(NpyRows(np.load(d / "x.npy", mmap_mode="r"))))
     assert np.array_equal(rows.take(np.array([9]))[0], x[[9]])
+
+
+def test_long_runs_with_gaps_are_split_at_the_iovec_limit(tmp_path):
+    a = np.arange(6000, dtype=np.int64)
+    np.save(tmp_path / "a.npy", a)
+    view = np.load(tmp_path / "a.npy", mmap_mode="r")[::3]          # 8-byte rows, 16-byte gaps: one run
+    rows = NpyRows(view)
+    (got,) = rows.take(np.arange(2000)[::-1])                          # 4,000 iovecs > IOV_MAX
+    assert np.array_equal(got, a[::3][::-1]) and rows.io_stats.reads == -(-3999 // (rowio.IOV_MAX - 1))
