@@ -76,13 +76,7 @@ def cmd_verify(args):
 
 
 def _shape(text):
-    try:
-        shape = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, received {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, received {text!r}")
-    return shape
+    return tuple(_positive(d.strip()) for d in text.split(","))
 
 
 def _align(text):

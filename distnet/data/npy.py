@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .format import DataError
-from .rowio import IOStats, as_indices, byte_view, decode, decoding, open_for_rows, read_rows, unique_plan
+from .rowio import RowReader, as_indices, byte_view, open_for_rows, read_rows, unique_plan
 
 MAGIC = b"\x93NUMPY"
 
@@ -174,7 +174,7 @@ def open_rows(source):
     return FileRows(where[0], where[1], arr.strides[0], arr.shape[0], arr.shape[1:], arr.dtype)
 
 
-class NpyRows:
+class NpyRows(RowReader):
     """Samples of one or more equally long arrays (paths of .npy files, memory-mapped arrays, or arrays),
     read row by row.
 
@@ -183,10 +183,10 @@ class NpyRows:
     def __init__(self, *sources, scale=None, dtype=None, names=None):
         if not sources:
             raise ValueError("NpyRows expects at least one source (.npy path or array), received none")
-        self.names = tuple(names) if names else tuple(["x", "y"][i] if i < 2 else f"field{i}"
-                                                     for i in range(len(sources)))
-        if len(self.names) != len(sources):
-            raise ValueError(f"NpyRows got {len(sources)} sources but {len(self.names)} names {self.names}")
+        names = tuple(names) if names else tuple(["x", "y"][i] if i < 2 else f"field{i}"
+                                                for i in range(len(sources)))
+        if len(names) != len(sources):
+            raise ValueError(f"NpyRows got {len(sources)} sources but {len(names)} names {names}")
         self._sources, self._lock = [], threading.Lock()
         try:
             for s in sources:
@@ -197,22 +197,11 @@ class NpyRows:
         lengths = [s.length for s in self._sources]
         if len(set(lengths)) > 1:
             self.close()
-            raise ValueError(f"NpyRows sources differ in number of samples: {dict(zip(self.names, lengths))}")
-        self._decoding = decoding(self.names, [s.dtype for s in self._sources], scale, dtype)
-        self.io_stats = IOStats()
+            raise ValueError(f"NpyRows sources differ in number of samples: {dict(zip(names, lengths))}")
+        self._init_fields(names, [s.shape for s in self._sources], [s.dtype for s in self._sources], scale, dtype)
 
     def __len__(self):
         return self._sources[0].length
-
-    @property
-    def shapes(self):
-        """Per source, the shape of one sample (without the sample dimension)."""
-        return tuple(s.shape for s in self._sources)
-
-    @property
-    def dtypes(self):
-        """Per source, the dtype take() returns (after dtype/scale)."""
-        return tuple(d for d, _ in self._decoding)
 
     def take(self, indices):
         """indices: (n,) int64 sample indices, any order, repeats allowed -> tuple of (n, *shape) arrays."""
@@ -220,17 +209,11 @@ class NpyRows:
         rows, positions, dups = unique_plan(idx)
         with self._lock:      # the prefetch thread and the caller may share a reader; IOStats is not atomic
             raws = [s.read(rows, positions, dups, len(idx), self.io_stats) for s in self._sources]
-        return tuple(decode(raw, d, sc) for raw, (d, sc) in zip(raws, self._decoding))
+        return self._decode(raws)
 
     def close(self):
         for s in self._sources:
             s.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}

@@ -25,12 +25,12 @@ import numpy as np
 
 from .format import INDEX, DataError, check_file_crc, check_file_size, crc_field, index_fields, read_index, row_crc32
 from .npy import read_header
-from .rowio import IOStats, as_indices, byte_view, decode, decoding, open_for_rows, read_rows, unique_plan
+from .rowio import RowReader, as_indices, byte_view, open_for_rows, read_rows, unique_plan
 
 VERIFY_MODES = ("lazy", "open", "off")
 
 
-class ShardedDataset:
+class ShardedDataset(RowReader):
     """A sharded data set directory, read by sample index.
 
     fields: which fields take() returns, in that order (e.g. ("x",) for predict).
@@ -48,7 +48,7 @@ class ShardedDataset:
         if isinstance(fields, str) or not fields or any(f not in stored for f in fields):
             raise DataError(f"{os.path.join(self.directory, INDEX)!r} has fields {list(stored)}; "
                             f"received fields={fields!r}")
-        self.fields = tuple(fields)
+        self.fields = tuple(fields)     # = self.names
         self._column = {name: i for i, name in enumerate(stored)}          # column in the crc files
         self._stored = [stored[f] for f in self.fields]
         self._shards = self.index["shards"]
@@ -56,10 +56,10 @@ class ShardedDataset:
         for s in self._shards:
             for entry in s["files"].values():
                 check_file_size(self.directory, entry)
-        self._decoding = decoding(self.fields, [f.dtype for f in self._stored], scale, dtype)
+        self._init_fields(self.fields, [f.shape for f in self._stored], [f.dtype for f in self._stored], scale,
+                          dtype)
         self._fds, self._max_open = OrderedDict(), max(int(max_open_files), len(self.fields))
         self._offsets, self._row_crcs, self._lock = {}, {}, threading.Lock()
-        self.io_stats = IOStats()
         if verify == "open":
             for s in self._shards:
                 for entry in s["files"].values():
@@ -71,16 +71,6 @@ class ShardedDataset:
     @property
     def num_shards(self):
         return len(self._shards)
-
-    @property
-    def shapes(self):
-        """Per field, the shape of one sample (without the sample dimension)."""
-        return tuple(f.shape for f in self._stored)
-
-    @property
-    def dtypes(self):
-        """Per field, the dtype take() returns (after dtype/scale decoding)."""
-        return tuple(d for d, _ in self._decoding)
 
     @property
     def open_files(self):
@@ -112,7 +102,7 @@ class ShardedDataset:
                     self._check_rows(s, local, pos, raws)
         for raw in raws:
             raw[dups[0]] = raw[dups[1]]
-        return tuple(decode(raw, d, sc) for raw, (d, sc) in zip(raws, self._decoding))
+        return self._decode(raws)
 
     def close(self):
         with self._lock:
@@ -122,12 +112,6 @@ class ShardedDataset:
     def __del__(self):
         if getattr(self, "_fds", None):
             self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __getstate__(self):     # for Ray and multiprocessing: reopen from the directory on the other side
         return {"directory": self.directory, **self._args}

@@ -31,6 +31,40 @@ class IOStats:
         return f"IOStats(bytes_requested={self.bytes_requested}, reads={self.reads})"
 
 
+class RowReader:
+    """What a trainer reads samples through: len(reader), `shapes` and `dtypes` of each field as the model sees
+    them, take(indices) -> one (len(indices), *shape) array per field, rows in the order of `indices`.
+    Subclasses (ShardedDataset, NpyRows) set `names`, `_shapes` and `_decoding` and implement take/close."""
+    names = ()
+
+    def _init_fields(self, names, shapes, stored_dtypes, scale, dtype):
+        self.names, self._shapes = tuple(names), tuple(tuple(s) for s in shapes)
+        self._decoding = decoding(self.names, stored_dtypes, scale, dtype)
+        self.io_stats = IOStats()
+
+    @property
+    def shapes(self):
+        """Per field, the shape of one sample (without the sample dimension)."""
+        return self._shapes
+
+    @property
+    def dtypes(self):
+        """Per field, the dtype take() returns (after dtype/scale decoding)."""
+        return tuple(d for d, _ in self._decoding)
+
+    def _decode(self, raws):
+        return tuple(decode(raw, d, sc) for raw, (d, sc) in zip(raws, self._decoding))
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def open_for_rows(path):
     """A read-only fd for row reads. POSIX_FADV_RANDOM turns the kernel's read-ahead off for it: the reads are
     exactly the pages of the rows asked for."""
