@@ -67,6 +67,7 @@ class _OpenFile:
 
     def abort(self):
         self.f.close()
+        os.remove(self.path)
 
 
 class ShardWriter:
@@ -130,10 +131,14 @@ class ShardWriter:
         return self.index
 
     def abort(self):
-        """Stop without writing the index (the directory then holds no data set)."""
+        """Stop without writing the index, and remove the shard files written so far."""
         for f in (self._files or {}).values():
             f.abort()
         self._files = None
+        for shard in self._shards:
+            for entry in shard["files"].values():
+                os.remove(os.path.join(self.directory, entry["name"]))
+        self._shards = []
 
     def __enter__(self):
         return self
@@ -198,7 +203,8 @@ def _prepare_directory(directory, overwrite):
     present = os.listdir(directory)
     if present and not overwrite:
         what = f"a data set ({INDEX})" if INDEX in present else f"{len(present)} file(s)"
-        raise FileExistsError(f"{directory!r} already holds {what}; choose a new directory or pass overwrite=True")
+        raise FileExistsError(f"{directory!r} already holds {what}; choose a new directory or overwrite it "
+                              "(overwrite=True, distnet-data pack --overwrite)")
     for name in present:
         if _OURS.match(name):
             os.remove(os.path.join(directory, name))

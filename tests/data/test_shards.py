@@ -164,6 +164,14 @@ def test_writer_rejects_mismatched_batches_and_existing_data(tmp_path):
         ShardWriter(tmp_path / "bad").write(crc=x)
 
 
+def test_a_failed_write_leaves_no_files(tmp_path):
+    x, y, _ = _arrays(30)
+    with pytest.raises(RuntimeError, match="source failed"), ShardWriter(tmp_path / "f", samples_per_shard=8) as w:
+        w.write(x=x[:20], y=y[:20])                  # two shards finished, one open
+        raise RuntimeError("source failed")
+    assert os.listdir(tmp_path / "f") == []
+
+
 def test_pickled_dataset_reopens(packed):
     path, x, _, _ = packed
     data = pickle.loads(pickle.dumps(ShardedDataset(path, scale=1 / 255, fields=("x",))))
