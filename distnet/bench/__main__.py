@@ -2,7 +2,7 @@
 
     distnet-bench engine    [--model mlp,cnn] [--batch 32] [--threads 1]
     distnet-bench allreduce -n 2,4 [--sizes 4K,1M,16M,64M]
-    distnet-bench data      --size-mb 200 -n 2 --rank 0 [--batch 256] [--steps 50] [--dir DIR]
+    distnet-bench data      --size-mb 200 -n 2 --rank 0 [--batch 256] [--steps 50] [--io-threads 1,4]
 All subcommands take --json FILE to write the records as {"results": [...]}.
 """
 import argparse
@@ -219,7 +219,7 @@ def cmd_memory(args):
 def cmd_data(args):
     from . import data
     aligns = [None if a == "none" else a for a in args.row_align.split(",")]
-    rows = data.run(args.dir, args.size_mb, args.n, args.rank, args.batch, args.steps, aligns,
+    rows = data.run(args.dir, args.size_mb, args.n, args.rank, args.batch, args.steps, aligns, args.io_threads,
                     progress=lambda m: print(m, file=sys.stderr))
     print(table(rows, [("reader", "reader", "{}"), ("cache", "cache", "{}"), ("rows", "rows", "{:,}"),
                        ("share_MB", "share MB", "{:.1f}"), ("read_MB", "read MB", "{:.1f}"),
@@ -294,6 +294,7 @@ def main(argv=None):
     d.add_argument("--batch", type=int, default=256, help="global batch")
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--row-align", default="none,page", help="shard layouts to pack and read: none, page or both")
+    d.add_argument("--io-threads", type=_ints, default=[1, 4], help="reader threads, e.g. 1,4")
     al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
     al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
     al.add_argument("--steps", type=int, default=20)

@@ -6,8 +6,9 @@ Packs a synthetic CIFAR-shaped set (uint8 32x32x3 images, int64 labels) as shard
 to whole pages: --row-align page) and as one plain .npy,
 evicts the files from the page cache (posix_fadvise DONTNEED), then reads rank r's slices of `steps` global
 batches of the (seed, epoch) permutation, as fit would, and reports `read_bytes` of /proc/self/io (what the disk
-delivered) against the bytes of the samples the rank trains on, and rows/s. Three readers: ShardedDataset,
-NpyRows on the .npy (positioned reads), and fancy indexing of np.load(mmap_mode='r') (page faults).
+delivered) against the bytes of the samples the rank trains on, and rows/s. The readers: ShardedDataset, NpyRows
+on the .npy (positioned reads; each with 1 or more I/O threads), and np.take of np.load(mmap_mode='r') (page
+faults, what fit does with a memory map today).
 """
 import os
 import time
@@ -96,20 +97,23 @@ def measure(name, take, n, size, rank, batch, steps, seed=0):
             "seconds": seconds}
 
 
-def readers(directory, aligns):
+def readers(directory, aligns, io_threads=(1,)):
     """(name, take function, closer) of the ways to read the same samples."""
     out = []
-    for a in aligns:
-        shards = ShardedDataset(shard_dir(directory, a))
-        out.append((f"shards, row-align {a or 'none'}", shards.take, shards.close))
-    rows = NpyRows(os.path.join(directory, "x.npy"), os.path.join(directory, "y.npy"))
+    for t in io_threads:
+        for a in aligns:
+            shards = ShardedDataset(shard_dir(directory, a), io_threads=t)
+            out.append((f"shards, row-align {a or 'none'}, {t} io thread(s)", shards.take, shards.close))
+        rows = NpyRows(os.path.join(directory, "x.npy"), os.path.join(directory, "y.npy"), io_threads=t)
+        out.append((f".npy (NpyRows), {t} io thread(s)", rows.take, rows.close))
     xm = np.load(os.path.join(directory, "x.npy"), mmap_mode="r")
     ym = np.load(os.path.join(directory, "y.npy"), mmap_mode="r")
-    return out + [(".npy (NpyRows, preadv)", rows.take, rows.close),
+    return out + [
             (".npy (mmap, np.take)", lambda idx: (np.take(xm, idx, axis=0), np.take(ym, idx)), lambda: None)]
 
 
-def run(directory, size_mb, size=2, rank=0, batch=256, steps=50, aligns=(None, "page"), warm=True, progress=print):
+def run(directory, size_mb, size=2, rank=0, batch=256, steps=50, aligns=(None, "page"), io_threads=(1,), warm=True,
+        progress=print):
     """Pack (unless already packed at this size), then measure each reader cold (and warm)."""
     marker = os.path.join(directory, f"packed-{size_mb}MB-{'-'.join(str(a) for a in aligns)}")
     if not os.path.exists(marker):
@@ -119,7 +123,7 @@ def run(directory, size_mb, size=2, rank=0, batch=256, steps=50, aligns=(None, "
     with open(marker) as f:
         n = int(f.read())
     rows = []
-    for name, take, close in readers(directory, aligns):
+    for name, take, close in readers(directory, aligns, io_threads):
         evict(data_files(directory))
         rows.append({**measure(name, take, n, size, rank, batch, steps), "cache": "cold"})
         if warm:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .format import DataError
-from .rowio import RowReader, as_indices, byte_view, open_for_rows, read_rows, unique_plan
+from .rowio import RowReader, as_indices, byte_view, open_for_rows, unique_plan
 
 MAGIC = b"\x93NUMPY"
 
@@ -122,13 +122,9 @@ class FileRows:
         rows = cls(path, h.offset, row_bytes, h.shape[0], h.shape[1:], h.dtype)
         return rows
 
-    def read(self, rows, positions, dups, n, stats):
-        """Rows `rows` (sorted, unique) into a new (n, *shape) array at `positions`; dups: (dst, src) copies."""
-        raw = np.empty((n,) + self.shape, self.dtype)
-        read_rows(self.fd, self.path, self.offset, self.stride, self.row_bytes, rows, byte_view(raw), positions,
-                  stats)
-        raw[dups[0]] = raw[dups[1]]
-        return raw
+    def fill(self, raw, rows, positions):
+        """The read job (see rowio.read_rows) putting file rows `rows` (sorted, unique) at `positions` of raw."""
+        return self.fd, self.path, self.offset, self.stride, self.row_bytes, rows, byte_view(raw), positions
 
     def close(self):
         if getattr(self, "fd", None) is not None:
@@ -151,11 +147,8 @@ class MemoryRows:
     def __init__(self, arr):
         self.arr, self.length, self.shape, self.dtype = arr, arr.shape[0], arr.shape[1:], arr.dtype
 
-    def read(self, rows, positions, dups, n, stats):
-        raw = np.empty((n,) + self.shape, self.dtype)
+    def fill(self, raw, rows, positions):
         raw[positions] = np.take(self.arr, rows, axis=0)
-        raw[dups[0]] = raw[dups[1]]
-        return raw
 
     def close(self):
         pass
@@ -180,7 +173,7 @@ class NpyRows(RowReader):
 
     take(indices) -> one array per source: (len(indices), *shape) rows in the order of `indices`."""
 
-    def __init__(self, *sources, scale=None, dtype=None, names=None):
+    def __init__(self, *sources, scale=None, dtype=None, names=None, io_threads=1):
         if not sources:
             raise ValueError("NpyRows expects at least one source (.npy path or array), received none")
         names = tuple(names) if names else tuple(["x", "y"][i] if i < 2 else f"field{i}"
@@ -198,7 +191,8 @@ class NpyRows(RowReader):
         if len(set(lengths)) > 1:
             self.close()
             raise ValueError(f"NpyRows sources differ in number of samples: {dict(zip(names, lengths))}")
-        self._init_fields(names, [s.shape for s in self._sources], [s.dtype for s in self._sources], scale, dtype)
+        self._init_fields(names, [s.shape for s in self._sources], [s.dtype for s in self._sources], scale, dtype,
+                          io_threads)
 
     def __len__(self):
         return self._sources[0].length
@@ -207,13 +201,18 @@ class NpyRows(RowReader):
         """indices: (n,) int64 sample indices, any order, repeats allowed -> tuple of (n, *shape) arrays."""
         idx = as_indices(indices, len(self), "NpyRows")
         rows, positions, dups = unique_plan(idx)
+        raws = [np.empty((len(idx),) + s.shape, s.dtype) for s in self._sources]
         with self._lock:      # the prefetch thread and the caller may share a reader; IOStats is not atomic
-            raws = [s.read(rows, positions, dups, len(idx), self.io_stats) for s in self._sources]
+            jobs = [s.fill(raw, rows, positions) for s, raw in zip(self._sources, raws)]
+            self._read([job for job in jobs if job is not None])
+        for raw in raws:
+            raw[dups[0]] = raw[dups[1]]
         return self._decode(raws)
 
     def close(self):
         for s in self._sources:
             s.close()
+        super().close()
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}

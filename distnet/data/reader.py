@@ -25,7 +25,7 @@ import numpy as np
 
 from .format import INDEX, DataError, check_file_crc, check_file_size, crc_field, index_fields, read_index, row_crc32
 from .npy import read_header
-from .rowio import RowReader, as_indices, byte_view, open_for_rows, read_rows, unique_plan
+from .rowio import RowReader, as_indices, byte_view, open_for_rows, unique_plan
 
 VERIFY_MODES = ("lazy", "open", "off")
 
@@ -35,13 +35,16 @@ class ShardedDataset(RowReader):
 
     fields: which fields take() returns, in that order (e.g. ("x",) for predict).
     scale, dtype: decoding of the first field (a scalar) or of any field ({"x": 1 / 255}); see rowio.decoding.
-    verify: "lazy" | "open" | "off" (see the module docstring)."""
+    verify: "lazy" | "open" | "off" (see the module docstring).
+    io_threads: threads issuing reads within one take (several outstanding reads: faster on a cold cache).
+    max_open_files: shard files kept open (least recently used ones are closed beyond it)."""
 
-    def __init__(self, directory, fields=("x", "y"), scale=None, dtype=None, verify="lazy", max_open_files=256):
+    def __init__(self, directory, fields=("x", "y"), scale=None, dtype=None, verify="lazy", io_threads=1,
+                 max_open_files=256):
         if verify not in VERIFY_MODES:
             raise ValueError(f"ShardedDataset expects verify to be one of {VERIFY_MODES}, received {verify!r}")
         self.directory, self.verify = os.fspath(directory), verify
-        self._args = {"fields": fields, "scale": scale, "dtype": dtype, "verify": verify,
+        self._args = {"fields": fields, "scale": scale, "dtype": dtype, "verify": verify, "io_threads": io_threads,
                       "max_open_files": max_open_files}
         self.index = read_index(self.directory)
         stored = {f.name: f for f in index_fields(self.index)}
@@ -57,7 +60,7 @@ class ShardedDataset(RowReader):
             for entry in s["files"].values():
                 check_file_size(self.directory, entry)
         self._init_fields(self.fields, [f.shape for f in self._stored], [f.dtype for f in self._stored], scale,
-                          dtype)
+                          dtype, io_threads)
         self._fds, self._max_open = OrderedDict(), max(int(max_open_files), len(self.fields))
         self._offsets, self._row_crcs, self._lock = {}, {}, threading.Lock()
         if verify == "open":
@@ -91,14 +94,20 @@ class ShardedDataset(RowReader):
         views = [byte_view(r) for r in raws]
         shard = np.searchsorted(self._starts, rows, side="right") - 1
         bounds = np.concatenate(([0], np.flatnonzero(np.diff(shard)) + 1, [len(rows)])).tolist() if len(rows) else []
+        groups = [(int(shard[lo]), rows[lo:hi] - self._starts[int(shard[lo])], positions[lo:hi])
+                  for lo, hi in itertools.pairwise(bounds)]
         with self._lock:         # the prefetch thread and the caller may share a reader
-            for lo, hi in itertools.pairwise(bounds):
-                s = int(shard[lo])
-                local, pos = rows[lo:hi] - self._starts[s], positions[lo:hi]
+            jobs = []
+            for s, local, pos in groups:
                 for j, f in enumerate(self._stored):
                     fd, offset, path = self._file(s, j)
-                    read_rows(fd, path, offset, f.stride, f.row_bytes, local, views[j], pos, self.io_stats)
-                if self.verify != "off":
+                    jobs.append((fd, path, offset, f.stride, f.row_bytes, local, views[j], pos))
+            try:
+                self._read(jobs)
+            finally:
+                self._close_beyond_limit()
+            if self.verify != "off":
+                for s, local, pos in groups:
                     self._check_rows(s, local, pos, raws)
         for raw in raws:
             raw[dups[0]] = raw[dups[1]]
@@ -108,6 +117,7 @@ class ShardedDataset(RowReader):
         with self._lock:
             while self._fds:
                 os.close(self._fds.popitem()[1])
+        super().close()
 
     def __del__(self):
         if getattr(self, "_fds", None):
@@ -141,10 +151,14 @@ class ShardedDataset(RowReader):
                     os.close(fd)
                     raise
             self._fds[key] = fd
-            while len(self._fds) > self._max_open:
-                os.close(self._fds.popitem(last=False)[1])
         self._fds.move_to_end(key)
         return fd, self._offsets[key], path
+
+    def _close_beyond_limit(self):
+        """Close the least recently used files beyond max_open_files (after a take: none of its files is
+        closed while it reads)."""
+        while len(self._fds) > self._max_open:
+            os.close(self._fds.popitem(last=False)[1])
 
     def _check_rows(self, s, local, pos, raws):
         """Compare the CRC-32 of every row just read with the shard's crc file."""

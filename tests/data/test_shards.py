@@ -2,6 +2,8 @@
 import json
 import os
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -170,6 +172,29 @@ def test_a_failed_write_leaves_no_files(tmp_path):
         w.write(x=x[:20], y=y[:20])                  # two shards finished, one open
         raise RuntimeError("source failed")
     assert os.listdir(tmp_path / "f") == []
+
+
+def test_io_threads_read_the_same_rows_and_bytes(packed):
+    path, x, y, _ = packed
+    idx = np.random.default_rng(2).permutation(103)[:90]
+    serial, threaded = ShardedDataset(path), ShardedDataset(path, io_threads=4)
+    for a, b, want in zip(serial.take(idx), threaded.take(idx), (x[idx], y[idx])):
+        assert np.array_equal(a, want) and np.array_equal(b, want)
+    assert threaded.io_stats.bytes_requested == serial.io_stats.bytes_requested
+    assert any(t.name.startswith("distnet-io") for t in threading.enumerate())
+    threaded.close()
+    assert _threads_gone("distnet-io")
+    with pytest.raises(ValueError, match="expects io_threads to be a positive int, received 0"):
+        ShardedDataset(path, io_threads=0)
+
+
+def _threads_gone(prefix, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(t.name.startswith(prefix) for t in threading.enumerate()):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_pickled_dataset_reopens(packed):
