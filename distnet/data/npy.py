@@ -215,7 +215,7 @@ class NpyRows(RowReader):
         super().close()
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_executor")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
