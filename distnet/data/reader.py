@@ -5,7 +5,8 @@
     xb, yb = data.take(sharding.local_batch(order, step, batch_size, rank, size))
 
 take() groups the indices by shard, sorts them, and reads each run of nearby rows with one preadv into the
-output rows (rowio.py), so a worker reads its own share of each global batch and nothing else.
+output rows (rowio.py; on `io_threads` threads), so a worker reads its own share of each global batch and
+nothing else.
 
 Checks, each a DataError naming the file and what was expected and found, raised before take() returns any
 sample of the batch: at open, every file listed exists with the recorded size; the first time a shard is
@@ -120,7 +121,7 @@ class ShardedDataset(RowReader):
         super().close()
 
     def __del__(self):
-        if getattr(self, "_fds", None):
+        if getattr(self, "_fds", None) is not None:       # not when __init__ failed early
             self.close()
 
     def __getstate__(self):     # for Ray and multiprocessing: reopen from the directory on the other side
