@@ -56,7 +56,8 @@ def test_errors(files, tmp_path):
     with pytest.raises(ValueError, match=r"sources differ in number of samples: \{'x': 50, 'y': 3\}"):
         NpyRows(d / "x.npy", np.zeros(3))
     (tmp_path / "t.npy").write_bytes(header_bytes((10, 4), np.float32) + bytes(16))
-    with pytest.raises(DataError, match=r"'.*t.npy' is truncated: its header says shape \(10, 4\) \(288 bytes\), the file has 144"):
+    with pytest.raises(DataError, match=r"'.*t.npy' is truncated: its header says shape \(10, 4\) \(288 bytes\), "
+                                        "the file has 144"):
         NpyRows(tmp_path / "t.npy")
     np.save(tmp_path / "f.npy", np.asfortranarray(np.zeros((3, 4))))
     with pytest.raises(DataError, match="is in Fortran order"):
