@@ -2,6 +2,7 @@
 
     distnet-bench engine    [--model mlp,cnn] [--batch 32] [--threads 1]
     distnet-bench allreduce -n 2,4 [--sizes 4K,1M,16M,64M]
+    distnet-bench data      --size-mb 200 -n 2 --rank 0 [--batch 256] [--steps 50] [--io-threads 1,4]
 All subcommands take --json FILE to write the records as {"results": [...]}.
 """
 import argparse
@@ -215,6 +216,19 @@ def cmd_memory(args):
     return rows
 
 
+def cmd_data(args):
+    from . import data
+    aligns = [None if a == "none" else a for a in args.row_align.split(",")]
+    rows = data.run(args.dir, args.size_mb, args.n, args.rank, args.batch, args.steps, aligns, args.io_threads,
+                    progress=lambda m: print(m, file=sys.stderr))
+    print(table(rows, [("reader", "reader", "{}"), ("cache", "cache", "{}"), ("rows", "rows", "{:,}"),
+                       ("share_MB", "share MB", "{:.1f}"), ("read_MB", "read MB", "{:.1f}"),
+                       ("read_vs_share", "read/share", "{:.2f}x"), ("rows_per_s", "rows/s", "{:,.0f}")]))
+    print(f"rank {args.rank} of {args.n}, global batch {args.batch}, {rows[0]['steps']} steps; read = read_bytes "
+          "of /proc/self/io; share = the rank's images + labels")
+    return rows
+
+
 def cmd_all(args):
     """The default benchmark: allreduce and scaling on both backends, the cost model, and the plots."""
     os.makedirs(args.out, exist_ok=True)
@@ -272,14 +286,23 @@ def main(argv=None):
     m.add_argument("--batch", type=int, default=32)
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--compare", choices=["torch"], default=None)
+    d = sub.add_parser("data", help="storage reads of one rank's share: shards vs .npy (preadv) vs mmap")
+    d.add_argument("--size-mb", type=int, default=200, help="size of the synthetic CIFAR-shaped set")
+    d.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "distnet-bench-data"))
+    d.add_argument("-n", type=int, default=2, help="number of workers")
+    d.add_argument("--rank", type=int, default=0)
+    d.add_argument("--batch", type=int, default=256, help="global batch")
+    d.add_argument("--steps", type=int, default=50)
+    d.add_argument("--row-align", default="none,page", help="shard layouts to pack and read: none, page or both")
+    d.add_argument("--io-threads", type=_ints, default=[1, 4], help="reader threads, e.g. 1,4")
     al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
     al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
     al.add_argument("--steps", type=int, default=20)
-    for s in (e, a, sc, m, al):
+    for s in (e, a, sc, m, d, al):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)
     rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling,
-            "memory": cmd_memory, "all": cmd_all}[args.command](args)
+            "memory": cmd_memory, "data": cmd_data, "all": cmd_all}[args.command](args)
     if args.command == "all" and not args.json:
         args.json = os.path.join(args.out, "results.json")
     if args.json:

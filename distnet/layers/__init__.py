@@ -5,12 +5,13 @@ from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshap
 from .normalization import BatchNormalization
 from .pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D, MaxPool2D,
                       MaxPooling2D)
+from .preprocessing import RandomFlip, RandomTranslation, Rescaling
 
 Convolution2D = Conv2D
 
 _REGISTRY = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D,
                                            MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-                                           BatchNormalization)}
+                                           BatchNormalization, Rescaling, RandomFlip, RandomTranslation)}
 
 
 def get_layer_class(class_name):
@@ -27,4 +28,5 @@ def register(cls):
 
 __all__ = ["Layer", "Weight", "Input", "InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Reshape",
            "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
-           "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization", "get_layer_class", "register"]
+           "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization", "Rescaling", "RandomFlip",
+           "RandomTranslation", "get_layer_class", "register"]
