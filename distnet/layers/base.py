@@ -91,6 +91,7 @@ class Layer:
     `compute_output_shape(input_shape)`; shapes exclude the batch dimension, as Keras's `input_shape` does."""
     multi_input = False     # True for layers that take a list of tensors (merge layers)
     multi_output = False    # True for layers that return a list of tensors (an RNN with return_state)
+    uses_sample_ids = False     # True for layers whose randomness follows the samples (set_batch_context)
     generator = None    # a layer that draws random numbers in training (Dropout) keeps its np.random.Generator
     # here, so that checkpoints can save and restore where it is
 

@@ -6,6 +6,14 @@ rank takes) lives in distnet.data.sharding; the adapter only reads what it is as
 """
 import numpy as np
 
+from ..data import sharding
+
+
+def _row_reader(x):
+    """A NpyRows reader for a memory-mapped array (read by file offset), else None."""
+    from ..data.npy import NpyRows, mapped_file
+    return NpyRows(x) if mapped_file(x) else None
+
 
 def check_batch_size(batch_size, what):
     """Keras's default of 32, else a positive int (bools are refused: True is not a batch size)."""
@@ -111,13 +119,35 @@ def structure(value, names, what):
     return list(value)
 
 
-class ArrayData:
+class IndexedData:
+    """What every source indexed by sample (arrays, row readers) shares: the epoch order by (seed, epoch) and
+    rank r's slice of each global batch (distnet.data.sharding)."""
+    prefetch = False
+
+    def num_steps(self, batch_size):
+        return sharding.num_steps(self.num_samples, batch_size)
+
+    def epoch_order(self, seed, epoch, shuffle):
+        return sharding.epoch_order(self.num_samples, seed, epoch, shuffle)
+
+    def local_batch(self, order, step, batch_size, rank, size, what):
+        """(global sample ids, (x, y, w)) of rank's slice of global batch `step`."""
+        idx = sharding.local_batch(order, step, batch_size, rank, size)
+        return idx, self.batch(idx, what)
+
+    def end_epoch(self):
+        pass
+
+
+class ArrayData(IndexedData):
     """In-memory (or memory-mapped) arrays of one call: xs (one per model input, (n, ...)), ys (one per output,
     prepared for its loss) or None, w (n,) or None. `many_inputs`/`many_outputs` say whether batches are lists."""
 
     def __init__(self, xs, ys=None, w=None, dtype=np.float32, many_inputs=False, many_outputs=False):
         self.xs, self.ys, self.w, self.dtype = list(xs), ys, w, np.dtype(dtype)
         self.many_inputs, self.many_outputs = many_inputs, many_outputs
+        # a memory-mapped input is read row by row (preadv of the batch's rows), never through page faults
+        self.row_readers = [_row_reader(x) for x in self.xs]
         counts = {x.shape[0] for x in self.xs} | ({y.shape[0] for y in ys} if ys is not None else set())
         if len(counts) > 1:
             raise ValueError(f"all inputs and targets must have the same number of samples, received "
@@ -153,7 +183,8 @@ class ArrayData:
         return out if self.many_inputs else out[0]
 
     def _rows(self, x, idx, what):
-        xb = np.take(x, idx, axis=0)
+        reader = self.row_readers[next(i for i, v in enumerate(self.xs) if v is x)]
+        xb = reader.take(idx)[0] if reader is not None else np.take(x, idx, axis=0)
         if xb.dtype != self.dtype:
             xb = xb.astype(self.dtype)
         if xb.dtype.kind == "f" and not np.isfinite(xb).all():

@@ -4,7 +4,6 @@ import numpy as np
 
 from .. import timeline as timeline_mod, utils
 from ..callbacks import CallbackList, History, ProgbarLogger
-from ..data import sharding
 from . import adapter
 from .resume import FitState
 
@@ -40,7 +39,7 @@ class FitLoop:
         model.sync_replicas({"training data (samples)": n, "batch_size": B,
                              "validation_data (samples)": None if val is None else val.num_samples})
         seed = strategy.data_seed(utils.get_seed())
-        steps = sharding.num_steps(n, B)
+        steps = data.num_steps(B)
         if self.steps_per_epoch is not None:
             steps = min(self.steps_per_epoch, steps)
         step = model.make_step(data.y)
@@ -70,31 +69,39 @@ class FitLoop:
         model, B = self.model, self.batch_size
         strategy, flat = model.distribute_strategy, model.flat_state
         cbs.on_epoch_begin(epoch)
-        order = sharding.epoch_order(data.num_samples, state.seed, epoch, self.shuffle)
+        order = data.epoch_order(state.seed, epoch, self.shuffle)
         totals, first_step, logs = step.stats.new_totals(), 0, {}
         if epoch == start[0] and start[2] is not None:
             totals[...], first_step = start[2], start[1]
             logs = step.stats.logs(totals)      # the epoch's logs so far (its steps may all be done already)
-        for i in range(first_step, steps):
-            cbs.on_train_batch_begin(i)
-            with tl.phase("data"):
-                idx = sharding.local_batch(order, i, B, strategy.rank, strategy.num_workers)
-                batch = data.batch(idx, "fit")
-            penalty = flat.penalty()
-            sync = (i + 1) % model.steps_per_sync == 0 or i == steps - 1
-            slots = step.train(*batch, tl, sync)
-            if slots is not None:
-                step.stats.add(totals, slots, penalty)
-                logs = step.stats.logs(totals)
-            state.at(epoch, i + 1, totals)
-            cbs.on_train_batch_end(i, logs)
-            if model.stop_training:
-                break
+        rank, size = strategy.rank, strategy.num_workers
+        batches = batch_stream(data, order, range(first_step, steps), B, rank, size, f"fit() epoch {epoch + 1}")
+        try:
+            for i in range(first_step, steps):
+                cbs.on_train_batch_begin(i)
+                with tl.phase("data"):
+                    ids, batch = next(batches)
+                    model.set_batch_context(epoch, ids)
+                penalty = flat.penalty()
+                sync = (i + 1) % model.steps_per_sync == 0 or i == steps - 1
+                slots = step.train(*batch, tl, sync)
+                if slots is not None:
+                    step.stats.add(totals, slots, penalty)
+                    logs = step.stats.logs(totals)
+                state.at(epoch, i + 1, totals)
+                cbs.on_train_batch_end(i, logs)
+                if model.stop_training:
+                    break
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        data.end_epoch()
         strategy.average_(flat.state)
         logs = dict(logs)
         if val is not None and (epoch + 1) % self.validation_freq == 0:
             vb = self.validation_batch_size or B
-            vsteps = sharding.num_steps(val.num_samples, vb)
+            vsteps = val.num_steps(vb)
             if self.validation_steps is not None:
                 vsteps = min(vsteps, self.validation_steps)
             val_logs = evaluate_data(model, step, val, vb, vsteps)
@@ -104,20 +111,39 @@ class FitLoop:
         return logs
 
 
+def batch_stream(data, order, steps, batch_size, rank, size, what):
+    """(sample ids, (x, y, w)) of rank's slice of each global batch in `steps`; read ahead on a background
+    thread (distnet.data.Prefetcher) when the source reads from storage."""
+    def produce(i):
+        return data.local_batch(order, i, batch_size, rank, size, what)
+    if getattr(data, "prefetch", False):
+        from ..data import Prefetcher
+        return Prefetcher(produce, steps, depth=2, describe=lambda i: f"{what}, step {i + 1}")
+    return (produce(i) for i in steps)
+
+
 def evaluate_data(model, step, data, batch_size, num_steps, callbacks=None):
     """Sharded over workers: each evaluates its slice of every batch; sums are combined once at the end."""
     strategy = model.distribute_strategy
     totals = step.stats.new_totals()
     slots = np.zeros(step.stats.size, dtype=np.float64)
-    order = np.arange(data.num_samples)
-    for i in range(num_steps):
-        if callbacks:
-            callbacks.on_test_batch_begin(i)
-        idx = sharding.local_batch(order, i, batch_size, strategy.rank, strategy.num_workers)
-        step.evaluate(*data.batch(idx, "evaluate"), slots)
-        totals[:-1] += slots
-        if callbacks:
-            callbacks.on_test_batch_end(i, step.stats.logs(totals))
+    order = data.epoch_order(0, 0, False)
+    batches = batch_stream(data, order, range(num_steps), batch_size, strategy.rank, strategy.num_workers,
+                           "evaluate")
+    try:
+        for i in range(num_steps):
+            if callbacks:
+                callbacks.on_test_batch_begin(i)
+            _, batch = next(batches)
+            step.evaluate(*batch, slots)
+            totals[:-1] += slots
+            if callbacks:
+                callbacks.on_test_batch_end(i, step.stats.logs(totals))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    data.end_epoch()
     strategy.sum_(totals)
     totals[-1] = model.flat_state.penalty() * totals[0]
     return step.stats.logs(totals)

@@ -8,7 +8,7 @@ from .. import optimizers as optimizers_mod
 from ..callbacks import CallbackList
 from ..data import sharding
 from ..parallel.strategy import DataParallel
-from . import adapter
+from . import adapter, sources
 from .fit_loop import FitLoop, evaluate_data
 from .compile_config import CompileConfig
 from .step import Step
@@ -93,8 +93,10 @@ class Trainer:
         self.step = Step(self, heads, self.optimizer, self.distribute_strategy, self.steps_per_sync)
         return self.step
 
-    def arrays(self, x, y, what, sample_weight=None, class_weight=None):
-        """Checked data of one call, the model built for it."""
+    def arrays(self, x, y, what, sample_weight=None, class_weight=None, steps=None):
+        """Checked data of one call (arrays, a row reader, a PyDataset or a generator), the model built for it."""
+        if sources.is_reader(x) or sources.is_batches(x):
+            return self._source(x, y, what, sample_weight, class_weight, steps)
         xs = self.input_arrays(x, what)
         n = xs[0].shape[0]
         names = self.output_names
@@ -109,6 +111,36 @@ class Trainer:
         w = adapter.sample_weights(ys[0], n, sample_weight, class_weight, self.flat_state.params.dtype)
         return adapter.ArrayData(xs, ys, w, self.flat_state.params.dtype, self.multiple_inputs,
                                  self.multiple_outputs)
+
+    def _source(self, x, y, what, sample_weight, class_weight, steps):
+        if y is not None or sample_weight is not None or class_weight is not None:
+            raise ValueError(f"{what}(): when x is a {type(x).__name__}, it provides the targets (and sample "
+                             "weights) itself: leave y, sample_weight and class_weight out")
+        if self.multiple_inputs or self.multiple_outputs:
+            raise ValueError(f"{what}(): a {type(x).__name__} feeds models with one input and one output")
+        dtype = self.flat_state.params.dtype if self.built else np.float32
+        if sources.is_reader(x):
+            if not self.built:
+                self.build_for(tuple(x.shapes[0]))
+            data = sources.ReaderData(x, self.compile_settings.losses(self.output_names)[0], self.output_shape[1:],
+                                      dtype, what)
+        else:
+            data = sources.BatchesData(x, None, None, dtype, steps)
+            if not self.built:
+                self.build_for(data.input_shapes[0])
+            data.bind(self.compile_settings.losses(self.output_names)[0], self.output_shape[1:])
+        shape = tuple(data.input_shapes[0])
+        if shape != tuple(self.input_shape[1:]):
+            raise ValueError(f"Model '{self.name}' expects input of shape {self.input_shape} in {what}, received "
+                             f"samples of shape {(None,) + shape} from {x!r}")
+        return data
+
+    def set_batch_context(self, epoch, sample_ids):
+        """Tell the layers whose randomness follows the samples (preprocessing augmentation) which global samples
+        the next training forward holds, so the augmented stream is the same for any number of workers."""
+        for layer in self.layers:
+            if layer.uses_sample_ids:
+                layer.set_batch_context(epoch, sample_ids)
 
     def input_arrays(self, x, what):
         """x as a list of checked arrays, one per model input (a list in input order or a dict by name)."""
@@ -143,12 +175,12 @@ class Trainer:
         self._require_compiled("fit")
         loop = FitLoop(self, batch_size, epochs, verbose, shuffle, initial_epoch, steps_per_epoch,
                        validation_steps, validation_batch_size, validation_freq)
-        data = self.arrays(x, y, "fit", sample_weight, class_weight)
+        data = self.arrays(x, y, "fit", sample_weight, class_weight, steps=steps_per_epoch)
         val = None
         if validation_data is None and validation_split:
             data, val = data.split(validation_split)
         elif validation_data is not None:
-            val = self._validation_arrays(validation_data)
+            val = self._validation_source(validation_data, validation_steps)
         return loop.run(data, val, callbacks)
 
     def _validation_arrays(self, validation_data):
@@ -157,6 +189,11 @@ class Trainer:
                              f"received {type(validation_data).__name__}")
         sw = validation_data[2] if len(validation_data) == 3 else None
         return self.arrays(validation_data[0], validation_data[1], "validation", sw)
+
+    def _validation_source(self, validation_data, steps):
+        if sources.is_reader(validation_data) or sources.is_batches(validation_data):
+            return self.arrays(validation_data, None, "validation", steps=steps)
+        return self._validation_arrays(validation_data)
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
@@ -167,8 +204,8 @@ class Trainer:
         the end (so on_test_batch_end sees this rank's running values)."""
         self._require_compiled("evaluate")
         batch_size = adapter.check_batch_size(batch_size, "evaluate")
-        data = self.arrays(x, y, "evaluate", sample_weight)
-        num_steps = _limit_steps(sharding.num_steps(data.num_samples, batch_size), steps, "steps")
+        data = self.arrays(x, y, "evaluate", sample_weight, steps=steps)
+        num_steps = _limit_steps(data.num_steps(batch_size), steps, "steps")
         self.sync_replicas({"evaluate data (samples)": data.num_samples, "evaluate batch_size": batch_size})
         step = self.make_step(data.y)
         cbs = CallbackList(callbacks or [], self, {"steps": num_steps})
