@@ -115,8 +115,8 @@ from distnet.data import ShardedDataset
 from distnet.models import Sequential
 comm = distnet.distributed.init()
 distnet.utils.set_random_seed(11)
-m = Sequential([layers.Input((6, 6, 1)), layers.RandomFlip("horizontal", seed=3), layers.Conv2D(3, 3, activation="relu"),
-                layers.Flatten(), layers.Dense(2, activation="softmax")])
+m = Sequential([layers.Input((6, 6, 1)), layers.RandomFlip("horizontal", seed=3),
+                layers.Conv2D(3, 3, activation="relu"), layers.Flatten(), layers.Dense(2, activation="softmax")])
 m.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
 m.fit(ShardedDataset(sys.argv[1] + "/packed", scale=1 / 255, dtype="float32"), batch_size=16, epochs=2, verbose=0)
 if comm.rank == 0:
