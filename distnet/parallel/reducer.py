@@ -134,6 +134,13 @@ class Reducer:
             f.result()
         self._pending = []
 
+    def in_order(self, fn, *args):
+        """Run fn(*args) after every collective already queued on the communication thread (there, when one is
+        running), so that all ranks issue their collectives in the same order."""
+        if self._pool is None or not self._pending:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
     def _submit(self, piece, exact=False):
         if exact:
             job = self.comm.allreduce_

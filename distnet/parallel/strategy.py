@@ -111,6 +111,13 @@ class DataParallel:
             self.comm.allreduce_(array)
         return array
 
+    def sum_in_order(self, array):
+        """sum_ from inside a step (synchronized BatchNormalization): when gradients are being summed on the
+        communication thread, this sum queues behind them, so every rank issues collectives in one order."""
+        if self.comm.size > 1:
+            self.reducer.in_order(self.comm.allreduce_, array)
+        return array
+
     def average_(self, array):
         """Make `array` the mean over workers, in place (e.g. BatchNormalization's moving statistics)."""
         if self.comm.size > 1 and array.size:

@@ -138,6 +138,9 @@ class Step:
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
         self.mid_accumulation = False       # True between the micro-batches of one accumulated update
+        for layer in model.layers:          # synchronized BatchNormalization sums its statistics over workers
+            if getattr(layer, "synchronized", False):
+                layer.sum_across_workers = strategy.sum_in_order
 
     def outputs_and_losses(self, xb, ys, training, with_grad):
         """Forward, then per head (per-sample losses, gradient); ys: one target array per head."""

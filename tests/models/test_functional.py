@@ -1,0 +1,151 @@
+"""The functional API: graphs with skip connections, several inputs and outputs, gradients, files, summaries."""
+import json
+
+import numpy as np
+import pytest
+
+import distnet
+from distnet import layers
+from distnet.models import Model, Sequential, load_model
+from tests.parallel.mpi_helpers import run_mpi
+
+
+def residual(seed=0):
+    distnet.utils.set_random_seed(seed)
+    inputs = distnet.Input((6,))
+    h = layers.Dense(6, activation="tanh")(inputs)
+    h = layers.Add()([h, layers.Dense(6, activation="tanh")(h)])        # h feeds two layers: a fan-out
+    outputs = layers.Dense(3, activation="softmax")(layers.Concatenate()([h, inputs]))
+    return Model(inputs, outputs, name="res")
+
+
+def test_a_chain_written_functionally_trains_exactly_like_the_sequential():
+    distnet.utils.set_random_seed(1)
+    inputs = distnet.Input((5,))
+    f = Model(inputs, layers.Dense(1)(layers.Dense(4, activation="relu")(inputs)))
+    s = Sequential([layers.Input((5,)), layers.Dense(4, activation="relu"), layers.Dense(1)])
+    s.set_weights(f.get_weights())
+    x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    for m in (f, s):
+        m.compile(loss="mse", optimizer="adam")
+        m.fit(x, x.sum(axis=1), batch_size=8, epochs=2, verbose=0, shuffle=False)
+    np.testing.assert_array_equal(f.flat_state.params, s.flat_state.params)
+    assert isinstance(s, Model)
+
+
+def test_gradients_of_a_graph_with_fan_out_match_finite_differences(float64):
+    model = residual()
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    x = np.random.default_rng(1).normal(size=(7, 6))
+    y = np.array([0, 1, 2, 1, 0, 2, 1])
+    step = model.make_step(y)
+    flat = model.flat_state
+
+    def loss():
+        _, per_head = step.outputs_and_losses(x, [y], True, False)
+        return per_head[0][0].sum()
+    _, per_head = step.outputs_and_losses(x, [y], True, True)
+    model.backward(per_head[0][1], fused=step.fused)
+    analytic = flat.grads.copy()
+    from tests.conftest import assert_grad_close
+    assert_grad_close(analytic, flat.params, loss, rtol=1e-5, atol=1e-7, max_entries=80)
+
+
+def two_in_two_out():
+    distnet.utils.set_random_seed(3)
+    a, b = distnet.Input((4,), name="a"), distnet.Input((3,), name="b")
+    h = layers.Dense(8, activation="relu")(layers.Concatenate()([a, b]))
+    cls = layers.Dense(2, activation="softmax", name="cls")(h)
+    reg = layers.Dense(1, name="reg")(h)
+    return Model([a, b], [cls, reg])
+
+
+def data(n=48):
+    r = np.random.default_rng(4)
+    a, b = r.normal(size=(n, 4)).astype(np.float32), r.normal(size=(n, 3)).astype(np.float32)
+    return a, b, (a[:, 0] > 0).astype(np.int64), (a.sum(axis=1) + b.sum(axis=1)).astype(np.float32)
+
+
+def test_two_inputs_two_outputs_losses_weights_and_metrics_per_output():
+    m = two_in_two_out()
+    m.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"}, loss_weights={"cls": 1.0, "reg": 0.5},
+              metrics={"cls": ["accuracy"]}, optimizer="adam")
+    a, b, yc, yr = data()
+    h = m.fit({"a": a, "b": b}, [yc, yr], batch_size=16, epochs=3, verbose=0)
+    assert {"loss", "cls_loss", "reg_loss", "cls_accuracy"} <= set(h.history)
+    logs = m.evaluate([a, b], {"cls": yc, "reg": yr}, verbose=0, return_dict=True)
+    assert np.isclose(logs["loss"], logs["cls_loss"] + 0.5 * logs["reg_loss"], rtol=1e-5)
+    pc, pr = m.predict([a, b], verbose=0)
+    assert pc.shape == (48, 2) and pr.shape == (48, 1)
+    with pytest.raises(ValueError, match=r"x given as a dict must have exactly the keys \['a', 'b'\]"):
+        m.predict({"a": a}, verbose=0)
+    with pytest.raises(ValueError, match="Input 'b' of model .* expects shape \\(None, 3\\)"):
+        m.predict([a, a], verbose=0)
+
+
+def test_graph_models_save_load_and_summarise(tmp_path):
+    m = two_in_two_out()
+    m.compile(loss=["sparse_categorical_crossentropy", "mse"], optimizer="adam")
+    a, b, yc, yr = data()
+    m.fit([a, b], [yc, yr], epochs=1, verbose=0)
+    m.save(tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz")
+    for p, q in zip(m.predict([a, b], verbose=0), back.predict([a, b], verbose=0)):
+        np.testing.assert_array_equal(p, q)
+    back.fit([a, b], [yc, yr], epochs=1, verbose=0)          # compiled, with the optimizer state
+    lines = []
+    m.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    assert "Connected to" in text and "concatenate" in text and "a[0][0], b[0][0]" in text
+
+
+def test_graph_errors_name_the_problem():
+    x = distnet.Input((3,))
+    d = layers.Dense(2)
+    d(x)
+    with pytest.raises(ValueError, match="already called in a graph"):
+        d(x)
+    other = distnet.Input((3,))
+    y = layers.Add()([layers.Dense(3)(x), other])
+    with pytest.raises(ValueError, match="Graph disconnected"):
+        Model(x, y)
+    with pytest.raises(ValueError, match="takes a list of tensors"):
+        layers.Add()(x)
+    with pytest.raises(TypeError, match="Model inputs must be symbolic tensors"):
+        Model(np.zeros(3), y)
+
+
+RESIDUAL_JOB = """
+import json, sys
+import numpy as np
+import distnet
+from distnet import layers
+comm = distnet.distributed.init()
+distnet.utils.set_random_seed(2)
+inputs = distnet.Input((6, 6, 1))
+h = layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+h = layers.Activation("relu")(layers.BatchNormalization(synchronized=True)(h))
+h2 = layers.BatchNormalization(synchronized=True)(layers.Conv2D(4, 3, padding="same", use_bias=False)(h))
+h = layers.Activation("relu")(layers.Add()([h, h2]))
+out = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(h))
+m = distnet.Model(inputs, out)
+m.compile(loss="sparse_categorical_crossentropy", optimizer="adam", overlap=True, bucket_bytes=64)
+r = np.random.default_rng(0)
+x = r.normal(size=(50, 6, 6, 1)).astype(np.float32)
+m.fit(x, (x.mean(axis=(1, 2, 3)) > 0).astype(int) + (x[:, 0, 0, 0] > 1), batch_size=10, epochs=2, verbose=0)
+if comm.rank == 0:
+    json.dump(m.flat_state.params.tolist() + m.flat_state.state.tolist(),
+              open(f"{sys.argv[1]}/res_{comm.size}.json", "w"))
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_residual_model_trains_the_same_on_1_2_3_workers(tmp_path):
+    """With synchronized BatchNormalization (global-batch statistics), and gradients overlapped with backward."""
+    for n in (1, 2, 3):
+        res = run_mpi(n, RESIDUAL_JOB, tmp_path, args=(str(tmp_path),), timeout=150)
+        assert res.returncode == 0, res.stderr[-3000:]
+    ref = np.array(json.loads((tmp_path / "res_1.json").read_text()))
+    for n in (2, 3):
+        np.testing.assert_allclose(np.array(json.loads((tmp_path / f"res_{n}.json").read_text())), ref,
+                                   rtol=1e-5, atol=1e-5)
