@@ -88,7 +88,13 @@ def normalize_tuple(value, n, arg, layer):
 
 class Layer:
     """Base layer. Subclasses implement `build(input_shape)`, `call(x, training)`, `backward(grad)` and
-    `compute_output_shape(input_shape)`; shapes exclude the batch dimension, as Keras's `input_shape` does."""
+    `compute_output_shape(input_shape)`; shapes exclude the batch dimension, as Keras's `input_shape` does.
+
+    Several inputs or outputs: a layer with `multi_input = True` (a class attribute: the merge layers) takes a
+    list of shapes in `build_for`, a list of arrays in `call`, and returns a list of input gradients from
+    `backward`. A layer whose `multi_output` is True (an instance attribute: an RNN with return_state=True)
+    returns a list of shapes from `compute_output_shape`/`build_for` and a list of arrays from `call`, and its
+    `backward` receives a list with one gradient per output, None for an output that got none (zero)."""
     multi_input = False     # True for layers that take a list of tensors (merge layers)
     multi_output = False    # True for layers that return a list of tensors (an RNN with return_state)
     uses_sample_ids = False     # True for layers whose randomness follows the samples (set_batch_context)
@@ -124,14 +130,16 @@ class Layer:
         pass
 
     def build_for(self, input_shape):
-        """Build once for `input_shape` (no batch dim); return the output shape."""
-        input_shape = tuple(input_shape)
+        """Build once for `input_shape` (no batch dim; a list of shapes for a multi-input layer); return the
+        output shape (a list of shapes for a multi-output layer)."""
+        input_shape = tuple(tuple(s) for s in input_shape) if self.multi_input else tuple(input_shape)
         if not self.built:
             self.validate_input_shape(input_shape)
             self.input_shape = input_shape
             self.build(input_shape)
             self.built = True
-            self.output_shape = tuple(self.compute_output_shape(input_shape))
+            shape = self.compute_output_shape(input_shape)
+            self.output_shape = [tuple(s) for s in shape] if self.multi_output else tuple(shape)
         elif input_shape != self.input_shape:
             self._shape_error(input_shape)
         return self.output_shape
@@ -149,11 +157,13 @@ class Layer:
         """On symbolic tensors: add this layer to a functional graph. On arrays: run it once (a copy)."""
         if symbolic.is_symbolic(x):
             return symbolic.connect(self, x)
-        x = np.asarray(x)
+        x = [np.asarray(a) for a in x] if self.multi_input else np.asarray(x)
         if not self.built:
-            self.build_for(x.shape[1:])
+            self.build_for([a.shape[1:] for a in x] if self.multi_input else x.shape[1:])
         self.check_input(x)
-        return np.array(self.call(x, training=training))   # a copy: call() may return a reused workspace
+        out = self.call(x, training=training)
+        # a copy: call() may return a reused workspace
+        return [np.array(o) for o in out] if self.multi_output else np.array(out)
 
     def workspace(self, name, shape, dtype=None):
         """A buffer owned by this layer, reused step after step while the shape stays the same (no per-step
@@ -165,10 +175,18 @@ class Layer:
         return buf
 
     def check_input(self, x):
-        if x.shape[1:] != self.input_shape:
+        if self.multi_input:
+            if tuple(a.shape[1:] for a in x) != self.input_shape:
+                self._shape_error([a.shape[1:] for a in x], [a.shape for a in x])
+        elif x.shape[1:] != self.input_shape:
             self._shape_error(x.shape[1:], x.shape)
 
     def _shape_error(self, got, full=None):
+        if self.multi_input:
+            want = [(None,) + tuple(s) for s in self.input_shape]
+            full = [tuple(f) for f in full] if full is not None else [(None,) + tuple(g) for g in got]
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' expects inputs of shapes {want}, "
+                             f"received shapes {full}")
         full = full if full is not None else (None,) + tuple(got)
         raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of shape "
                          f"{(None,) + tuple(self.input_shape)}, received shape {tuple(full)}")
