@@ -176,6 +176,7 @@ _BY_NAME = {
     "lecun_uniform": LecunUniform, "lecun_normal": LecunNormal, "orthogonal": Orthogonal,
 }
 _CLASS_TO_NAME = {cls: name for name, cls in _BY_NAME.items()}
+_ALIASES = {"uniform": "random_uniform", "normal": "random_normal"}    # Keras's short names (Embedding: 'uniform')
 
 
 def get(identifier):
@@ -185,7 +186,8 @@ def get(identifier):
     if isinstance(identifier, dict):
         return _BY_NAME[identifier["class_name"]](**identifier.get("config", {}))
     if isinstance(identifier, str):
-        key = identifier if identifier in _BY_NAME else _camel_to_snake(identifier)
+        key = _ALIASES.get(identifier, identifier)
+        key = key if key in _BY_NAME else _camel_to_snake(key)
         if key in _BY_NAME:
             return _BY_NAME[key]()
     raise ValueError(f"Unknown initializer {identifier!r}; valid names: {', '.join(sorted(_BY_NAME))}")

@@ -1,17 +1,43 @@
 """Keras-compatible layers (channels-last, float32 by default)."""
 from .base import Layer, Weight
-from .conv import Conv2D
+from .conv import Conv1D, Conv2D, Convolution1D, Convolution2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
-from .normalization import BatchNormalization
-from .pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D, MaxPool2D,
-                      MaxPooling2D)
+from .embedding import Embedding
+from .global_pooling import (
+    GlobalAveragePooling1D,
+    GlobalAveragePooling2D,
+    GlobalAvgPool1D,
+    GlobalAvgPool2D,
+    GlobalMaxPool1D,
+    GlobalMaxPool2D,
+    GlobalMaxPooling1D,
+    GlobalMaxPooling2D,
+)
+from .gru import GRU
+from .lstm import LSTM
+from .merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
+from .normalization import BatchNormalization, LayerNormalization
+from .padding import ZeroPadding1D, ZeroPadding2D
+from .pooling import (
+    AveragePooling1D,
+    AveragePooling2D,
+    AvgPool1D,
+    AvgPool2D,
+    MaxPool1D,
+    MaxPool2D,
+    MaxPooling1D,
+    MaxPooling2D,
+)
 from .preprocessing import RandomFlip, RandomTranslation, Rescaling
+from .recurrent import SimpleRNN
+from .wrappers import Bidirectional, TimeDistributed
 
-Convolution2D = Conv2D
-
-_REGISTRY = {cls.__name__: cls for cls in (InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv2D,
-                                           MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-                                           BatchNormalization, Rescaling, RandomFlip, RandomTranslation)}
+_REGISTRY = {cls.__name__: cls for cls in (
+    InputLayer, Dense, Activation, Dropout, Flatten, Reshape, Conv1D, Conv2D, MaxPooling1D, MaxPooling2D,
+    AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
+    GlobalMaxPooling2D, ZeroPadding1D, ZeroPadding2D, BatchNormalization, LayerNormalization, Embedding,
+    SimpleRNN, LSTM, GRU, Bidirectional, TimeDistributed, Add, Subtract, Multiply, Average, Maximum, Minimum,
+    Concatenate, Rescaling, RandomFlip, RandomTranslation)}
 
 
 def get_layer_class(class_name):
@@ -26,7 +52,56 @@ def register(cls):
     return cls
 
 
-__all__ = ["Layer", "Weight", "Input", "InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Reshape",
-           "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
-           "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization", "Rescaling", "RandomFlip",
-           "RandomTranslation", "get_layer_class", "register"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "Activation",
+    "Add",
+    "Average",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AvgPool1D",
+    "AvgPool2D",
+    "BatchNormalization",
+    "Bidirectional",
+    "Concatenate",
+    "Conv1D",
+    "Conv2D",
+    "Convolution1D",
+    "Convolution2D",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAvgPool1D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool1D",
+    "GlobalMaxPool2D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "Input",
+    "InputLayer",
+    "Layer",
+    "LayerNormalization",
+    "MaxPool1D",
+    "MaxPool2D",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "Maximum",
+    "Minimum",
+    "RandomFlip",
+    "RandomTranslation",
+    "Multiply",
+    "Reshape",
+    "Rescaling",
+    "SimpleRNN",
+    "Subtract",
+    "TimeDistributed",
+    "Weight",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "get_layer_class",
+    "register",
+]

@@ -120,7 +120,8 @@ class Layer:
 
     # -- construction -------------------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer="zeros", regularizer=None, trainable=True):
-        value = initializers.get(initializer)(tuple(shape), self.dtype)
+        # C order, so a reshape of value is a view (orthogonal init of a wide matrix comes out transposed)
+        value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape), self.dtype))
         w = Weight(f"{self.name}/{name}", value, trainable=trainable and self.trainable,
                    regularizer=regularizers.get(regularizer))
         self._weights.append(w)

@@ -1,5 +1,11 @@
-"""Conv2D as im2col + one GEMM. x: (batch, h, w, in_channels) -> (batch, out_h, out_w, filters);
-kernel: (kh, kw, in_channels, filters), Keras's layout."""
+"""Convolutions as im2col + one GEMM, channels-last, Keras's kernel layouts:
+
+    Conv2D  x: (batch, h, w, in_channels) -> (batch, out_h, out_w, filters); kernel: (kh, kw, in_channels, filters)
+    Conv1D  x: (batch, steps, in_channels) -> (batch, out_steps, filters);   kernel: (k, in_channels, filters)
+
+A Conv1D is computed as a Conv2D of height 1 on a (batch, 1, steps, channels) view (its kernel viewed as
+(1, k, in, filters)), so both share one im2col, one GEMM and one input-gradient loop.
+"""
 import numpy as np
 
 from .. import backend
@@ -7,60 +13,86 @@ from . import kernels
 from .base import ActivatedLayer, normalize_tuple, sum_rows
 
 
-class Conv2D(ActivatedLayer):
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
-                 dilation_rate=(1, 1), activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+class _Conv(ActivatedLayer):
+    rank = 2
+    paddings = ("valid", "same")
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None, dilation_rate=1,
+                 groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        where = f"Conv2D layer '{self.name}'"
+        where, r = f"{type(self).__name__} layer '{self.name}'", self.rank
         if not isinstance(filters, (int, np.integer)) or filters <= 0:
             raise ValueError(f"{where} expects filters to be a positive int, received {filters!r}")
-        if padding not in ("valid", "same"):
-            raise ValueError(f"{where} expects padding 'valid' or 'same', received {padding!r}")
+        if padding not in self.paddings:
+            raise ValueError(f"{where} expects padding {' or '.join(map(repr, self.paddings))}, "
+                             f"received {padding!r}")
         if data_format not in (None, "channels_last"):
             raise ValueError(f"{where} supports data_format='channels_last' only, received {data_format!r}")
-        if normalize_tuple(dilation_rate, 2, "dilation_rate", where) != (1, 1):
-            raise ValueError(f"{where} supports dilation_rate=(1, 1) only, received {dilation_rate!r}")
+        if groups != 1:
+            raise ValueError(f"{where} supports groups=1 only, received {groups!r}")
         self.filters = int(filters)
-        self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size", where)
-        self.strides = normalize_tuple(strides, 2, "strides", where)
+        self.kernel_size = normalize_tuple(kernel_size, r, "kernel_size", where)
+        self.strides = normalize_tuple(strides, r, "strides", where)
+        self.dilation_rate = normalize_tuple(dilation_rate, r, "dilation_rate", where)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:      # as Keras 3
+            raise ValueError(f"{where}: strides > 1 is not supported together with dilation_rate > 1, received "
+                             f"strides={self.strides} and dilation_rate={self.dilation_rate}")
         self.padding = padding
         self._kernel_options(activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
                              bias_regularizer)
 
+    # -- the 2-D view every rank computes in: (batch, h, w, channels) --------------------------------------
+    def _as_2d(self, t):
+        """(kernel, strides, dilation) as (height, width) pairs; a 1-D layer has height 1."""
+        return (1,) * (2 - self.rank) + tuple(t)
+
     def _geometry(self, input_shape):
-        h, w, _ = input_shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.strides
-        oh, pad_h = kernels.conv_output_size(h, kh, sh, self.padding)
-        ow, pad_w = kernels.conv_output_size(w, kw, sw, self.padding)
-        return (oh, ow), (pad_h, pad_w)
+        """((out_h, out_w), (pad_h, pad_w)) for input_shape without the batch dim."""
+        hw = self._as_2d(input_shape[:-1])
+        ks, ss, ds = (self._as_2d(t) for t in (self.kernel_size, self.strides, self.dilation_rate))
+        geo = [kernels.conv_output_size(size, k, s, self.padding, d) for size, k, s, d in zip(hw, ks, ss, ds)]
+        return tuple(g[0] for g in geo), tuple(g[1] for g in geo)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"Conv2D layer '{self.name}' expects input of rank 4 (batch, height, width, "
-                             f"channels), received shape {(None,) + tuple(input_shape)}")
-        (oh, ow), _ = self._geometry(input_shape)
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"Conv2D layer '{self.name}' with kernel_size {self.kernel_size} does not fit input "
-                             f"of shape {(None,) + tuple(input_shape)} with padding '{self.padding}'")
+        if len(input_shape) != self.rank + 1:
+            dims = "steps" if self.rank == 1 else "height, width"
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of rank {self.rank + 2} "
+                             f"(batch, {dims}, channels), received shape {(None,) + tuple(input_shape)}")
+        out, _ = self._geometry(input_shape)
+        if min(out) <= 0:
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' with kernel_size {self.kernel_size} does "
+                             f"not fit input of shape {(None,) + tuple(input_shape)} with padding '{self.padding}'")
 
     def build(self, input_shape):
-        kh, kw = self.kernel_size
-        self.kernel = self.add_weight("kernel", (kh, kw, input_shape[-1], self.filters), self.kernel_initializer,
-                                      self.kernel_regularizer)
+        self.kernel = self.add_weight("kernel", self.kernel_size + (input_shape[-1], self.filters),
+                                      self.kernel_initializer, self.kernel_regularizer)
         self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer,
                                     self.bias_regularizer) if self.use_bias else None
         self._out_hw, self._pads = self._geometry(input_shape)
+        self._in_hwc = self._as_2d(input_shape[:-1]) + (input_shape[-1],)
+        self._k2, self._s2, self._d2 = (self._as_2d(t) for t in (self.kernel_size, self.strides,
+                                                                 self.dilation_rate))
 
     def compute_output_shape(self, input_shape):
-        (oh, ow), _ = self._geometry(input_shape)
-        return (oh, ow, self.filters)
+        out, _ = self._geometry(input_shape)
+        return out[2 - self.rank:] + (self.filters,)
 
+    def _out_view(self, y):
+        """A (n, oh, ow, f) array seen in the layer's own output shape."""
+        return y.reshape((y.shape[0],) + self.output_shape)
+
+    @property
+    def preactivation(self):
+        return None if self._z is None else self._out_view(self._z)
+
+    # -- forward / backward -------------------------------------------------------------------------------
     def call(self, x, training=False):
+        x = x.reshape((x.shape[0],) + self._in_hwc)
         n, c = x.shape[0], x.shape[-1]
-        kh, kw = self.kernel_size
-        padded = any(map(any, self._pads))
-        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, self._pads)) if padded else None
+        (kh, kw), pads = self._k2, self._pads
+        padded = any(map(any, pads))
+        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else None
         cols = self.workspace("cols", (n, *self._out_hw, kh, kw, c))
         z = self.workspace("z", (n, *self._out_hw, self.filters))
         k = self.kernel.value.reshape(-1, self.filters)
@@ -68,8 +100,8 @@ class Conv2D(ActivatedLayer):
         inplace = act.from_output and not self.keep_preactivation
 
         def work(lo, hi, t):              # one slice of the batch: pad, im2col, GEMM, bias, activation
-            xp = kernels.pad_hw(x[lo:hi], self._pads, out=xp_all[lo:hi] if padded else None)
-            kernels.im2col(xp, self.kernel_size, self.strides, self._out_hw, cols[lo:hi])
+            xp = kernels.pad_hw(x[lo:hi], pads, out=xp_all[lo:hi] if padded else None)
+            kernels.im2col(xp, self._k2, self._s2, self._out_hw, cols[lo:hi], self._d2)
             zc = z[lo:hi]
             np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, self.filters))
             if self.bias is not None:
@@ -80,26 +112,28 @@ class Conv2D(ActivatedLayer):
         self._cols = cols
         if inplace:
             self._z, self._a = None, z
-            return z
-        return self._activate(z)
+            return self._out_view(z)
+        return self._out_view(self._activate(z))
 
     def backward(self, grad, need_input_grad=True):
+        grad = grad.reshape(self._a.shape)
         if self.activation.name == "relu" and self._z is None:      # fuse relu's backward into the slices
             return self._backward_slices(grad, need_input_grad, relu=True)
         return super().backward(grad, need_input_grad)
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
-        return self._backward_slices(grad_z, need_input_grad, relu=False)
+        return self._backward_slices(grad_z.reshape(self._a.shape), need_input_grad, relu=False)
 
     def _backward_slices(self, grad, need_input_grad, relu):
         n = grad.shape[0]
         kdim = self.kernel.value.size // self.filters
-        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self.input_shape, self._pads)) \
+        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads)) \
             if need_input_grad else None
-        part = self.workspace("dx_part", (n, *self._out_hw, self.input_shape[-1])) if need_input_grad else None
+        part = self.workspace("dx_part", (n, *self._out_hw, self._in_hwc[-1])) if need_input_grad else None
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None
-        kh, kw = self.kernel_size
+        (kh, kw), (dh, dw) = self._k2, self._d2
+        k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
 
         def work(lo, hi, t):
@@ -122,8 +156,8 @@ class Conv2D(ActivatedLayer):
                 d.fill(0)
                 for i in range(kh):
                     for j in range(kw):
-                        np.matmul(g2, self.kernel.value[i, j].T, out=p.reshape(g2.shape[0], p.shape[-1]))
-                        kernels.window(d, i, j, self.strides, self._out_hw)[...] += p
+                        np.matmul(g2, k4[i, j].T, out=p.reshape(g2.shape[0], p.shape[-1]))
+                        kernels.window(d, i * dh, j * dw, self._s2, self._out_hw)[...] += p
             return dk, db
 
         parts = backend.parallel_batches(n, work)
@@ -132,8 +166,25 @@ class Conv2D(ActivatedLayer):
                 self.kernel.grad += dk.reshape(self.kernel.grad.shape)
             if want_b:
                 self.bias.grad += db
-        return kernels.unpad_hw(dxp, self._pads) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, **self._kernel_config()}
+                "strides": list(self.strides), "padding": self.padding,
+                "dilation_rate": list(self.dilation_rate), **self._kernel_config()}
+
+
+class Conv2D(_Conv):
+    """2-D convolution over height and width (padding 'valid' or 'same')."""
+    rank = 2
+
+
+class Conv1D(_Conv):
+    """1-D convolution over steps (padding 'valid', 'same' or 'causal': output t sees inputs up to t)."""
+    rank = 1
+    paddings = ("valid", "same", "causal")
+
+
+Convolution1D, Convolution2D = Conv1D, Conv2D

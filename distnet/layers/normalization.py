@@ -1,8 +1,11 @@
-"""BatchNormalization over the last (channel) axis, with Keras's defaults (momentum 0.99, epsilon 1e-3).
+"""BatchNormalization over the last (channel) axis, with Keras's defaults (momentum 0.99, epsilon 1e-3), and
+LayerNormalization over each sample's last axis (or axes).
 
-Training normalises with the batch's own statistics (on each worker, its local shard, as Horovod and DDP do
-without SyncBatchNorm) and updates the moving statistics; inference uses the moving statistics.
+Batch normalization in training normalises with the batch's own statistics (on each worker, its local shard, as
+Horovod and DDP do without SyncBatchNorm) and updates the moving statistics; inference uses the moving statistics.
 """
+import math
+
 import numpy as np
 
 from .. import initializers, regularizers
@@ -116,5 +119,94 @@ class BatchNormalization(Layer):
                 "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
                 "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}
+
+
+class LayerNormalization(Layer):
+    """Normalise each sample over `axis` (default: the last), then scale by gamma and shift by beta, with
+    Keras's defaults (epsilon 1e-3). axis counts the batch dimension as Keras does (-1 or 1..rank-1, or a list);
+    gamma and beta have the shape of the normalised axes. x: (batch, ...) -> same shape."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, rms_scaling=False, **kwargs):
+        super().__init__(**kwargs)
+        where = f"LayerNormalization layer '{self.name}'"
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        if not axes or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"{where} expects axis as an int or a list of ints, received {axis!r}")
+        for arg, v in (("beta_constraint", beta_constraint), ("gamma_constraint", gamma_constraint)):
+            if v is not None:
+                raise ValueError(f"{where} does not support {arg}, received {v!r}")
+        if rms_scaling:
+            raise ValueError(f"{where} does not support rms_scaling=True (deprecated in Keras), received "
+                             f"{rms_scaling!r}")
+        self.axis = axis if isinstance(axis, (int, np.integer)) else list(axis)
+        self.epsilon, self.center, self.scale = float(epsilon), center, scale
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+
+    def _axes(self, input_shape):
+        """The normalised axes of the full (batch, ...) array, as sorted positive ints."""
+        rank = len(input_shape) + 1
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        out = sorted({a % rank for a in axes if -rank <= a < rank})
+        if len(out) != len(axes) or 0 in out:
+            raise ValueError(f"LayerNormalization layer '{self.name}' expects axis in 1..{rank - 1} or "
+                             f"-{rank - 1}..-1 (not the batch axis, no repeats) for input of shape "
+                             f"{(None,) + tuple(input_shape)}, received axis={self.axis!r}")
+        return tuple(out)
+
+    def validate_input_shape(self, input_shape):
+        self._axes(input_shape)
+
+    def build(self, input_shape):
+        axes = self._axes(input_shape)
+        shape = tuple(input_shape[a - 1] for a in axes)
+        self._reduce = axes
+        # gamma/beta broadcast against (batch, ...): size 1 on every axis that is not normalised
+        self._param_view = tuple(input_shape[a - 1] if a in axes else 1 for a in range(1, len(input_shape) + 1))
+        self.gamma = self.add_weight("gamma", shape, self.gamma_initializer, self.gamma_regularizer) \
+            if self.scale else None
+        self.beta = self.add_weight("beta", shape, self.beta_initializer, self.beta_regularizer) \
+            if self.center else None
+
+    def call(self, x, training=False):
+        mean = x.mean(axis=self._reduce, keepdims=True)
+        xc = np.subtract(x, mean, out=self.workspace("xhat", x.shape))
+        var = np.mean(np.square(xc), axis=self._reduce, keepdims=True)
+        self._inv_std = 1.0 / np.sqrt(var + x.dtype.type(self.epsilon))
+        self._xhat = np.multiply(xc, self._inv_std, out=xc)
+        out = self.workspace("out", x.shape)
+        if self.gamma is not None:
+            np.multiply(self._xhat, self.gamma.value.reshape(self._param_view), out=out)
+        else:
+            np.copyto(out, self._xhat)
+        if self.beta is not None:
+            out += self.beta.value.reshape(self._param_view)
+        return out
+
+    def backward(self, grad, need_input_grad=True):
+        others = tuple(a for a in range(grad.ndim) if a not in self._reduce)    # batch and unnormalised axes
+        xhat = self._xhat
+        if self.gamma is not None and self.gamma.grad is not None:
+            self.gamma.grad[...] = np.sum(grad * xhat, axis=others).reshape(self.gamma.grad.shape)
+        if self.beta is not None and self.beta.grad is not None:
+            self.beta.grad[...] = np.sum(grad, axis=others).reshape(self.beta.grad.shape)
+        if not need_input_grad:
+            return None
+        dxhat = grad * self.gamma.value.reshape(self._param_view) if self.gamma is not None else grad
+        ax = self._reduce
+        m = math.prod(xhat.shape[a] for a in ax)          # values per normalised group
+        return (self._inv_std / m) * (m * dxhat - dxhat.sum(axis=ax, keepdims=True)
+                                      - xhat * (dxhat * xhat).sum(axis=ax, keepdims=True))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "beta_regularizer": regularizers.serialize(self.beta_regularizer),
                 "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}

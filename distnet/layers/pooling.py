@@ -1,4 +1,5 @@
-"""Pooling over height and width of channels-last images: (batch, h, w, c) -> (batch, out_h, out_w, c).
+"""Pooling over height and width of channels-last images: (batch, h, w, c) -> (batch, out_h, out_w, c), and
+over the steps of sequences: (batch, steps, c) -> (batch, out_steps, c), computed as images of height 1.
 
 Both poolings loop over the kh*kw offsets of the window (4 for 2x2) and work on whole strided slices, so any
 pool size, stride and padding runs at NumPy speed without a loop over pixels.
@@ -10,43 +11,61 @@ from . import kernels
 from .base import Layer, normalize_tuple
 
 
-class _Pooling2D(Layer):
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+class _Pooling(Layer):
+    """Shared by the 1-D and 2-D poolings: subclasses implement `_forward4(x)` and `_backward4(grad)` on the
+    (batch, h, w, c) view; `self._in_hwc` is the input shape in that view."""
+    rank = 2
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
         super().__init__(**kwargs)
         where = f"{type(self).__name__} layer '{self.name}'"
         if padding not in ("valid", "same"):
             raise ValueError(f"{where} expects padding 'valid' or 'same', received {padding!r}")
         if data_format not in (None, "channels_last"):
             raise ValueError(f"{where} supports data_format='channels_last' only, received {data_format!r}")
-        self.pool_size = normalize_tuple(pool_size, 2, "pool_size", where)
-        self.strides = normalize_tuple(strides if strides is not None else self.pool_size, 2, "strides", where)
+        self.pool_size = normalize_tuple(pool_size, self.rank, "pool_size", where)
+        self.strides = normalize_tuple(strides if strides is not None else self.pool_size, self.rank, "strides",
+                                       where)
         self.padding = padding
+        # the (height, width) view every rank computes in: a 1-D pooling has height 1
+        self._pool2, self._s2 = ((1,) * (2 - self.rank) + t for t in (self.pool_size, self.strides))
+
+    def _geometry(self, input_shape):
+        hw = (1,) * (2 - self.rank) + tuple(input_shape[:-1])
+        geo = [kernels.conv_output_size(size, p, s, self.padding) for size, p, s in zip(hw, self._pool2, self._s2)]
+        return tuple(g[0] for g in geo), tuple(g[1] for g in geo)
 
     def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of rank 4 (batch, height, "
-                             f"width, channels), received shape {(None,) + tuple(input_shape)}")
-        if min(self.compute_output_shape(input_shape)[:2]) <= 0:
+        if len(input_shape) != self.rank + 1:
+            dims = "steps" if self.rank == 1 else "height, width"
+            raise ValueError(f"{type(self).__name__} layer '{self.name}' expects input of rank {self.rank + 2} "
+                             f"(batch, {dims}, channels), received shape {(None,) + tuple(input_shape)}")
+        if min(self._geometry(input_shape)[0]) <= 0:
             raise ValueError(f"{type(self).__name__} layer '{self.name}' with pool_size {self.pool_size} does not "
                              f"fit input of shape {(None,) + tuple(input_shape)}")
 
     def build(self, input_shape):
-        h, w, _ = input_shape
-        oh, pad_h = kernels.conv_output_size(h, self.pool_size[0], self.strides[0], self.padding)
-        ow, pad_w = kernels.conv_output_size(w, self.pool_size[1], self.strides[1], self.padding)
-        self._out_hw, self._pads = (oh, ow), (pad_h, pad_w)
+        self._out_hw, self._pads = self._geometry(input_shape)
+        self._in_hwc = (1,) * (2 - self.rank) + tuple(input_shape)
 
     def compute_output_shape(self, input_shape):
-        h, w, c = input_shape
-        oh, _ = kernels.conv_output_size(h, self.pool_size[0], self.strides[0], self.padding)
-        ow, _ = kernels.conv_output_size(w, self.pool_size[1], self.strides[1], self.padding)
-        return (oh, ow, c)
+        return self._geometry(input_shape)[0][2 - self.rank:] + (input_shape[-1],)
+
+    def call(self, x, training=False):
+        out = self._forward4(x.reshape((x.shape[0],) + self._in_hwc))
+        return out.reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, grad, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        dx = self._backward4(grad.reshape((grad.shape[0], *self._out_hw, grad.shape[-1])))
+        return dx.reshape((grad.shape[0],) + self.input_shape)
 
     def _offsets(self):
-        return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
+        return [(i, j) for i in range(self._pool2[0]) for j in range(self._pool2[1])]
 
     def _padded_zeros(self, n):
-        h, w, c = self.input_shape
+        h, w, c = self._in_hwc
         (pt, pb), (pl, pr) = self._pads
         return np.zeros((n, h + pt + pb, w + pl + pr, c), self.dtype)
 
@@ -55,16 +74,16 @@ class _Pooling2D(Layer):
                 "padding": self.padding}
 
 
-class MaxPooling2D(_Pooling2D):
+class _MaxPooling(_Pooling):
     """Max over each window; the gradient goes to the first maximum of each window (row-major), as in
     TensorFlow. The default 2x2/stride-2 pooling takes a fast path: two pairwise maxima over reshaped views
     (pairs of columns, then pairs of rows), remembering at each stage which half won."""
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._pairwise = self.pool_size == (2, 2) and self.strides == (2, 2) and self.padding == "valid"
+        self._pairwise = self._pool2 == (2, 2) and self._s2 == (2, 2) and self.padding == "valid"
 
-    def call(self, x, training=False):
+    def _forward4(self, x):
         if self._pairwise:
             return self._pairwise_forward(x)
         xp = kernels.pad_hw(x, self._pads, value=-np.inf)
@@ -74,7 +93,7 @@ class MaxPooling2D(_Pooling2D):
         better = self.workspace("better", shape, bool)
         arg.fill(0)
         for k, (i, j) in enumerate(self._offsets()):
-            v = kernels.window(xp, i, j, self.strides, self._out_hw)
+            v = kernels.window(xp, i, j, self._s2, self._out_hw)
             if k == 0:
                 np.copyto(out, v)
                 continue
@@ -83,22 +102,20 @@ class MaxPooling2D(_Pooling2D):
             np.maximum(out, v, out=out)
         return out
 
-    def backward(self, grad, need_input_grad=True):
-        if not need_input_grad:
-            return None
+    def _backward4(self, grad):
         if self._pairwise:
             return self._pairwise_backward(grad)
         n = grad.shape[0]
-        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self.input_shape, self._pads))
+        dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
         hit = self.workspace("better", grad.shape, bool)
         arg = self.workspace("arg", grad.shape, np.uint8)
-        disjoint = self.strides == self.pool_size and not any(map(any, self._pads))
-        covered = disjoint and all(d == o * p for d, o, p in zip(self.input_shape, self._out_hw, self.pool_size))
+        disjoint = self._s2 == self._pool2 and not any(map(any, self._pads))
+        covered = disjoint and all(d == o * p for d, o, p in zip(self._in_hwc, self._out_hw, self._pool2))
         if not covered:           # windows overlap or leave a border: accumulate into zeros
             dxp.fill(0)
         for k, (i, j) in enumerate(self._offsets()):
             np.equal(arg, k, out=hit)
-            dst = kernels.window(dxp, i, j, self.strides, self._out_hw)
+            dst = kernels.window(dxp, i, j, self._s2, self._out_hw)
             if disjoint:
                 np.multiply(grad, hit, out=dst)
             else:
@@ -136,7 +153,7 @@ class MaxPooling2D(_Pooling2D):
         n, c = grad.shape[0], grad.shape[-1]
         oh, ow = self._out_hw
         per = 2 * oh * ow
-        h, w, _ = self.input_shape
+        h, w, _ = self._in_hwc
         dt = self.workspace("d_colmax", (n * oh, 2, ow * c))
         dx = self.workspace("dx", (n, h, w, c))
         cropped = (h, w) != (2 * oh, 2 * ow)
@@ -159,63 +176,47 @@ class MaxPooling2D(_Pooling2D):
         return dx
 
 
-class AveragePooling2D(_Pooling2D):
+class _AveragePooling(_Pooling):
     """Mean over each window; with padding='same' only the real (unpadded) values count, as in Keras."""
 
     def build(self, input_shape):
         super().build(input_shape)
-        ones = kernels.pad_hw(np.ones((1,) + tuple(input_shape[:2]) + (1,), self.dtype), self._pads)
-        count = sum(kernels.window(ones, i, j, self.strides, self._out_hw) for i, j in self._offsets())
+        ones = kernels.pad_hw(np.ones((1,) + self._in_hwc[:2] + (1,), self.dtype), self._pads)
+        count = sum(kernels.window(ones, i, j, self._s2, self._out_hw) for i, j in self._offsets())
         self._inv_count = (1.0 / count).astype(self.dtype)
 
-    def call(self, x, training=False):
+    def _forward4(self, x):
         xp = kernels.pad_hw(x, self._pads)
         out = np.zeros((x.shape[0], *self._out_hw, x.shape[-1]), self.dtype)
         for i, j in self._offsets():
-            out += kernels.window(xp, i, j, self.strides, self._out_hw)
+            out += kernels.window(xp, i, j, self._s2, self._out_hw)
         out *= self._inv_count
         return out
 
-    def backward(self, grad, need_input_grad=True):
-        if not need_input_grad:
-            return None
+    def _backward4(self, grad):
         dxp = self._padded_zeros(grad.shape[0])
         g = grad * self._inv_count
         for i, j in self._offsets():
-            kernels.window(dxp, i, j, self.strides, self._out_hw)[...] += g
+            kernels.window(dxp, i, j, self._s2, self._out_hw)[...] += g
         return kernels.unpad_hw(dxp, self._pads)
 
 
-class GlobalAveragePooling2D(Layer):
-    """(batch, h, w, c) -> (batch, c): the mean over height and width."""
-
-    def __init__(self, data_format=None, keepdims=False, **kwargs):
-        super().__init__(**kwargs)
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"GlobalAveragePooling2D layer '{self.name}' supports data_format='channels_last' "
-                             f"only, received {data_format!r}")
-        self.keepdims = keepdims
-
-    def validate_input_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"GlobalAveragePooling2D layer '{self.name}' expects input of rank 4, received "
-                             f"shape {(None,) + tuple(input_shape)}")
-
-    def compute_output_shape(self, input_shape):
-        return (1, 1, input_shape[-1]) if self.keepdims else (input_shape[-1],)
-
-    def call(self, x, training=False):
-        return x.mean(axis=(1, 2), keepdims=self.keepdims)
-
-    def backward(self, grad, need_input_grad=True):
-        if not need_input_grad:
-            return None
-        h, w, c = self.input_shape
-        g = grad.reshape(grad.shape[0], 1, 1, c) * grad.dtype.type(1.0 / (h * w))
-        return np.broadcast_to(g, (grad.shape[0], h, w, c)).copy()
-
-    def get_config(self):
-        return {**super().get_config(), "keepdims": self.keepdims}
+class MaxPooling2D(_MaxPooling):
+    rank = 2
 
 
-MaxPool2D, AvgPool2D, GlobalAvgPool2D = MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D
+class MaxPooling1D(_MaxPooling):
+    rank = 1
+
+
+class AveragePooling2D(_AveragePooling):
+    rank = 2
+
+
+class AveragePooling1D(_AveragePooling):
+    rank = 1
+
+
+
+
+MaxPool1D, MaxPool2D, AvgPool1D, AvgPool2D = MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D

@@ -1,0 +1,131 @@
+"""GRU with Keras 3's gate order and defaults. The kernels' three blocks of `units` columns are [z | r | h]:
+
+    z = recurrent_activation(x_z + h_{t-1} @ U_z + b_z)              (update gate, sigmoid)
+    r = recurrent_activation(x_r + h_{t-1} @ U_r + b_r)              (reset gate)
+    reset_after=True (default):  hh = activation(x_h + r * (h_{t-1} @ U_h + b'_h))
+    reset_after=False:           hh = activation(x_h + (r * h_{t-1}) @ U_h)
+    h_t = z * h_{t-1} + (1 - z) * hh
+
+where x_* are the blocks of x_t @ kernel + input bias. Bias: (2, 3 * units) with reset_after (row 0 the input
+bias, row 1 the recurrent bias b'), else (3 * units,). The scan itself is recurrent.RNNBase's.
+"""
+import numpy as np
+
+from .base import sum_rows
+from .recurrent import RNNBase, activate, activation_grad
+
+
+class GRU(RNNBase):
+    gates = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 reset_after=True, use_cudnn="auto", **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer, **kwargs)
+        self.reset_after = bool(reset_after)
+        self.use_cudnn = use_cudnn              # accepted for Keras compatibility; there is no GPU path
+
+    def _bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def _input_bias(self):
+        if self.bias is None:
+            return None
+        return self.bias.value[0] if self.reset_after else self.bias.value
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _start(self, n, T):
+        u = self.units
+        # reset_after: h_{t-1} @ U + b' of every step; else r * h_{t-1} of every step (the input of U_h)
+        self._rec = self.workspace("rec", (T, n, 3 * u) if self.reset_after else (T, n, u))
+        self._tmp = self.workspace("tmp", (n, 3 * u))
+        self._pre = self.workspace("pre", (T, n, 3 * u)) if self._keep_pre else None
+        self._dzh = self.workspace("dzh", (T, n, 3 * u)) if self.reset_after else None
+
+    def _step(self, t):
+        u, h, rk = self.units, self._h, self.recurrent_kernel.value
+        z = self._zx[t]                                           # becomes [z | r | hh] in place
+        if self.reset_after:
+            rec = self._rec[t]
+            np.matmul(h[t], rk, out=rec)
+            if self.bias is not None:
+                rec += self.bias.value[1]
+            z[:, :2 * u] += rec[:, :2 * u]
+        else:
+            np.matmul(h[t], rk[:, :2 * u], out=self._tmp[:, :2 * u])
+            z[:, :2 * u] += self._tmp[:, :2 * u]
+        if self._pre is not None:
+            np.copyto(self._pre[t, :, :2 * u], z[:, :2 * u])
+        activate(self.recurrent_activation, z[:, :2 * u])
+        r, inner = z[:, u:2 * u], self._tmp[:, :u]
+        if self.reset_after:
+            np.multiply(r, self._rec[t][:, 2 * u:], out=inner)
+        else:
+            np.multiply(r, h[t], out=self._rec[t])
+            np.matmul(self._rec[t], rk[:, 2 * u:], out=inner)
+        z[:, 2 * u:] += inner
+        if self._pre is not None:
+            np.copyto(self._pre[t, :, 2 * u:], z[:, 2 * u:])
+        hh = activate(self.activation, z[:, 2 * u:])
+        np.subtract(h[t], hh, out=h[t + 1])                        # h_t = hh + z * (h_{t-1} - hh)
+        h[t + 1] *= z[:, :u]
+        h[t + 1] += hh
+
+    # -- backward -----------------------------------------------------------------------------------------
+    def _back_start(self, state_grads):
+        pass
+
+    def _back_step(self, t, dh, need_prev):
+        u, h, tmp, rk = self.units, self._h, self._tmp, self.recurrent_kernel.value
+        a, dz = self._zx[t], self._dzx[t]
+        zg, r, hh = a[:, :u], a[:, u:2 * u], a[:, 2 * u:]
+        dzg, dr, dhh = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:]
+        pre = self._pre[t] if self._pre is not None else None
+        np.subtract(h[t], hh, out=dzg)
+        dzg *= dh
+        np.subtract(1, zg, out=dhh)
+        dhh *= dh
+        activation_grad(self.activation, None if pre is None else pre[:, 2 * u:], hh, dhh, tmp[:, :u])
+        if self.reset_after:
+            np.multiply(dhh, self._rec[t][:, 2 * u:], out=dr)      # d/dr = d(hh pre) * (h_{t-1} @ U_h + b'_h)
+        else:
+            d_rh = tmp[:, 2 * u:]                                  # d/d(r * h_{t-1})
+            np.matmul(dhh, rk[:, 2 * u:].T, out=d_rh)
+            np.multiply(d_rh, h[t], out=dr)
+        activation_grad(self.recurrent_activation, None if pre is None else pre[:, :2 * u], a[:, :2 * u],
+                        dz[:, :2 * u], tmp[:, :2 * u])
+        if self.reset_after:                 # the recurrent side sees [dz | dr | dhh * r]
+            dzh = self._dzh[t]
+            np.copyto(dzh[:, :2 * u], dz[:, :2 * u])
+            np.multiply(dhh, r, out=dzh[:, 2 * u:])
+        if not need_prev:
+            return
+        direct = tmp[:, :u]
+        np.multiply(dh, zg, out=direct)                            # through h_t = z * h_{t-1} + ...
+        if self.reset_after:
+            np.matmul(dzh, rk.T, out=dh)
+        else:
+            np.multiply(d_rh, r, out=tmp[:, u:2 * u])
+            direct += tmp[:, u:2 * u]
+            np.matmul(dz[:, :2 * u], rk[:, :2 * u].T, out=dh)
+        dh += direct
+
+    def _recurrent_kernel_grad(self, h_prev, out):
+        u, rows = self.units, h_prev.shape[0]
+        if self.reset_after:
+            np.matmul(h_prev.T, self._dzh.reshape(rows, 3 * u), out=out)
+            return
+        dz2 = self._dzx.reshape(rows, 3 * u)
+        out[:, :2 * u] = h_prev.T @ dz2[:, :2 * u]
+        out[:, 2 * u:] = self._rec.reshape(rows, u).T @ dz2[:, 2 * u:]
+
+    def _bias_grad(self, out):
+        if not self.reset_after:
+            return super()._bias_grad(out)
+        sum_rows(self._dzx.reshape(-1, 3 * self.units), out[0], self, slot=0)
+        sum_rows(self._dzh.reshape(-1, 3 * self.units), out[1], self, slot=0)
+
+    def get_config(self):
+        return {**super().get_config(), "reset_after": self.reset_after}
