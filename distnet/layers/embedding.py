@@ -51,9 +51,9 @@ class Embedding(Layer):
         if ids.size:
             lo, hi = ids.min(), ids.max()
             if lo < 0 or hi >= self.input_dim or (x.dtype.kind == "f" and not np.array_equal(ids, x)):
-                bad = x[(ids < 0) | (ids >= self.input_dim) | (ids != x)].reshape(-1)[0]
+                bad = x[(ids < 0) | (ids >= self.input_dim) | (ids != x)].reshape(-1)[0].item()
                 raise ValueError(f"Embedding layer '{self.name}' expects integer ids in [0, {self.input_dim}), "
-                                 f"received {bad!r} (inputs range from {x.min()!r} to {x.max()!r})")
+                                 f"received {bad!r} (inputs range from {x.min().item()!r} to {x.max().item()!r})")
         return ids.astype(np.intp, copy=False)
 
     def call(self, x, training=False):

@@ -197,7 +197,7 @@ class RNNBase(Layer):
 
     def _recurrent_kernel_grad(self, h_prev, out):
         """out = sum over steps of h_{t-1}^T @ d(pre-activations)_t. h_prev: (T * batch, units)."""
-        np.matmul(h_prev.T, self._dzx.reshape(h_prev.shape[0], -1), out=out)
+        np.matmul(h_prev.T, self._dzx.reshape(h_prev.shape[0], out.shape[1]), out=out)
 
     def _bias_grad(self, out):
         sum_rows(self._dzx.reshape(-1, out.size), out, self)

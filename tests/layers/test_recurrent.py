@@ -1,0 +1,151 @@
+"""SimpleRNN, LSTM and GRU: gradients for every flag, Keras's weight layouts and defaults, return_state as a
+multi-output layer, go_backwards, empty batches and bad arguments."""
+import numpy as np
+import pytest
+
+from distnet import layers
+from tests.layers.gradcheck import check_empty_batch, check_gradients
+
+rng = np.random.default_rng(7)
+RNNS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
+FLAGS = [{}, {"return_sequences": True}, {"go_backwards": True}, {"go_backwards": True, "return_sequences": True},
+         {"return_state": True}, {"return_state": True, "return_sequences": True, "go_backwards": True}]
+
+
+def flag_id(flags):
+    return "+".join(flags) or "last_output"
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=[flag_id(f) for f in FLAGS])
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_backward_matches_finite_differences(float64, kind, flags):
+    check_gradients(RNNS[kind](4, **flags), rng.normal(size=(3, 5, 2)))
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_state_outputs_without_a_gradient_count_as_zero(float64, kind):
+    """In a graph only some outputs may feed the loss: backward gets None for the others."""
+    layer = RNNS[kind](3, return_sequences=True, return_state=True)
+    n_states = len(layer.compute_output_shape((4, 2))) - 1
+    check_gradients(layer, rng.normal(size=(2, 4, 2)), drop=(1,))                 # no gradient for h
+    check_gradients(layer, rng.normal(size=(2, 4, 2)), drop=(0,))                 # states only
+    if n_states == 2:
+        check_gradients(layer, rng.normal(size=(2, 4, 2)), drop=(0, 1))           # only LSTM's carry c
+
+
+@pytest.mark.parametrize("make", [
+    lambda: layers.GRU(4, reset_after=False, return_sequences=True),
+    lambda: layers.GRU(3, use_bias=False, return_state=True),
+    lambda: layers.LSTM(3, use_bias=False, unit_forget_bias=False),
+    lambda: layers.LSTM(3, activation="gelu", recurrent_activation="tanh", return_sequences=True),
+    lambda: layers.GRU(3, activation="softsign", return_sequences=True),
+    lambda: layers.SimpleRNN(3, activation="relu", return_sequences=True),
+    lambda: layers.SimpleRNN(3, activation="linear"),
+], ids=["gru_reset_before", "gru_nobias", "lstm_nobias", "lstm_gelu", "gru_softsign", "rnn_relu", "rnn_linear"])
+def test_variants_backward_matches_finite_differences(float64, make):
+    check_gradients(make(), rng.normal(size=(3, 4, 3)))
+
+
+@pytest.mark.parametrize("kind,gates,bias", [("simple_rnn", 1, (5,)), ("lstm", 4, (20,)), ("gru", 3, (2, 15))])
+def test_keras_weight_layout_and_order(kind, gates, bias):
+    layer = RNNS[kind](5)
+    layer.build_for((7, 3))
+    assert [w.name.split("/")[-1] for w in layer.weights] == ["kernel", "recurrent_kernel", "bias"]
+    assert [w.shape for w in layer.weights] == [(3, 5 * gates), (5, 5 * gates), bias]
+    u = layer.recurrent_kernel.value                                    # orthogonal (orthonormal rows) by default
+    np.testing.assert_allclose(u @ u.T, np.eye(5), atol=1e-5)
+
+
+def test_gru_without_reset_after_has_one_bias_row():
+    layer = layers.GRU(4, reset_after=False)
+    layer.build_for((3, 2))
+    assert layer.bias.shape == (12,)
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    layer = layers.LSTM(3)
+    layer.build_for((4, 2))
+    np.testing.assert_array_equal(layer.bias.value, [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    plain = layers.LSTM(3, unit_forget_bias=False)
+    plain.build_for((4, 2))
+    assert not plain.bias.value.any()
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_output_shapes_and_return_state_lists(kind):
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    n_states = 2 if kind == "lstm" else 1
+    plain = RNNS[kind](4)
+    assert plain(x).shape == (2, 4) and not plain.multi_output
+    seq = RNNS[kind](4, return_sequences=True, return_state=True)
+    out = seq(x)
+    assert seq.multi_output and seq.output_shape == [(6, 4)] + [(4,)] * n_states
+    assert [o.shape for o in out] == [(2, 6, 4)] + [(2, 4)] * n_states
+    np.testing.assert_array_equal(out[0][:, -1], out[1])                  # the last output is the final h
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_go_backwards_reads_the_reversed_sequence_and_keeps_that_order(kind):
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    fwd = RNNS[kind](4, return_sequences=True)
+    back = RNNS[kind](4, return_sequences=True, go_backwards=True)
+    fwd.build_for((5, 3))
+    back.build_for((5, 3))
+    back.set_weights(fwd.get_weights())
+    np.testing.assert_allclose(back(x), fwd(x[:, ::-1]), rtol=1e-6)
+
+
+def test_lstm_step_by_step_matches_the_equations():
+    """Two LSTM steps written out with Keras's gate order [i | f | c | o]."""
+    layer = layers.LSTM(3, return_state=True, return_sequences=True)
+    x = rng.normal(size=(2, 2, 4)).astype(np.float32)
+    seq, h, c = layer(x)
+    k, u, b = layer.get_weights()
+    h_t, c_t = np.zeros((2, 3)), np.zeros((2, 3))
+    for t in range(2):
+        z = x[:, t] @ k + h_t @ u + b
+        sig = 1 / (1 + np.exp(-z))
+        i, f, g, o = sig[:, :3], sig[:, 3:6], np.tanh(z[:, 6:9]), sig[:, 9:]
+        c_t = f * c_t + i * g
+        h_t = o * np.tanh(c_t)
+        np.testing.assert_allclose(seq[:, t], h_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, h_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, c_t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True}])
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_empty_batch(kind, flags):
+    check_empty_batch(RNNS[kind](3, **flags), rng.normal(size=(2, 4, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_config_round_trip(kind):
+    layer = RNNS[kind](5, return_sequences=True, go_backwards=True, name=f"my_{kind}")
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_frozen_layer_computes_no_weight_gradients():
+    layer = layers.LSTM(3, trainable=False)
+    x = rng.normal(size=(2, 4, 2)).astype(np.float32)
+    layer(x)
+    dx = layer.backward(np.ones((2, 3), np.float32))
+    assert dx.shape == x.shape and all(w.grad is None for w in layer.weights)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"units": 0}, "units to be a positive int, received 0"),
+    ({"units": 4, "dropout": 0.2}, "dropout=0.2"),
+    ({"units": 4, "recurrent_dropout": 0.1}, "recurrent_dropout=0.1"),
+    ({"units": 4, "stateful": True}, "stateful=True"),
+    ({"units": 4, "activation": "nope"}, "nope"),
+])
+def test_bad_arguments_are_named_with_the_received_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        layers.LSTM(**kwargs)
+
+
+def test_input_of_the_wrong_rank_is_refused_with_its_shape():
+    with pytest.raises(ValueError, match=r"rank 3 \(batch, timesteps, features\), received shape \(None, 8\)"):
+        layers.GRU(4).build_for((8,))
