@@ -203,24 +203,25 @@ class Layer:
     # -- weights ------------------------------------------------------------------------------------------
     @property
     def weights(self):
+        """Every Weight of the layer in Keras's order; a wrapper lists its inner layers' (the rest follows)."""
         return list(self._weights)
 
     @property
     def trainable_weights(self):
-        return [w for w in self._weights if w.trainable]
+        return [w for w in self.weights if w.trainable]
 
     @property
     def non_trainable_weights(self):
-        return [w for w in self._weights if not w.trainable]
+        return [w for w in self.weights if not w.trainable]
 
     def get_weights(self):
-        return [w.value.copy() for w in self._weights]
+        return [w.value.copy() for w in self.weights]
 
     def set_weights(self, values):
-        if len(values) != len(self._weights):
-            raise ValueError(f"Layer '{self.name}' has {len(self._weights)} weights, "
-                             f"received a list of {len(values)}")
-        for w, v in zip(self._weights, values):
+        mine = self.weights
+        if len(values) != len(mine):
+            raise ValueError(f"Layer '{self.name}' has {len(mine)} weights, received a list of {len(values)}")
+        for w, v in zip(mine, values):
             v = np.asarray(v)
             if v.shape != w.value.shape:
                 raise ValueError(f"Layer '{self.name}' weight '{w.name}' has shape {w.value.shape}, "
@@ -228,7 +229,7 @@ class Layer:
             w.value[...] = v
 
     def count_params(self):
-        return int(sum(w.value.size for w in self._weights))
+        return int(sum(w.value.size for w in self.weights))
 
     # -- config -------------------------------------------------------------------------------------------
     def get_config(self):

@@ -202,18 +202,22 @@ class _AveragePooling(_Pooling):
 
 
 class MaxPooling2D(_MaxPooling):
+    """(batch, h, w, c) -> (batch, out_h, out_w, c); pool_size (2, 2) by default."""
     rank = 2
 
 
 class MaxPooling1D(_MaxPooling):
+    """(batch, steps, c) -> (batch, out_steps, c); pool_size 2 by default."""
     rank = 1
 
 
 class AveragePooling2D(_AveragePooling):
+    """(batch, h, w, c) -> (batch, out_h, out_w, c); pool_size (2, 2) by default."""
     rank = 2
 
 
 class AveragePooling1D(_AveragePooling):
+    """(batch, steps, c) -> (batch, out_steps, c); pool_size 2 by default."""
     rank = 1
 
 

@@ -39,29 +39,6 @@ class _Wrapper(Layer):
     def weights(self):
         return [w for la in self._inner() for w in la.weights]
 
-    @property
-    def trainable_weights(self):
-        return [w for w in self.weights if w.trainable]
-
-    @property
-    def non_trainable_weights(self):
-        return [w for w in self.weights if not w.trainable]
-
-    def get_weights(self):
-        return [w.value.copy() for w in self.weights]
-
-    def set_weights(self, values):
-        ws = self.weights
-        if len(values) != len(ws):
-            raise ValueError(f"Layer '{self.name}' has {len(ws)} weights, received a list of {len(values)}")
-        start = 0
-        for la in self._inner():
-            la.set_weights(values[start:start + len(la.weights)])
-            start += len(la.weights)
-
-    def count_params(self):
-        return int(sum(w.value.size for w in self.weights))
-
     def build(self, input_shape):
         if not self.trainable:                        # a frozen wrapper freezes what it wraps
             for w in self.weights:
