@@ -44,60 +44,62 @@ class GRU(RNNBase):
         self._pre = self.workspace("pre", (T, n, 3 * u)) if self._keep_pre else None
         self._dzh = self.workspace("dzh", (T, n, 3 * u)) if self.reset_after else None
 
-    def _step(self, t):
-        u, h, rk = self.units, self._h, self.recurrent_kernel.value
-        z = self._zx[t]                                           # becomes [z | r | hh] in place
+    def _step(self, t, rows):
+        u, rk, tmp, rec = self.units, self.recurrent_kernel.value, self._tmp[rows], self._rec[t, rows]
+        h_prev, h = self._h[t, rows], self._h[t + 1, rows]
+        pre = None if self._pre is None else self._pre[t, rows]
+        z = self._zx[t, rows]                                     # becomes [z | r | hh] in place
         if self.reset_after:
-            rec = self._rec[t]
-            np.matmul(h[t], rk, out=rec)
+            np.matmul(h_prev, rk, out=rec)
             if self.bias is not None:
                 rec += self.bias.value[1]
             z[:, :2 * u] += rec[:, :2 * u]
         else:
-            np.matmul(h[t], rk[:, :2 * u], out=self._tmp[:, :2 * u])
-            z[:, :2 * u] += self._tmp[:, :2 * u]
-        if self._pre is not None:
-            np.copyto(self._pre[t, :, :2 * u], z[:, :2 * u])
+            np.matmul(h_prev, rk[:, :2 * u], out=tmp[:, :2 * u])
+            z[:, :2 * u] += tmp[:, :2 * u]
+        if pre is not None:
+            np.copyto(pre[:, :2 * u], z[:, :2 * u])
         activate(self.recurrent_activation, z[:, :2 * u])
-        r, inner = z[:, u:2 * u], self._tmp[:, :u]
+        r, inner = z[:, u:2 * u], tmp[:, :u]
         if self.reset_after:
-            np.multiply(r, self._rec[t][:, 2 * u:], out=inner)
+            np.multiply(r, rec[:, 2 * u:], out=inner)
         else:
-            np.multiply(r, h[t], out=self._rec[t])
-            np.matmul(self._rec[t], rk[:, 2 * u:], out=inner)
+            np.multiply(r, h_prev, out=rec)
+            np.matmul(rec, rk[:, 2 * u:], out=inner)
         z[:, 2 * u:] += inner
-        if self._pre is not None:
-            np.copyto(self._pre[t, :, 2 * u:], z[:, 2 * u:])
+        if pre is not None:
+            np.copyto(pre[:, 2 * u:], z[:, 2 * u:])
         hh = activate(self.activation, z[:, 2 * u:])
-        np.subtract(h[t], hh, out=h[t + 1])                        # h_t = hh + z * (h_{t-1} - hh)
-        h[t + 1] *= z[:, :u]
-        h[t + 1] += hh
+        np.subtract(h_prev, hh, out=h)                             # h_t = hh + z * (h_{t-1} - hh)
+        h *= z[:, :u]
+        h += hh
 
     # -- backward -----------------------------------------------------------------------------------------
     def _back_start(self, state_grads):
         pass
 
-    def _back_step(self, t, dh, need_prev):
-        u, h, tmp, rk = self.units, self._h, self._tmp, self.recurrent_kernel.value
-        a, dz = self._zx[t], self._dzx[t]
+    def _back_step(self, t, rows, dh, need_prev):
+        u, tmp, rk, rec = self.units, self._tmp[rows], self.recurrent_kernel.value, self._rec[t, rows]
+        h_prev = self._h[t, rows]
+        a, dz = self._zx[t, rows], self._dzx[t, rows]
         zg, r, hh = a[:, :u], a[:, u:2 * u], a[:, 2 * u:]
         dzg, dr, dhh = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:]
-        pre = self._pre[t] if self._pre is not None else None
-        np.subtract(h[t], hh, out=dzg)
+        pre = self._pre[t, rows] if self._pre is not None else None
+        np.subtract(h_prev, hh, out=dzg)
         dzg *= dh
         np.subtract(1, zg, out=dhh)
         dhh *= dh
         activation_grad(self.activation, None if pre is None else pre[:, 2 * u:], hh, dhh, tmp[:, :u])
         if self.reset_after:
-            np.multiply(dhh, self._rec[t][:, 2 * u:], out=dr)      # d/dr = d(hh pre) * (h_{t-1} @ U_h + b'_h)
+            np.multiply(dhh, rec[:, 2 * u:], out=dr)               # d/dr = d(hh pre) * (h_{t-1} @ U_h + b'_h)
         else:
             d_rh = tmp[:, 2 * u:]                                  # d/d(r * h_{t-1})
             np.matmul(dhh, rk[:, 2 * u:].T, out=d_rh)
-            np.multiply(d_rh, h[t], out=dr)
+            np.multiply(d_rh, h_prev, out=dr)
         activation_grad(self.recurrent_activation, None if pre is None else pre[:, :2 * u], a[:, :2 * u],
                         dz[:, :2 * u], tmp[:, :2 * u])
         if self.reset_after:                 # the recurrent side sees [dz | dr | dhh * r]
-            dzh = self._dzh[t]
+            dzh = self._dzh[t, rows]
             np.copyto(dzh[:, :2 * u], dz[:, :2 * u])
             np.multiply(dhh, r, out=dzh[:, 2 * u:])
         if not need_prev:

@@ -45,23 +45,24 @@ class LSTM(RNNBase):
         self._tmp = self.workspace("tmp", (n, 4 * u))
         self._pre = self.workspace("pre", (T, n, 4 * u)) if self._keep_pre else None
 
-    def _step(self, t):
-        u, h, c = self.units, self._h, self._c
-        z = self._zx[t]                                           # becomes the gates [i | f | g | o] in place
-        np.matmul(h[t], self.recurrent_kernel.value, out=self._tmp)
-        z += self._tmp
+    def _step(self, t, rows):
+        u, tmp, act_c = self.units, self._tmp[rows], self._act_c[t, rows]
+        c_prev, c = self._c[t, rows], self._c[t + 1, rows]
+        z = self._zx[t, rows]                                     # becomes the gates [i | f | g | o] in place
+        np.matmul(self._h[t, rows], self.recurrent_kernel.value, out=tmp)
+        z += tmp
         if self._pre is not None:
-            np.copyto(self._pre[t], z)
+            np.copyto(self._pre[t, rows], z)
         activate(self.recurrent_activation, z[:, :2 * u])
         activate(self.activation, z[:, 2 * u:3 * u])
         activate(self.recurrent_activation, z[:, 3 * u:])
         i, f, g, o = z[:, :u], z[:, u:2 * u], z[:, 2 * u:3 * u], z[:, 3 * u:]
-        ig = self._tmp[:, :u]
-        np.multiply(f, c[t], out=c[t + 1])
+        ig = tmp[:, :u]
+        np.multiply(f, c_prev, out=c)
         np.multiply(i, g, out=ig)
-        c[t + 1] += ig
-        activate(self.activation, c[t + 1], out=self._act_c[t])
-        np.multiply(o, self._act_c[t], out=h[t + 1])
+        c += ig
+        activate(self.activation, c, out=act_c)
+        np.multiply(o, act_c, out=self._h[t + 1, rows])
 
     def _final_states(self):
         return [self._h[-1], self._c[-1]]
@@ -73,22 +74,22 @@ class LSTM(RNNBase):
         if state_grads and state_grads[0] is not None:
             self._dc += state_grads[0]
 
-    def _back_step(self, t, dh, need_prev):
-        u, c, dc, tmp = self.units, self._c, self._dc, self._tmp
-        a = self._zx[t]
+    def _back_step(self, t, rows, dh, need_prev):
+        u, dc, tmp, act_c = self.units, self._dc[rows], self._tmp[rows], self._act_c[t, rows]
+        a = self._zx[t, rows]
         i, f, g, o = a[:, :u], a[:, u:2 * u], a[:, 2 * u:3 * u], a[:, 3 * u:]
-        dz = self._dzx[t]
+        dz = self._dzx[t, rows]
         di, df, dg, do = dz[:, :u], dz[:, u:2 * u], dz[:, 2 * u:3 * u], dz[:, 3 * u:]
-        np.multiply(dh, self._act_c[t], out=do)
+        np.multiply(dh, act_c, out=do)
         dc_h = tmp[:, :u]                                         # d/dc_t through h_t = o * act(c_t)
         np.multiply(dh, o, out=dc_h)
-        activation_grad(self.activation, c[t + 1], self._act_c[t], dc_h, tmp[:, u:2 * u])
+        activation_grad(self.activation, self._c[t + 1, rows], act_c, dc_h, tmp[:, u:2 * u])
         dc += dc_h
         np.multiply(dc, g, out=di)
         np.multiply(dc, i, out=dg)
-        np.multiply(dc, c[t], out=df)
+        np.multiply(dc, self._c[t, rows], out=df)
         dc *= f                                                   # d/dc_{t-1}
-        pre = self._pre[t] if self._pre is not None else None
+        pre = self._pre[t, rows] if self._pre is not None else None
 
         def part(lo, hi):
             return None if pre is None else pre[:, lo:hi]

@@ -14,7 +14,7 @@ which the kernel, recurrent-kernel and bias gradients are one product (one sum) 
 """
 import numpy as np
 
-from .. import activations, initializers, regularizers
+from .. import activations, backend, initializers, regularizers
 from .base import Layer, sum_rows
 
 
@@ -51,10 +51,12 @@ def activation_grad(act, pre, a, g, scratch):
 
 class RNNBase(Layer):
     """The scan. A subclass sets `gates` (blocks of `units` columns in the kernels) and `state_names`, and
-    implements `_start(n, T)`, `_step(t)`, `_back_start(state_grads)` and `_back_step(t, dh, need_prev)`:
-    `_step` reads self._zx[t] (the step's input projection, input bias included) and self._h[t] (h_{t-1}) and
-    writes self._h[t + 1]; `_back_step` receives dh = d/d(h_t), writes d(pre-activations) into self._dzx[t] and,
-    when need_prev, d/d(h_{t-1}) into dh."""
+    implements `_start(n, T)`, `_step(t, rows)`, `_back_start(state_grads)` and
+    `_back_step(t, rows, dh, need_prev)`: `_step` reads self._zx[t] (the step's input projection, input bias
+    included) and self._h[t] (h_{t-1}) and writes self._h[t + 1]; `_back_step` receives dh = d/d(h_t), writes
+    d(pre-activations) into self._dzx[t] and, when need_prev, d/d(h_{t-1}) into dh. Both touch only the batch
+    rows `rows` of every buffer (the batch axis is axis 1 of per-step buffers (T, n, ...), axis 0 of scratch
+    (n, ...)): with backend.set_num_threads(k) the scan runs on k slices of the batch at once."""
     gates = 1
     state_names = ("h",)
 
@@ -144,8 +146,12 @@ class RNNBase(Layer):
         h[0].fill(0)
         self._xt, self._zx, self._h = xt, zx, h
         self._start(n, T)
-        for t in range(T):
-            self._step(t)
+
+        def scan(lo, hi, _):
+            rows = slice(lo, hi)
+            for t in range(T):
+                self._step(t, rows)
+        backend.parallel_batches(n, scan)
         if self.return_sequences:
             out = self.workspace("out", (n, T, u))
             np.copyto(out, h[1:].transpose(1, 0, 2))
@@ -176,10 +182,15 @@ class RNNBase(Layer):
                 dh += g_out
         self._dzx = self.workspace("dzx", (T, n, gu))
         self._back_start(g_states[1:])
-        for t in range(T - 1, -1, -1):
-            if seq is not None:
-                dh += seq[t]
-            self._back_step(t, dh, t > 0)
+
+        def scan_back(lo, hi, _):
+            rows = slice(lo, hi)
+            dh_rows = dh[rows]
+            for t in range(T - 1, -1, -1):
+                if seq is not None:
+                    dh_rows += seq[t, rows]
+                self._back_step(t, rows, dh_rows, t > 0)
+        backend.parallel_batches(n, scan_back)
         dzx2 = self._dzx.reshape(T * n, gu)
         if self.kernel.grad is not None:
             np.matmul(xt.reshape(T * n, d).T, dzx2, out=self.kernel.grad)
@@ -227,21 +238,21 @@ class SimpleRNN(RNNBase):
         self._tmp = self.workspace("tmp", (n, self.units))
         self._pre = self.workspace("pre", (T, n, self.units)) if self._keep_pre else None
 
-    def _step(self, t):
-        h = self._h
-        np.matmul(h[t], self.recurrent_kernel.value, out=self._tmp)
-        np.add(self._zx[t], self._tmp, out=h[t + 1])
+    def _step(self, t, rows):
+        h_next, tmp = self._h[t + 1, rows], self._tmp[rows]
+        np.matmul(self._h[t, rows], self.recurrent_kernel.value, out=tmp)
+        np.add(self._zx[t, rows], tmp, out=h_next)
         if self._pre is not None:
-            np.copyto(self._pre[t], h[t + 1])
-        activate(self.activation, h[t + 1])
+            np.copyto(self._pre[t, rows], h_next)
+        activate(self.activation, h_next)
 
     def _back_start(self, state_grads):
         pass
 
-    def _back_step(self, t, dh, need_prev):
-        dz = self._dzx[t]
+    def _back_step(self, t, rows, dh, need_prev):
+        dz = self._dzx[t, rows]
         np.copyto(dz, dh)
-        activation_grad(self.activation, None if self._pre is None else self._pre[t], self._h[t + 1], dz,
-                        self._tmp)
+        activation_grad(self.activation, None if self._pre is None else self._pre[t, rows], self._h[t + 1, rows],
+                        dz, self._tmp[rows])
         if need_prev:
             np.matmul(dz, self.recurrent_kernel.value.T, out=dh)

@@ -3,7 +3,7 @@ multi-output layer, go_backwards, empty batches and bad arguments."""
 import numpy as np
 import pytest
 
-from distnet import layers
+from distnet import backend, layers
 from tests.layers.gradcheck import check_empty_batch, check_gradients
 
 rng = np.random.default_rng(7)
@@ -20,6 +20,23 @@ def flag_id(flags):
 @pytest.mark.parametrize("kind", sorted(RNNS))
 def test_backward_matches_finite_differences(float64, kind, flags):
     check_gradients(RNNS[kind](4, **flags), rng.normal(size=(3, 5, 2)))
+
+
+@pytest.fixture
+def two_threads():
+    backend.set_num_threads(2)
+    yield
+    backend.set_num_threads(1)
+
+
+@pytest.mark.parametrize("make", [lambda: layers.SimpleRNN(4, return_sequences=True),
+                                  lambda: layers.LSTM(4, return_state=True, go_backwards=True),
+                                  lambda: layers.GRU(4, return_sequences=True, return_state=True),
+                                  lambda: layers.GRU(4, reset_after=False, activation="gelu")],
+                         ids=["simple_rnn", "lstm", "gru", "gru_reset_before_gelu"])
+def test_scan_split_over_two_threads_matches_finite_differences(float64, two_threads, make):
+    """With 2 intra-op threads each thread runs the scan on its half of the batch."""
+    check_gradients(make(), rng.normal(size=(5, 4, 3)))
 
 
 @pytest.mark.parametrize("kind", sorted(RNNS))
