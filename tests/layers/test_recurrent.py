@@ -183,3 +183,23 @@ def test_a_model_of_new_layers_round_trips_through_save_and_load(tmp_path):
     again = load_model(tmp_path / "rnn.npz")
     assert [type(la).__name__ for la in again.layers] == [type(la).__name__ for la in model.layers]
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_states_and_merges_in_a_functional_model(tmp_path):
+    """The multi-output protocol in a graph: an LSTM's sequence and final h feed a Concatenate, its c feeds
+    nothing (backward gets None for it), an Embedding reads integer ids from a second input."""
+    import distnet
+    x, ids = distnet.Input((6, 3)), distnet.Input((5,))
+    seq, h, _ = layers.LSTM(4, return_sequences=True, return_state=True)(x)
+    joined = layers.Concatenate()([layers.GlobalMaxPooling1D()(seq), h,
+                                   layers.GRU(4)(layers.Embedding(10, 4)(ids))])
+    y = layers.Dense(2, activation="softmax")(layers.Add()([layers.Dense(6)(joined), layers.Dense(6)(joined)]))
+    model = distnet.Model([x, ids], y)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    xs, idx = rng.normal(size=(40, 6, 3)).astype(np.float32), rng.integers(0, 10, (40, 5))
+    target = (xs[:, :, 0].sum(1) > 0).astype(int)
+    losses = model.fit([xs, idx], target, epochs=30, batch_size=8, verbose=0).history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+    model.save(tmp_path / "graph.npz")
+    again = distnet.models.load_model(tmp_path / "graph.npz")
+    np.testing.assert_array_equal(again.predict([xs, idx], verbose=0), model.predict([xs, idx], verbose=0))
