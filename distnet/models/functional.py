@@ -123,13 +123,13 @@ class Model(BaseModel):
     def shape_error(self, t, x, what):
         """Name the first layer that reads this input when only the last dimension is off (Keras's message)."""
         readers = [la for la in self.order if la.inbound is t]
-        first = readers[0] if readers and self.implicit_input else t.layer
         expected = t.shape[1:]
-        from ..layers.base import ActivatedLayer
-        if (isinstance(first, ActivatedLayer) or len(expected) == 1) and x.ndim >= 2 and x.shape[-1] != expected[-1]:
+        if self.implicit_input and readers and x.ndim >= 2 and x.shape[-1] != expected[-1]:
+            first = readers[0]
             raise ValueError(f"{type(first).__name__} layer '{first.name}' expects input with last dimension "
                              f"{expected[-1]}, received shape {x.shape}")
-        raise ValueError(f"Model '{self.name}' expects input of shape {t.shape} in {what}, received shape {x.shape}")
+        raise ValueError(f"Model '{self.name}' expects input of shape {t.shape} (Input '{t.name}') in {what}, "
+                         f"received shape {x.shape}")
 
     # -- running ------------------------------------------------------------------------------------------
     def forward(self, x, training=False):
@@ -191,7 +191,7 @@ class Model(BaseModel):
                 else str((None,) + tuple(la.output_shape))
             inbound = [] if la.inbound is None else (la.inbound if isinstance(la.inbound, list) else [la.inbound])
             rows.append((f"{la.name} ({type(la).__name__})", shape if isinstance(shape, str) else ", ".join(shape),
-                         str(la.count_params()), ", ".join(f"{t.name}[0][{t.index}]" for t in inbound) or "-"))
+                         str(la.count_params()), ", ".join(f"{t.layer.name}[0][{t.index}]" for t in inbound) or "-"))
         return rows
 
     def get_config(self):

@@ -145,7 +145,8 @@ class Model(Trainer):
         print_fn = print_fn or print
         rows = self.summary_rows()
         head = ("Layer (type)", "Output Shape", "Param #", "Connected to")[:len(rows[0]) if rows else 3]
-        widths = [max(30, max((len(r[0]) for r in rows), default=0) + 2), 26, 12, 30][:len(head)]
+        widths = [max(minimum, max((len(r[i]) for r in rows), default=0) + 2)
+                  for i, minimum in enumerate((30, 26, 12, 30)[:len(head)])]
         line = "_" * sum(widths)
 
         def fmt(cols):
