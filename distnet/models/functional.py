@@ -131,6 +131,16 @@ class Model(BaseModel):
         raise ValueError(f"Model '{self.name}' expects input of shape {t.shape} (Input '{t.name}') in {what}, "
                          f"received shape {x.shape}")
 
+    def input_keeps_integers(self):
+        """Per input: True when every layer reading it takes integer ids (Embedding), so integer data is passed
+        as it is instead of being cast to float (exact beyond 2**24)."""
+        out = []
+        for t in self.inputs:
+            readers = [la for la in self.order
+                       if la.inbound is t or (isinstance(la.inbound, list) and any(u is t for u in la.inbound))]
+            out.append(bool(readers) and all(la.integer_input for la in readers))
+        return out
+
     # -- running ------------------------------------------------------------------------------------------
     def forward(self, x, training=False):
         """x: one array, or a list with one array per input -> one array, or a list per output."""

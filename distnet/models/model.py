@@ -80,7 +80,9 @@ class Model(Trainer):
                 la.trainable = False
                 for w in la.weights:
                     w.trainable, w.grad = False, None
-        self.flat_state = FlatState(self.all_layers, self.all_layers[0].dtype)
+        # the float type of the weights (an Input may be declared int64 for Embedding ids)
+        dtype = next((la.dtype for la in self.layers), self.all_layers[0].dtype)
+        self.flat_state = FlatState(self.all_layers, dtype)
         self.built = True
         self.on_built()
 

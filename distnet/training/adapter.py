@@ -143,8 +143,10 @@ class ArrayData(IndexedData):
     """In-memory (or memory-mapped) arrays of one call: xs (one per model input, (n, ...)), ys (one per output,
     prepared for its loss) or None, w (n,) or None. `many_inputs`/`many_outputs` say whether batches are lists."""
 
-    def __init__(self, xs, ys=None, w=None, dtype=np.float32, many_inputs=False, many_outputs=False):
+    def __init__(self, xs, ys=None, w=None, dtype=np.float32, many_inputs=False, many_outputs=False,
+                 keep_integers=None):
         self.xs, self.ys, self.w, self.dtype = list(xs), ys, w, np.dtype(dtype)
+        self.keep_integers = list(keep_integers or [False] * len(self.xs))   # per input (Embedding ids)
         self.many_inputs, self.many_outputs = many_inputs, many_outputs
         # a memory-mapped input is read row by row (preadv of the batch's rows), never through page faults
         self.row_readers = [_row_reader(x) for x in self.xs]
@@ -174,7 +176,8 @@ class ArrayData(IndexedData):
 
         def part(sl):
             return ArrayData([x[sl] for x in self.xs], None if self.ys is None else [y[sl] for y in self.ys],
-                             None if self.w is None else self.w[sl], self.dtype, self.many_inputs, self.many_outputs)
+                             None if self.w is None else self.w[sl], self.dtype, self.many_inputs, self.many_outputs,
+                             self.keep_integers)
         return part(slice(None, cut)), part(slice(cut, None))
 
     def inputs(self, idx, what):
@@ -183,8 +186,11 @@ class ArrayData(IndexedData):
         return out if self.many_inputs else out[0]
 
     def _rows(self, x, idx, what):
-        reader = self.row_readers[next(i for i, v in enumerate(self.xs) if v is x)]
+        k = next(i for i, v in enumerate(self.xs) if v is x)
+        reader = self.row_readers[k]
         xb = reader.take(idx)[0] if reader is not None else np.take(x, idx, axis=0)
+        if self.keep_integers[k] and xb.dtype.kind in "iu":
+            return xb
         if xb.dtype != self.dtype:
             xb = xb.astype(self.dtype)
         if xb.dtype.kind == "f" and not np.isfinite(xb).all():

@@ -110,7 +110,7 @@ class Trainer:
             raise ValueError("class_weight is only supported for models with one output; pass sample_weight")
         w = adapter.sample_weights(ys[0], n, sample_weight, class_weight, self.flat_state.params.dtype)
         return adapter.ArrayData(xs, ys, w, self.flat_state.params.dtype, self.multiple_inputs,
-                                 self.multiple_outputs)
+                                 self.multiple_outputs, self.input_keeps_integers())
 
     def _source(self, x, y, what, sample_weight, class_weight, steps):
         if y is not None or sample_weight is not None or class_weight is not None:
@@ -229,7 +229,8 @@ class Trainer:
         xs = self.input_arrays(x, "predict")
         total = xs[0].shape[0]
         n = min(total, _limit_steps(sharding.num_steps(total, batch_size), steps, "steps") * batch_size)
-        data = adapter.ArrayData(xs, dtype=self.flat_state.params.dtype, many_inputs=self.multiple_inputs)
+        data = adapter.ArrayData(xs, dtype=self.flat_state.params.dtype, many_inputs=self.multiple_inputs,
+                                 keep_integers=self.input_keeps_integers())
         cbs = CallbackList(callbacks or [], self, {})
         cbs.on_predict_begin()
         shapes = self.output_shape if self.multiple_outputs else [self.output_shape]

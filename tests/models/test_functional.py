@@ -151,3 +151,19 @@ def test_a_residual_model_trains_the_same_on_1_2_3_workers(tmp_path):
     for n in (2, 3):
         np.testing.assert_allclose(np.array(json.loads((tmp_path / f"res_{n}.json").read_text())), ref,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_integer_ids_reach_an_embedding_uncast():
+    seen = []
+
+    class Spy(layers.Embedding):
+        def call(self, x, training=False):
+            seen.append(x.dtype)
+            return super().call(x, training)
+    inputs = distnet.Input((3,), dtype="int64")
+    out = layers.Dense(1)(layers.Flatten()(Spy(2**25 + 10, 2)(inputs)))
+    m = Model(inputs, out)
+    m.compile(loss="mse", optimizer="sgd")
+    ids = np.array([[2**25 + 1, 3, 2**25 + 9]] * 4, dtype=np.int64)     # not representable in float32
+    m.fit(ids, np.zeros(4), epochs=1, verbose=0)
+    assert seen and all(d.kind == "i" for d in seen)
