@@ -18,21 +18,27 @@ from distnet.datasets import mnist
 from distnet.utils import to_categorical
 
 
+def bn():
+    # momentum 0.9 (PyTorch's 0.1): with Keras's 0.99 the moving statistics that inference uses still remember
+    # their initial values after the few hundred steps of a short run (measured: 21% test accuracy at 96% train)
+    return layers.BatchNormalization(momentum=0.9)
+
+
 def residual_block(x, filters, stride):
     """conv-BN-relu-conv-BN, plus the input (projected by a strided 1x1 convolution when the shape changes)."""
     h = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-    h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    h = layers.Activation("relu")(bn()(h))
     h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
-    h = layers.BatchNormalization()(h)
+    h = bn()(h)
     if stride != 1 or x.shape[-1] != filters:
-        x = layers.BatchNormalization()(layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x))
+        x = bn()(layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x))
     return layers.Activation("relu")(layers.Add()([h, x]))
 
 
 def resnet(input_shape, classes, blocks):
     inputs = distnet.Input(input_shape)
     x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
-    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    x = layers.Activation("relu")(bn()(x))
     for stage, filters in enumerate((16, 32, 64)):
         for b in range(blocks):
             x = residual_block(x, filters, stride=2 if stage > 0 and b == 0 else 1)
