@@ -1,6 +1,7 @@
 """Data: bundled data sets and loaders (datasets.py), sharding of global batches (sharding.py), and large data
 sets on disk: the sharded format (format.py) with its writer and reader, row reads of .npy files and memory maps
 (npy.py), and prefetching on a background thread (prefetch.py). The command line is `distnet-data`.
+May import: NumPy and the standard library; never layers/, models/, training/ or parallel/.
 
     from distnet.data import ShardedDataset, write_arrays
     write_arrays("mnist-packed", x_train, y_train)

@@ -1,4 +1,11 @@
-"""Keras-compatible layers (channels-last, float32 by default)."""
+"""Keras-compatible layers (channels-last, float32 by default): each builds its weights for an input shape, runs
+forward (`call`) and backward explicitly, and keeps its weights as views the model points into flat buffers.
+
+Rooms: base.py (Layer, Weight, flat-buffer helpers), symbolic.py (symbolic tensors: the functional graph),
+core, conv, pooling, global_pooling, padding, normalization, embedding, merge, recurrent/lstm/gru, wrappers,
+preprocessing; kernels.py (im2col and window arithmetic shared by several layers).
+May import: NumPy, activations, initializers, regularizers, backend; never models/, training/ or parallel/.
+"""
 from .base import Layer, Weight
 from .conv import Conv1D, Conv2D, Convolution1D, Convolution2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
