@@ -71,6 +71,7 @@ class History(Callback):
     def __init__(self):
         super().__init__()
         self.history, self.epoch = {}, []
+        self.membership = []      # elastic runs: {epoch, step, event, workers, seconds} per change of workers
 
     def on_train_begin(self, logs=None):
         self.epoch = []

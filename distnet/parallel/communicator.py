@@ -8,6 +8,12 @@ equal-length arrays (`allgather_array`), synchronises (`barrier`), bounds how lo
 import os
 
 
+class MembershipChanged(RuntimeError):
+    """An elastic job's set of workers changed during a collective (a worker left, or one is joining): the
+    collective did not complete; the caller waits for the new membership (`DataParallel.recover`) and redoes
+    the step from the state it had before it."""
+
+
 class Communicator:
     rank = 0
     size = 1
@@ -15,6 +21,9 @@ class Communicator:
     local_size = 1
     backend = "local"
     watchdog_timeout = None    # seconds a worker waits for the others at a collective; None: forever
+    elastic = False            # True when workers may leave and join during training (distnet.ray.run min_workers)
+    joining = False            # True on an elastic worker that joins a running job (it receives the state)
+    change_requested = False   # True when this worker was asked to change membership at the next step boundary
 
     def allreduce_(self, buf, algorithm="auto", codec=None):
         """Sum `buf` (a contiguous 1-D NumPy array) over all workers, in place.
@@ -47,6 +56,11 @@ class Communicator:
     def abort(self, code=1):
         """End the whole job now (every worker), with exit status `code`."""
         os._exit(code)
+
+    def await_membership(self):
+        """Elastic only: wait for the next membership (new rank and size) and use it; returns a dict with
+        'left' (old ranks that left), 'joined' (how many joined) and 'size'."""
+        raise RuntimeError(f"{type(self).__name__} is not elastic: its workers cannot change during training")
 
     def __repr__(self):
         return f"<{type(self).__name__} rank {self.rank}/{self.size}>"

@@ -9,7 +9,7 @@ method is cheap and communication-free.
 import numpy as np
 
 from . import world
-from .communicator import LOCAL
+from .communicator import LOCAL, MembershipChanged  # noqa: F401  (re-exported for training/)
 from .reducer import Reducer
 
 
@@ -40,6 +40,27 @@ class DataParallel:
     @property
     def is_main(self):
         return self.comm.rank == 0
+
+    @property
+    def elastic(self):
+        """True when workers may leave or join during training (a Ray group with min_workers)."""
+        return self.comm.elastic
+
+    @property
+    def joining(self):
+        """True on an elastic worker that joins a running job and must receive its state."""
+        return self.comm.joining
+
+    @property
+    def change_requested(self):
+        return self.comm.change_requested
+
+    def recover(self):
+        """After MembershipChanged, or at an agreed step boundary: wait for the new membership and use it.
+        Returns {'left': old ranks gone, 'joined': number of new workers, 'size': workers now}."""
+        info = self.comm.await_membership()
+        self.reducer = Reducer(self.comm, **self.options)
+        return info
 
     @property
     def overlaps(self):

@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import timeline as timeline_mod, utils
 from ..callbacks import CallbackList, History, ProgbarLogger
-from . import adapter
+from ..parallel.strategy import MembershipChanged
+from . import adapter, elastic
 from .resume import FitState
 
 
@@ -54,7 +55,13 @@ class FitLoop:
         tl = model.timeline or timeline_mod.from_env() or timeline_mod.NULL
         cbs.on_train_begin()
         start = (self.initial_epoch, 0, None)
-        if state.pending is not None:                  # a BackupAndRestore found a checkpoint
+        if strategy.elastic and model.steps_per_sync > 1:
+            raise ValueError("elastic training (min_workers) needs steps_per_sync=1: a membership change cannot "
+                             f"split an accumulated update; received steps_per_sync={model.steps_per_sync}")
+        if strategy.joining:                           # an elastic worker joining a running job
+            elastic.recover(model, state.epoch, state.step, tl)
+            start = elastic.share_state(state)
+        elif state.pending is not None:                # a BackupAndRestore found a checkpoint
             start = state.restore()
         logs = {}
         for epoch in range(start[0], self.epochs):
@@ -74,6 +81,27 @@ class FitLoop:
         if epoch == start[0] and start[2] is not None:
             totals[...], first_step = start[2], start[1]
             logs = step.stats.logs(totals)      # the epoch's logs so far (its steps may all be done already)
+        if strategy.elastic:
+            logs = self._elastic_steps(epoch, order, first_step, steps, data, step, state, totals, logs, cbs, tl)
+        else:
+            logs = self._steps(epoch, order, first_step, steps, data, step, state, totals, logs, cbs, tl)
+        data.end_epoch()
+        strategy.average_(flat.state)
+        logs = dict(logs)
+        if val is not None and (epoch + 1) % self.validation_freq == 0:
+            vb = self.validation_batch_size or B
+            vsteps = val.num_steps(vb)
+            if self.validation_steps is not None:
+                vsteps = min(vsteps, self.validation_steps)
+            val_logs = evaluate_data(model, step, val, vb, vsteps)
+            logs.update({"val_" + k: v for k, v in val_logs.items()})
+        state.at(epoch + 1, 0, None, logs)
+        cbs.on_epoch_end(epoch, logs)
+        return logs
+
+    def _steps(self, epoch, order, first_step, steps, data, step, state, totals, logs, cbs, tl):
+        model, B = self.model, self.batch_size
+        strategy, flat = model.distribute_strategy, model.flat_state
         rank, size = strategy.rank, strategy.num_workers
         batches = batch_stream(data, order, range(first_step, steps), B, rank, size, f"fit() epoch {epoch + 1}")
         try:
@@ -96,18 +124,42 @@ class FitLoop:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
-        data.end_epoch()
-        strategy.average_(flat.state)
-        logs = dict(logs)
-        if val is not None and (epoch + 1) % self.validation_freq == 0:
-            vb = self.validation_batch_size or B
-            vsteps = val.num_steps(vb)
-            if self.validation_steps is not None:
-                vsteps = min(vsteps, self.validation_steps)
-            val_logs = evaluate_data(model, step, val, vb, vsteps)
-            logs.update({"val_" + k: v for k, v in val_logs.items()})
-        state.at(epoch + 1, 0, None, logs)
-        cbs.on_epoch_end(epoch, logs)
+        return logs
+
+    def _elastic_steps(self, epoch, order, first_step, steps, data, step, state, totals, logs, cbs, tl):
+        """The steps of an epoch when workers may leave or join: each step starts from a snapshot, and a step
+        that a departure interrupted is redone on the survivors (the global batch is the same, so the update
+        is too); at a boundary where a join was requested, everyone takes rank 0's state."""
+        model, B = self.model, self.batch_size
+        strategy, flat = model.distribute_strategy, model.flat_state
+        snapshot = elastic.Snapshot(model)
+        i, begun = first_step, -1
+        while i < steps:
+            if begun != i:
+                cbs.on_train_batch_begin(i)
+                begun = i
+            snapshot.take(totals)
+            try:
+                with tl.phase("data"):
+                    ids, batch = data.local_batch(order, i, B, strategy.rank, strategy.num_workers,
+                                                  f"fit() epoch {epoch + 1}")
+                    model.set_batch_context(epoch, ids)
+                penalty = flat.penalty()
+                slots = step.train(*batch, tl, True)
+            except MembershipChanged:
+                totals[...] = snapshot.restore()
+                elastic.recover(model, epoch, i, tl)
+                continue                                  # redo step i on the new membership
+            step.stats.add(totals, slots, penalty)
+            logs = step.stats.logs(totals)
+            state.at(epoch, i + 1, totals)
+            if slots[step.stats.control] > 0:             # a worker joins at this boundary: share the state
+                elastic.recover(model, epoch, i + 1, tl)
+                elastic.share_state(state)
+            cbs.on_train_batch_end(i, logs)
+            i += 1
+            if model.stop_training:
+                break
         return logs
 
 

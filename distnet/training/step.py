@@ -20,11 +20,14 @@ class StepStats:
 
     COUNT, LOSS = 0, 1
 
-    def __init__(self, metric_names, output_loss_names=()):
+    def __init__(self, metric_names, output_loss_names=(), control=False):
         self.output_loss_names = list(output_loss_names)
         self.metric_names = list(metric_names)
         self.first_metric = 2 + len(self.output_loss_names)
         self.size = self.first_metric + 2 * len(self.metric_names)
+        # elastic: one more slot, summed with the gradients: > 0 when some worker was asked to change membership
+        self.control = self.size if control else None
+        self.size += 1 if control else 0
 
     def output_loss(self, k):
         return 2 + k
@@ -133,7 +136,7 @@ class Step:
         self.flat = model.flat_state
         self.metric_refs = [(h, m, w) for h in heads for m, w in zip(h.metrics, h.weighted)]
         self.stats = StepStats([(f"{h.name}_{m.name}" if self.many else m.name) for h, m, _ in self.metric_refs],
-                               [f"{h.name}_loss" for h in heads] if self.many else ())
+                               [f"{h.name}_loss" for h in heads] if self.many else (), control=strategy.elastic)
         self.buffer = self.flat.gradient_buffer(self.stats.size)
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
@@ -164,6 +167,8 @@ class Step:
             use = w if weighted else None
             slots[self.stats.metric_sum(i)] = v.sum() if use is None else np.dot(v, use)
             slots[self.stats.metric_weight(i)] = v.shape[0] if use is None else use.sum()
+        if self.stats.control is not None:
+            slots[self.stats.control] = 1.0 if self.strategy.change_requested else 0.0
 
     # -- steps --------------------------------------------------------------------------------------------
     def train(self, xb, yb, wb, tl, sync=True):

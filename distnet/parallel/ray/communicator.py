@@ -1,11 +1,17 @@
 """The Ray communicator: the ring over the workers' TCP/shared-memory transport, and control messages
 (allgather, broadcast, the object-store "star" allreduce kept for comparison) through Ray actor calls."""
+import contextlib
 import os
+import socket
+import threading
 
 import numpy as np
 
 from .. import ring
-from ..communicator import Communicator
+from ..communicator import Communicator, MembershipChanged
+
+# what a collective raises when a peer is gone or the group is being changed
+_PEER_ERRORS = (ConnectionError, TimeoutError, socket.timeout, OSError, EOFError)
 
 
 class RayCommunicator(Communicator):
@@ -20,6 +26,54 @@ class RayCommunicator(Communicator):
         self.watchdog_timeout = timeout
         self._seq = 0
         self.scratch = ring.Scratch()
+        self.generation = 0           # elastic: how many membership changes so far
+        self._offer, self._offer_cv = None, threading.Condition()
+
+    # -- elastic membership (the driver's calls arrive on other actor threads) ------------------------------
+    @contextlib.contextmanager
+    def guarded(self):
+        """In an elastic group, a peer that fails mid-collective means: the membership is changing."""
+        if not self.elastic:
+            yield
+            return
+        try:
+            yield
+        except MembershipChanged:
+            raise
+        except _PEER_ERRORS as e:
+            self.interrupt()           # unblock my neighbours too, so the whole ring notices at once
+            raise MembershipChanged(f"rank {self.rank}: a peer left during a collective ({e})") from e
+
+    def interrupt(self):
+        """Stop using the current ring: unblock every wait on it (the driver, or a failed collective)."""
+        if self.ring_transport is not None:
+            self.ring_transport.shutdown()
+        self.mailbox.interrupt()
+
+    def offer(self, config):
+        """The driver's next membership: a dict (rank, size, peers, ring, local_rank, local_size, left, joined,
+        generation) or {'error': message} when the job cannot continue."""
+        with self._offer_cv:
+            self._offer = config
+            self._offer_cv.notify_all()
+
+    def await_membership(self, timeout=None):
+        with self._offer_cv:
+            if not self._offer_cv.wait_for(lambda: self._offer is not None, timeout):
+                raise RuntimeError(f"rank {self.rank}: no new membership from the driver within {timeout:g} s")
+            config, self._offer = self._offer, None
+        if "error" in config:
+            raise RuntimeError(config["error"])
+        old = self.ring_transport
+        self.rank, self.size, self.peers = config["rank"], config["size"], config["peers"]
+        self.local_rank, self.local_size = config["local_rank"], config["local_size"]
+        self.ring_transport, self.generation = config["ring"], config["generation"]
+        self.joining = self.change_requested = False
+        self._seq = 0
+        self.mailbox.reset(self.generation)
+        if old is not None and old is not self.ring_transport:
+            old.close()
+        return {"left": config["left"], "joined": config["joined"], "size": self.size}
 
     # -- point to point ------------------------------------------------------------------------------------
     def _tag(self):
@@ -27,10 +81,10 @@ class RayCommunicator(Communicator):
         return self._seq
 
     def _send(self, dst, tag, payload):
-        self.peers[dst].deliver.remote(self.rank, tag, payload)
+        self.peers[dst].deliver.remote(self.rank, (self.generation, tag), payload)
 
     def _recv(self, src, tag):
-        return self.mailbox.take(src, tag, self.timeout)
+        return self.mailbox.take(src, (self.generation, tag), self.timeout)
 
     # -- the ring transport --------------------------------------------------------------------------------
     def sendrecv(self, send, recv):
@@ -40,6 +94,10 @@ class RayCommunicator(Communicator):
 
     # -- collectives ---------------------------------------------------------------------------------------
     def allreduce_(self, buf, algorithm="auto", codec=None):
+        with self.guarded():
+            return self._allreduce(buf, algorithm, codec)
+
+    def _allreduce(self, buf, algorithm, codec):
         self.collectives += 1
         if self.size == 1 or buf.size == 0:
             return buf
@@ -51,7 +109,8 @@ class RayCommunicator(Communicator):
 
     def allgather_array(self, mine, out):
         self.collectives += 1
-        return ring.ring_allgather(mine, out, self.transport)
+        with self.guarded():
+            return ring.ring_allgather(mine, out, self.transport)
 
     def set_watchdog(self, timeout):
         """Every wait for a peer (ring chunk or control message) gives up after `timeout` seconds with a
@@ -75,6 +134,10 @@ class RayCommunicator(Communicator):
         return buf
 
     def broadcast_(self, buf, root=0):
+        with self.guarded():
+            return self._broadcast(buf, root)
+
+    def _broadcast(self, buf, root):
         self.collectives += 1
         tag = self._tag()
         if self.rank == root:
@@ -86,6 +149,10 @@ class RayCommunicator(Communicator):
         return buf
 
     def allgather(self, obj):
+        with self.guarded():
+            return self._allgather(obj)
+
+    def _allgather(self, obj):
         self.collectives += 1
         tag = self._tag()
         if self.rank == 0:
@@ -102,10 +169,11 @@ class RayCommunicator(Communicator):
 
     def barrier(self):
         self.collectives += 1
-        if self.ring_transport is not None:      # a one-element ring allreduce: no trip through Ray
-            ring.ring_allreduce(np.zeros(self.size, np.float32), self.ring_transport)
-        else:
-            self.allgather(None)
+        with self.guarded():
+            if self.ring_transport is not None:      # a one-element ring allreduce: no trip through Ray
+                ring.ring_allreduce(np.zeros(self.size, np.float32), self.ring_transport)
+            else:
+                self._allgather(None)
 
     def abort(self, code=1):
         os._exit(code)

@@ -96,19 +96,29 @@ class WorkerFailure(RuntimeError):
 
 
 def run(train_fn, num_workers=2, resources_per_worker=None, max_failures=0, address=None, args=(), kwargs=None,
-        placement_strategy="SPREAD", timeout=None):
+        placement_strategy="SPREAD", timeout=None, min_workers=None, wait_for_workers=60.0):
     """Run `train_fn(*args, **kwargs)` on `num_workers` Ray actors as one data-parallel job; return the list of
     per-rank results. Inside, `model.fit` trains data-parallel over the actors, exactly as under mpirun.
 
     max_failures: how many times to restart the whole worker group when a worker fails (an exception or a
     dead actor/node); `train_fn` resumes from its checkpoints if it uses BackupAndRestore.
-    timeout: seconds a worker waits for a peer's message before giving up (a stall watchdog; default none)."""
+    timeout: seconds a worker waits for a peer's message before giving up (a stall watchdog; default none).
+    min_workers: make the group elastic: when workers die, `train_fn` goes on (not restarted) on the others,
+    down to min_workers, and workers are added again up to num_workers when the cluster has room; the result
+    does not change (distnet.training.elastic). Below min_workers the driver waits up to wait_for_workers
+    seconds for capacity, then fails. Returns the results of the workers that finished."""
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be a positive int, received {num_workers!r}")
     if not isinstance(max_failures, int) or max_failures < 0:
         raise ValueError(f"max_failures must be an int >= 0, received {max_failures!r}")
+    if min_workers is not None and (not isinstance(min_workers, int) or not 1 <= min_workers <= num_workers):
+        raise ValueError(f"min_workers must be an int in [1, num_workers={num_workers}], received {min_workers!r}")
     cpus = (resources_per_worker or {}).get("CPU", 1)
     init_ray(address, num_workers, cpus)
+    if min_workers is not None:
+        from .elastic import ElasticGroup
+        return ElasticGroup(train_fn, args, kwargs, num_workers, min_workers, resources_per_worker, timeout,
+                            wait_for_workers).run()
     return _with_restarts(lambda group: group.run("run_function", train_fn, tuple(args), dict(kwargs or {})),
                           num_workers, resources_per_worker, max_failures, placement_strategy, timeout)
 

@@ -19,16 +19,32 @@ class Mailbox:
 
     def __init__(self):
         self._items, self._cv = {}, threading.Condition()
+        self.interrupted = False
 
     def put(self, src, tag, payload):
         with self._cv:
             self._items[(src, tag)] = payload
             self._cv.notify_all()
 
+    def interrupt(self):
+        """Wake every waiting take with ConnectionError (an elastic group is changing)."""
+        with self._cv:
+            self.interrupted = True
+            self._cv.notify_all()
+
+    def reset(self, generation):
+        """Forget undelivered messages of older memberships (tags are (generation, seq)); keep those of this one,
+        which faster peers may have sent already, and accept new ones."""
+        with self._cv:
+            self._items = {k: v for k, v in self._items.items() if k[1][0] >= generation}
+            self.interrupted = False
+
     def take(self, src, tag, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while (src, tag) not in self._items:
+                if self.interrupted:
+                    raise ConnectionError(f"the group changed while waiting for rank {src}")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"no message from rank {src} (tag {tag}) within {timeout:g} s")
@@ -84,6 +100,15 @@ class TcpRing:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.settimeout(self.timeout)
         self._server.close()
+
+    def shutdown(self):
+        """Unblock any send or receive in progress (from another thread): an elastic group is changing."""
+        for s in (self.right, self.left):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def set_timeout(self, timeout):
         """Seconds a receive from a neighbour may wait (None: forever)."""
@@ -177,6 +202,15 @@ class TcpRing:
                 pass
 
     def close(self):
+        if self._awaiting_ack and self.right is not None:
+            # the right neighbour may not have mapped the last chunk yet: removing its file now would leave it
+            # nothing to read (an elastic group closes a ring right after its last allreduce)
+            try:
+                self.right.settimeout(5.0)
+                _recv_exact(self.right, memoryview(bytearray(1)), "the right neighbour")
+            except (OSError, ConnectionError, TimeoutError):
+                pass                 # gone: nobody will read the file
+            self._awaiting_ack = False
         self._close_outbox()
         for s in (self.right, self.left):
             if s is not None:
