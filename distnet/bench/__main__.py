@@ -229,6 +229,11 @@ def cmd_data(args):
     return rows
 
 
+def cmd_elastic(args):
+    from . import elastic
+    return elastic.main(args.repeat, args.workers)
+
+
 def cmd_all(args):
     """The default benchmark: allreduce and scaling on both backends, the cost model, and the plots."""
     os.makedirs(args.out, exist_ok=True)
@@ -295,14 +300,17 @@ def main(argv=None):
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--row-align", default="none,page", help="shard layouts to pack and read: none, page or both")
     d.add_argument("--io-threads", type=_ints, default=[1, 4], help="reader threads, e.g. 1,4")
+    el = sub.add_parser("elastic", help="time from a worker's death to the next step: elastic vs restart (Ray)")
+    el.add_argument("--repeat", type=int, default=5)
+    el.add_argument("--workers", type=int, default=3)
     al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
     al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
     al.add_argument("--steps", type=int, default=20)
-    for s in (e, a, sc, m, d, al):
+    for s in (e, a, sc, m, d, el, al):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)
     rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling,
-            "memory": cmd_memory, "data": cmd_data, "all": cmd_all}[args.command](args)
+            "memory": cmd_memory, "data": cmd_data, "elastic": cmd_elastic, "all": cmd_all}[args.command](args)
     if args.command == "all" and not args.json:
         args.json = os.path.join(args.out, "results.json")
     if args.json:
