@@ -26,9 +26,10 @@ def test_cost_model_fit_recovers_alpha_beta_and_predicts():
 @pytest.mark.timeout(300)
 def test_bench_cli_engine_allreduce_scaling(tmp_path, capsys):
     require_mpi()
-    assert main(["engine", "--model", "mlp", "--batch", "8", "--steps", "5", "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["engine", "--model", "mlp", "--batch", "8", "--steps", "3", "--warmup", "1", "--repeat", "2",
+                 "--json", str(tmp_path / "e.json")]) == 0
     rows = json.loads((tmp_path / "e.json").read_text())["results"]
-    assert rows[0]["impl"] == "distnet" and rows[0]["step_ms"] > 0
+    assert rows[0]["impl"] == "distnet" and rows[0]["runs"] == 2 and rows[0]["min_ms"] <= rows[0]["step_ms"]
     assert main(["allreduce", "-n", "2", "--sizes", "4K,64K", "--json", str(tmp_path / "a.json"),
                  "--plot", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "a.json").read_text())["results"]

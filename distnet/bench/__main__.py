@@ -25,35 +25,22 @@ def _ints(text):
 
 
 def cmd_engine(args):
-    from threadpoolctl import threadpool_limits
-    rows = []
-    for model_name in args.model.split(","):
-        for batch in args.batch:
-            for threads in args.threads:
-                print(f"engine: {model_name} batch {batch}, {threads} BLAS thread(s) ...", file=sys.stderr)
-                from .. import backend
-                backend.set_num_threads(threads)         # intra-op: the batch split over `threads` threads
-                with threadpool_limits(limits=1 if threads > 1 else threads, user_api="blas"):
-                    if args.compare:
-                        import torch
-                        torch.set_num_threads(threads)
-                        timed = engine.compare_three(model_name, batch, steps=max(args.steps // 5, 2),
-                                                     with_keras="keras" in args.compare)
-                        results = [(k, timed[k]) for k in ("distnet", "keras", "torch") if k in timed]
-                    else:
-                        results = [("distnet", engine.time_distnet(model_name, batch, steps=args.steps))]
-                for impl, s in results:
-                    rows.append({"kind": "engine", "impl": impl, "model": model_name, "batch": batch,
-                                 "threads": threads, "step_ms": s["median_s"] * 1e3, "p10_ms": s["p10_s"] * 1e3,
-                                 "p90_ms": s["p90_s"] * 1e3, "samples_per_s": batch / s["median_s"],
-                                 "ratio": s["median_s"] / results[-1][1]["median_s"] if len(results) > 1 else None,
-                                 "vs_keras": (s["median_s"] / dict(results)["keras"]["median_s"]
-                                              if "keras" in dict(results) else None)})
+    """Each implementation in its own fresh process, alternating, `--repeat` times (see bench/fresh.py)."""
+    from . import fresh
+    impls = ["distnet"] + [c for c in (args.compare or "").split(",") if c]
+    unknown = [i for i in impls[1:] if i != "torch"]
+    if unknown:
+        raise SystemExit(f"distnet-bench engine: --compare takes 'torch', received {unknown}")
+    if args.repeat < 1:
+        raise SystemExit(f"distnet-bench engine: --repeat must be >= 1, received {args.repeat}")
+    print(f"engine: {args.repeat} repetitions, each implementation in a fresh process, alternating",
+          file=sys.stderr)
+    rows = fresh.protocol(args.model.split(","), args.batch, args.threads, impls, args.repeat, args.steps,
+                          args.warmup, say=lambda line: print(line, file=sys.stderr))
     print(table(rows, [("model", "model", "{}"), ("batch", "batch", "{}"), ("threads", "threads", "{}"),
                        ("impl", "impl", "{}"), ("step_ms", "step ms (median)", "{:.3f}"),
-                       ("p10_ms", "p10", "{:.3f}"), ("p90_ms", "p90", "{:.3f}"),
-                       ("samples_per_s", "samples/s", "{:.0f}"), ("ratio", "time vs torch", "{:.2f}x"),
-                       ("vs_keras", "time vs keras", "{:.2f}x")]))
+                       ("min_ms", "min", "{:.3f}"), ("max_ms", "max", "{:.3f}"),
+                       ("samples_per_s", "samples/s", "{:.0f}"), ("ratio", "time vs torch", "{:.2f}x")]))
     return rows
 
 
@@ -259,13 +246,15 @@ def _has_ray():
 def main(argv=None):
     p = argparse.ArgumentParser(prog="distnet-bench", description="distnet benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("engine", help="training step time of the example models")
-    e.add_argument("--model", default="mlp,cnn")
+    e = sub.add_parser("engine", help="training step time: each implementation in a fresh process, alternating, "
+                                      "repeated; median and range")
+    e.add_argument("--model", default="mlp,cnn", help="comma-separated: mlp, cnn, lstm, resnet")
     e.add_argument("--batch", type=_ints, default=[32])
     e.add_argument("--threads", type=_ints, default=[1])
-    e.add_argument("--steps", type=int, default=50)
-    e.add_argument("--compare", choices=["torch", "torch,keras"], default=None,
-                   help="also time PyTorch (and Keras 3 on torch) on the same model, alternating, in one run")
+    e.add_argument("--steps", type=int, default=30, help="timed steps per run (after --warmup)")
+    e.add_argument("--warmup", type=int, default=5)
+    e.add_argument("--repeat", type=int, default=5, help="runs of each implementation (fresh processes)")
+    e.add_argument("--compare", default=None, help="also time 'torch' (pip install torch) on the same network")
     a = sub.add_parser("allreduce", help="allreduce time and bandwidth by buffer size")
     a.add_argument("-n", type=_ints, default=[2])
     a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))
