@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from . import allreduce, costmodel, engine, memory, scaling
+from . import allreduce, costmodel, memory, scaling
 from .stats import memcpy_bandwidth, table
 
 

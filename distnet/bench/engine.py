@@ -1,14 +1,11 @@
-"""Engine step time: forward + backward + optimizer of the two example models, via `fit`, medians per step.
-
-    python -m distnet.bench engine [--threads 1] [--batch 32,128] [--compare torch]
-"""
+"""The example models for engine benchmarks (distnet and the same networks in PyTorch), synthetic data, and a
+per-step timer. The protocol that times them is bench/fresh.py (`distnet-bench engine`)."""
 import time
 
 import numpy as np
 
-from .. import callbacks, layers, utils
+from .. import callbacks, layers
 from ..models import Sequential
-from .stats import summarize
 
 
 def build(model_name, input_shape=(32, 32, 3), **compile_kw):
@@ -51,16 +48,6 @@ class StepTimer(callbacks.Callback):
         self.durations.append(time.perf_counter() - self._t0)
 
 
-def time_distnet(model_name, batch, steps=50, warmup=5, seed=0):
-    """Per-step times of `fit` on synthetic data (one epoch of warmup+steps steps)."""
-    utils.set_random_seed(seed)
-    model = build(model_name)
-    x, y = synthetic_data(model_name, batch * (steps + warmup), seed=seed)
-    timer = StepTimer()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
-    return summarize(timer.durations[warmup:])
-
-
 # -- PyTorch, the reference (optional: pip install torch) ----------------------------------------------------
 def torch_model(model_name, input_shape=(32, 32, 3)):
     """The same architecture, initialisation scheme and optimizer (Adam, Keras's epsilon) in PyTorch."""
@@ -98,59 +85,3 @@ def time_torch_steps(net, loss_fn, opt, batches):
         opt.step()
         out.append(time.perf_counter() - t0)
     return out
-
-
-# -- Keras 3 (optional: pip install keras; runs on its torch backend) -----------------------------------------
-def keras_model(model_name, input_shape=(32, 32, 3)):
-    import os
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras
-    from keras import layers as kl
-    if model_name == "mlp":
-        model = keras.Sequential([keras.Input((8,)), kl.Dense(10, activation="relu"), kl.Dense(10, activation="relu"),
-                                  kl.Dense(1, activation="sigmoid")])
-        model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
-    else:
-        model = keras.Sequential([
-            keras.Input(input_shape), kl.Conv2D(32, (3, 3), activation="relu"), kl.MaxPooling2D((2, 2)),
-            kl.Conv2D(64, (3, 3), activation="relu"), kl.MaxPooling2D((2, 2)),
-            kl.Conv2D(128, (3, 3), activation="relu"), kl.MaxPooling2D((2, 2)),
-            kl.Flatten(), kl.Dense(128, activation="relu"), kl.Dense(10, activation="softmax")])
-        model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
-    return model
-
-
-def keras_step_times(model, x, y, batch):
-    import keras
-    times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, b, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, b, logs=None):
-            times.append(time.perf_counter() - self.t0)
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[Timer()], shuffle=True)
-    return times
-
-
-def compare_three(model_name, batch, rounds=5, steps=20, warmup=5, seed=0, with_keras=True):
-    """distnet, PyTorch and (optionally) Keras 3 on torch, timed alternately round by round in one process."""
-    import torch
-    utils.set_random_seed(seed)
-    torch.manual_seed(seed)
-    model = build(model_name)
-    x, y = synthetic_data(model_name, batch * (steps + warmup), seed=seed)
-    net, loss_fn, opt = torch_model(model_name)
-    batches = torch_batches(model_name, batch, steps + warmup, seed)
-    km = keras_model(model_name) if with_keras else None
-    ours, theirs, keras_times = [], [], []
-    for _ in range(rounds):
-        timer = StepTimer()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
-        ours += timer.durations[warmup:]
-        theirs += time_torch_steps(net, loss_fn, opt, batches)[warmup:]
-        if km is not None:
-            keras_times += keras_step_times(km, x, y, batch)[warmup:]
-    return {"distnet": summarize(ours), "torch": summarize(theirs),
-            **({"keras": summarize(keras_times)} if km is not None else {})}
