@@ -54,3 +54,14 @@ def test_history_plot(tmp_path):
     assert os.path.getsize(path) > 1000
     with pytest.raises(ValueError, match="history is empty"):
         plot.history({}, tmp_path / "x.png")
+
+
+def test_engine_profile_names_layers_flops_and_the_ceiling(tmp_path, capsys):
+    assert main(["engine", "--model", "cnn", "--batch", "4", "--steps", "2", "--warmup", "1", "--profile",
+                 "--json", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())["results"]
+    layers = {r["class"]: r for r in rows if r["kind"] == "profile"}
+    assert layers["Conv2D"]["gflop"] > 0 and layers["Conv2D"]["forward_ms"] > 0 and layers["Flatten"]["gflop"] == 0
+    summary = next(r for r in rows if r["kind"] == "profile_summary")
+    assert summary["gemm_ceiling_gflops"] > 0 and 0 < summary["share_of_ceiling"]
+    assert "of this core's GEMM" in capsys.readouterr().out

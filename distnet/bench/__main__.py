@@ -27,6 +27,8 @@ def _ints(text):
 def cmd_engine(args):
     """Each implementation in its own fresh process, alternating, `--repeat` times (see bench/fresh.py)."""
     from . import fresh
+    if args.profile:
+        return _profile(args)
     impls = ["distnet"] + [c for c in (args.compare or "").split(",") if c]
     unknown = [i for i in impls[1:] if i != "torch"]
     if unknown:
@@ -41,6 +43,30 @@ def cmd_engine(args):
                        ("impl", "impl", "{}"), ("step_ms", "step ms (median)", "{:.3f}"),
                        ("min_ms", "min", "{:.3f}"), ("max_ms", "max", "{:.3f}"),
                        ("samples_per_s", "samples/s", "{:.0f}"), ("ratio", "time vs torch", "{:.2f}x")]))
+    return rows
+
+
+def _profile(args):
+    from threadpoolctl import threadpool_limits
+
+    from . import fresh, profile
+    rows = []
+    for name in args.model.split(","):
+        for batch in args.batch:
+            with threadpool_limits(limits=args.threads[0], user_api="blas"):
+                model = fresh.distnet_model(name)
+                x, y = fresh.data(name, batch * (args.steps + args.warmup))
+                layers_, summary = profile.profile(model, x, y, batch, args.steps, args.warmup)
+            print(f"{name}, batch {batch}, {args.threads[0]} BLAS thread(s): step {summary['step_ms']:.2f} ms, "
+                  f"{summary['gflop_per_step']:.3f} GFLOP -> {summary['achieved_gflops']:.1f} GFLOP/s = "
+                  f"{summary['share_of_ceiling']:.0%} of this core's GEMM ({summary['gemm_ceiling_gflops']:.0f} "
+                  f"GFLOP/s); {summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "
+                  f"layers ({summary['outside_layers_ms']:.2f} ms outside every layer: loss, optimizer, bookkeeping)")
+            print(table(layers_, [("layer", "layer", "{}"), ("class", "class", "{}"),
+                                  ("forward_ms", "forward ms", "{:.3f}"), ("backward_ms", "backward ms", "{:.3f}"),
+                                  ("gflop", "GFLOP (f+b)", "{:.4f}"), ("gflops", "GFLOP/s", "{:.1f}")]))
+            rows += [{"kind": "profile", "model": name, "batch": batch, **r} for r in layers_]
+            rows.append({"kind": "profile_summary", "model": name, "batch": batch, **summary})
     return rows
 
 
@@ -255,6 +281,8 @@ def main(argv=None):
     e.add_argument("--warmup", type=int, default=5)
     e.add_argument("--repeat", type=int, default=5, help="runs of each implementation (fresh processes)")
     e.add_argument("--compare", default=None, help="also time 'torch' (pip install torch) on the same network")
+    e.add_argument("--profile", action="store_true",
+                   help="per layer: forward/backward time, FLOPs, GFLOP/s; the GEMM ceiling of this core")
     a = sub.add_parser("allreduce", help="allreduce time and bandwidth by buffer size")
     a.add_argument("-n", type=_ints, default=[2])
     a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))

@@ -1,0 +1,100 @@
+"""Where a training step's time goes: per layer, forward and backward time, FLOPs and GFLOP/s, the time outside
+the layers (loss, optimizer, bookkeeping), and this machine's one-core GEMM throughput as the ceiling.
+
+    distnet-bench engine --model cnn --batch 128 --profile
+"""
+import math
+import time
+
+import numpy as np
+
+
+def gemm_ceiling(n=1024, repeat=3):
+    """GFLOP/s of a float32 n x n x n matrix product on this process's BLAS threads (best of `repeat`)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b, out = a.copy(), np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(repeat))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def layer_flops(layer, n):
+    """Multiply-adds x 2 of one forward pass over n samples (matrix-product layers only; 0 for the others).
+    Backward costs twice as much (gradients of the input and of the weights)."""
+    kind = type(layer).__name__
+    out = layer.output_shape if not layer.multi_output else layer.output_shape[0]
+    if kind == "Dense":
+        return 2 * n * math.prod(layer.input_shape[:-1]) * layer.input_shape[-1] * layer.units
+    if kind in ("Conv2D", "Conv1D"):
+        k = layer.kernel.value
+        return 2 * n * math.prod(out[:-1]) * math.prod(k.shape[:-1]) * k.shape[-1]
+    if kind in ("LSTM", "GRU", "SimpleRNN"):
+        t, f = layer.input_shape[0], layer.input_shape[-1]
+        return 2 * n * t * (f + layer.units) * layer.gates * layer.units
+    return 0
+
+
+def profile(model, x, y, batch, steps=10, warmup=3):
+    """Rows per layer (name, class, forward_ms, backward_ms, gflop, gflops) and a summary dict."""
+    times = {id(la): [0.0, 0.0] for la in model.layers}
+    for la in model.layers:
+        _wrap(la, times[id(la)])
+    step_times = []
+
+    from .. import callbacks
+
+    class Clock(callbacks.Callback):
+        def on_train_batch_begin(self, b, logs=None):
+            self.t0 = time.perf_counter()
+            if b == warmup:
+                for v in times.values():
+                    v[0] = v[1] = 0.0
+
+        def on_train_batch_end(self, b, logs=None):
+            if b >= warmup:
+                step_times.append(time.perf_counter() - self.t0)
+    model.fit(x[:batch * (steps + warmup)], y[:batch * (steps + warmup)], batch_size=batch, epochs=1, verbose=0,
+              callbacks=[Clock()], shuffle=False)
+    rows = []
+    for la in model.layers:
+        fwd, bwd = (t / steps * 1e3 for t in times[id(la)])
+        flop = layer_flops(la, batch) * 3 / 1e9            # forward + backward
+        rows.append({"layer": la.name, "class": type(la).__name__, "forward_ms": fwd, "backward_ms": bwd,
+                     "gflop": flop, "gflops": flop / ((fwd + bwd) / 1e3) if flop and fwd + bwd else None})
+    step_ms = float(np.mean(step_times)) * 1e3        # the mean, like the layer times it is compared with
+    in_layers = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
+    gemm_ms = sum(r["forward_ms"] + r["backward_ms"] for r in rows if r["gflop"])
+    total_flop = sum(r["gflop"] for r in rows)
+    summary = {"step_ms": step_ms, "outside_layers_ms": step_ms - in_layers,
+               "outside_gemm_layers_share": 1 - gemm_ms / step_ms, "gflop_per_step": total_flop,
+               "achieved_gflops": total_flop / (step_ms / 1e3), "gemm_ceiling_gflops": gemm_ceiling()}
+    summary["share_of_ceiling"] = summary["achieved_gflops"] / summary["gemm_ceiling_gflops"]
+    return rows, summary
+
+
+def _wrap(layer, acc):
+    """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer);
+    nested calls (backward calling backward_preactivation) are counted once."""
+    depth = [0]
+
+    def timed(fn, slot):
+        def run(*args, **kwargs):
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    acc[slot] += time.perf_counter() - t0
+        return run
+    layer.call = timed(layer.call, 0)
+    layer.backward = timed(layer.backward, 1)
+    if hasattr(layer, "backward_preactivation"):
+        layer.backward_preactivation = timed(layer.backward_preactivation, 1)
