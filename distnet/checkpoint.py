@@ -27,19 +27,25 @@ def _digest(a):
 
 def save_arrays(path, arrays, meta):
     """Write {name: array} and the JSON-serializable `meta` to `path` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"save_arrays: array {k!r} has dtype object, which cannot be saved without pickle")
     header = {"version": FORMAT_VERSION, "meta": meta, "sha256": {k: _digest(v) for k, v in arrays.items()}}
     blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    return atomic_write(path, lambda f: np.savez(f, __meta__=blob, **arrays), suffix=".npz")
+
+
+def atomic_write(path, write, suffix=""):
+    """Call write(f) on a temporary file next to `path`, fsync it and rename it over `path`: a crash while writing
+    leaves the previous file intact. Returns the path."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=blob, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -165,11 +165,13 @@ class Model(Trainer):
 
     # -- saving -------------------------------------------------------------------------------------------
     def save(self, filepath):
-        """Architecture + weights + compile settings + optimizer state in one pickle-free .npz file (see
-        distnet.checkpoint); written atomically. Load with distnet.models.load_model."""
+        """Architecture + weights + compile settings + optimizer state in one file, written atomically: a Keras 3
+        archive for a '.keras' name (Keras's load_model reads it; needs h5py), else distnet's pickle-free .npz
+        (see distnet.checkpoint). Load either with distnet.models.load_model."""
         return saving.save_model(self, filepath)
 
     def save_weights(self, filepath):
+        """Keras 3's .weights.h5 layout for a '.weights.h5' name (needs h5py), else distnet's .npz."""
         return saving.save_weights(self, filepath)
 
     def load_weights(self, filepath):
