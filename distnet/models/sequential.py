@@ -76,7 +76,11 @@ class Sequential(Model):
 
     @classmethod
     def from_config(cls, config):
+        """A model from get_config()'s dict, or from a Keras 3 Sequential's get_config() (translated)."""
         from ..layers import get_layer_class
+        if "build_input_shape" in config or any("module" in spec for spec in config.get("layers", [])):
+            from .keras_config import sequential_from_keras
+            return sequential_from_keras(config)
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for spec in config["layers"]:
             model.add(get_layer_class(spec["class_name"]).from_config(dict(spec["config"])))
