@@ -130,3 +130,38 @@ def test_tensorboard_reads_the_files(tmp_path):
     val = EventAccumulator(str(tmp_path / "logs" / "validation"))
     val.Reload()
     np.testing.assert_allclose([e.value for e in val.Scalars("epoch_loss")], history.history["val_loss"], rtol=1e-6)
+
+
+MPI_JOB = """
+import sys
+import numpy as np
+import distnet
+from distnet import callbacks, layers, timeline
+from distnet.models import Sequential
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(60, 6)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.float32)
+model = Sequential([layers.Input((6,)), layers.Dense(4, activation="relu"), layers.Dense(1, activation="sigmoid")])
+model.compile(optimizer="sgd", loss="binary_crossentropy")
+model.timeline = timeline.Timeline()
+rank = distnet.distributed.rank() if distnet.distributed.size() > 1 else 0
+tb = [callbacks.TensorBoard(sys.argv[1])]
+# every rank passes the callback, or only rank 0 (the Horovod habit): both work, rank 0 writes
+model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=tb if sys.argv[2] == "all" or rank == 0 else [])
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.parametrize("who", ["all", "rank0"])
+def test_under_mpi_rank_0_writes_for_all_workers(tmp_path, who):
+    from tests.parallel.mpi_helpers import run_mpi
+    logs = tmp_path / "logs"
+    result = run_mpi(2, MPI_JOB, tmp_path, args=(str(logs), who))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("DONE") == 2
+    files = glob.glob(str(logs / "train" / "events.out.tfevents.*"))
+    assert len(files) == 1
+    train, _ = events_by_tag(logs / "train")
+    assert [v for _, v in train["epoch_num_workers"]] == [2, 2]
+    assert all(v > 0 for _, v in train["epoch_allreduce_time"])
