@@ -44,6 +44,7 @@ def atomic_write(path, write, suffix=""):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
+        os.fchmod(fd, _file_mode(path))       # mkstemp makes 0600; a saved model gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -62,6 +63,22 @@ def atomic_write(path, write, suffix=""):
     except OSError:
         pass
     return path
+
+
+def _file_mode(path):
+    """The mode of the file being replaced, else 0666 less the umask (read without changing it, where Linux
+    shows it; 022 assumed elsewhere)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        pass
+    umask = 0o022
+    try:
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
+    except OSError:
+        pass
+    return 0o666 & ~umask
 
 
 def load_arrays(path):

@@ -4,6 +4,7 @@ unsupported content fails with errors that name it. tests/models/test_keras_file
 directions against Keras itself."""
 import io
 import json
+import os
 import sys
 import zipfile
 
@@ -117,6 +118,9 @@ def test_written_files_have_keras_layout(tmp_path):
     x, y = rng.normal(size=(8, 4)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
     model.train_on_batch(x, y)
     model.save(tmp_path / "m.keras")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "m.keras").st_mode & 0o777 == 0o666 & ~umask     # not mkstemp's 0600
     with zipfile.ZipFile(tmp_path / "m.keras") as zf:
         assert zf.namelist() == ["metadata.json", "config.json", "model.weights.h5"]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
