@@ -46,10 +46,6 @@ def h5py():
     return h5py
 
 
-def is_keras_file(filepath):
-    return os.fspath(filepath).endswith((".keras", ".weights.h5"))
-
-
 # -- writing --------------------------------------------------------------------------------------------------
 def _write_weights(model, f):
     """Fill the open h5py file f with the model's variables (and optimizer state) in Keras's layout."""

@@ -87,3 +87,40 @@ def test_weights_files_both_ways(tmp_path):
     d.save_weights(tmp_path / "d.weights.h5")
     k.load_weights(tmp_path / "d.weights.h5")
     np.testing.assert_allclose(k.predict(x, verbose=0), d.predict(x, verbose=0), atol=1e-5)
+
+
+def mlp_pair():
+    k = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    d = distnet.Sequential([layers.Input((6,)), layers.Dense(8, activation="relu"), layers.Dense(3)])
+    return k, d
+
+
+def test_compile_objects_travel_both_ways(tmp_path):
+    """A loss object with from_logits, a metric object, a learning-rate schedule: Keras -> distnet -> Keras."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 6)).astype(np.float32), rng.integers(0, 3, 20)
+    k, _ = mlp_pair()
+    k.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.05, 3, 0.5)),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
+    k.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    k.save(tmp_path / "k.keras")
+    d = distnet.models.load_model(tmp_path / "k.keras")
+    assert d.loss.from_logits and type(d.loss).__name__ == "SparseCategoricalCrossentropy"
+    assert isinstance(d.optimizer.learning_rate, optimizers.ExponentialDecay) and d.optimizer.iterations == 2
+    assert [m.name for m in d.metric_ids] == ["acc"]
+    np.testing.assert_allclose(d.evaluate(x, y, verbose=0), k.evaluate(x, y, verbose=0), rtol=1e-5)
+    d.save(tmp_path / "d.keras")
+    k2 = keras.models.load_model(tmp_path / "d.keras")
+    assert k2.loss.from_logits and int(k2.optimizer.iterations) == 2
+    for model in (k, d, k2):
+        model.train_on_batch(x, y)
+    assert_same_weights(d.get_weights(), k.get_weights())
+    assert_same_weights(k2.get_weights(), k.get_weights())
+
+
+def test_unsupported_keras_layer_is_named(tmp_path):
+    k = keras.Sequential([keras.Input((5,)), keras.layers.UnitNormalization(name="unit"), keras.layers.Dense(1)])
+    k.save(tmp_path / "unit.keras")
+    with pytest.raises(ValueError, match=r"Keras layer .unit. \(UnitNormalization\) is not supported by distnet"):
+        distnet.models.load_model(tmp_path / "unit.keras")
