@@ -73,3 +73,15 @@ def test_backup_and_restore_takes_keras_arguments(tmp_path):
 
 def _named_parameters(cls):
     return [p.name for p in inspect.signature(cls).parameters.values() if p.kind != p.VAR_KEYWORD]
+
+
+def test_to_json_and_model_from_json(tmp_path):
+    m = model()
+    again = keras.models.model_from_json(m.to_json())
+    assert [type(la).__name__ for la in again.layers] == ["Dense", "Dense"] and again.input_shape == (None, 5)
+    m.save(tmp_path / "m.npz")
+    with pytest.raises(FileExistsError, match="overwrite=False"):
+        m.save(tmp_path / "m.npz", overwrite=False)
+    k = pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    assert k.models.model_from_json(m.to_json()).count_params() == m.count_params()

@@ -7,7 +7,7 @@ models, a per-layer table)). Training comes from distnet.training's Trainer, whi
 May import: layers/, training/, checkpoint; never parallel/ directly.
 """
 from .model import Model
-from .saving import load_model
+from .saving import load_model, model_from_json
 from .sequential import Sequential
 
-__all__ = ["Model", "Sequential", "load_model"]
+__all__ = ["Model", "Sequential", "load_model", "model_from_json"]

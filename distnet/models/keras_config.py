@@ -41,16 +41,14 @@ def _input_to_keras(layer, config):
             "sparse": False, "name": layer.name}
 
 
-_CHANNELS_LAST = {"data_format": "channels_last"}
-_KERNEL = {"groups": 1}
 LAYERS = {
     "InputLayer": LayerSpec({"sparse": False, "ragged": False, "optional": False}, read=_input_from_keras,
                             write=_input_to_keras),
     "Dense": LayerSpec(),
-    "Conv2D": LayerSpec(_KERNEL),
+    "Conv2D": LayerSpec({"groups": 1}),
     "Activation": LayerSpec(),
     "Dropout": LayerSpec(),
-    "Flatten": LayerSpec(_CHANNELS_LAST),
+    "Flatten": LayerSpec({"data_format": "channels_last"}),
     "Reshape": LayerSpec(),
     "MaxPooling2D": LayerSpec(),
     "AveragePooling2D": LayerSpec(),

@@ -155,18 +155,26 @@ class Model(Trainer):
             print_fn(text)
 
     # -- saving -------------------------------------------------------------------------------------------
-    def save(self, filepath):
+    def save(self, filepath, overwrite=True):
         """Architecture + weights + compile settings + optimizer state in one file, written atomically: a Keras 3
         archive for a '.keras' name (Keras's load_model reads it; needs h5py), else distnet's pickle-free .npz
-        (see distnet.checkpoint). Load either with distnet.models.load_model."""
+        (see distnet.checkpoint). Load either with distnet.models.load_model. overwrite=False: an existing file
+        is an error (Keras would ask)."""
+        saving.check_overwrite(filepath, overwrite)
         return saving.save_model(self, filepath)
 
-    def save_weights(self, filepath):
+    def save_weights(self, filepath, overwrite=True):
         """Keras 3's .weights.h5 layout for a '.weights.h5' name (needs h5py), else distnet's .npz."""
+        saving.check_overwrite(filepath, overwrite)
         return saving.save_weights(self, filepath)
 
     def load_weights(self, filepath):
         return saving.load_weights(self, filepath)
+
+    def to_json(self, **kwargs):
+        """The model's Keras 3 config as JSON (what a .keras file holds in config.json); kwargs go to json.dumps.
+        Rebuild with distnet.models.model_from_json (or Keras's keras.models.model_from_json)."""
+        return saving.to_json(self, **kwargs)
 
 
 def _jsonable(obj):

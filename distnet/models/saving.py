@@ -64,6 +64,22 @@ def load_model(filepath, compile=True, custom_objects=None, safe_mode=True):
     return load_npz_model(filepath, compile=compile)
 
 
+def check_overwrite(filepath, overwrite):
+    if not overwrite and os.path.exists(os.fspath(filepath)):
+        raise FileExistsError(f"{os.fspath(filepath)!r} exists and overwrite=False")
+
+
+def to_json(model, **kwargs):
+    from .keras_config import model_to_keras
+    return json.dumps(model_to_keras(model), **kwargs)
+
+
+def model_from_json(json_string, custom_objects=None):
+    """A model (new weights) from the Keras 3 JSON of `model.to_json()`, distnet's or Keras's."""
+    from .keras_config import model_from_keras
+    return model_from_keras(json.loads(json_string))
+
+
 # -- distnet's .npz files -------------------------------------------------------------------------------------
 def save_npz_model(model, filepath):
     arrays = _weight_arrays(model)
