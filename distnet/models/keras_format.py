@@ -130,7 +130,10 @@ def _open_weights(filepath):
 def _read_weights(model, f, filepath):
     """Set the model's weights from the open h5py file f (Keras layout), checking every shape first."""
     values = []
+    legacy = "layers" not in f and "_layer_checkpoint_dependencies" in f     # .keras files of tf.keras 2.13+
     for path, layer in keras_config.weight_groups(model):
+        if legacy:
+            path = path.replace("layers", "_layer_checkpoint_dependencies", 1)
         group = f.get(path)
         stored = [] if group is None else [group[str(i)] for i in range(len(group))]
         if len(stored) != len(layer.weights):

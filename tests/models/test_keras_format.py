@@ -106,6 +106,27 @@ def test_reads_a_keras_written_file_weights_compile_settings_and_optimizer_state
     assert not load_model(tmp_path / "m.keras", compile=False).compiled
 
 
+def test_reads_tf_keras_2_files(tmp_path):
+    """tf.keras 2.13+ wrote .keras files with _layer_checkpoint_dependencies/ for layers/ and batch_input_shape."""
+    w = mlp_arrays()
+    config = keras_mlp_config(compile_config=False)
+    inp = config["config"]["layers"][0]["config"]
+    inp["batch_input_shape"] = inp.pop("batch_shape")
+    write_keras_file(tmp_path / "m.keras", config, {"dense": w[:2], "dense_1": w[2:]})
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO()
+    with h5py.File(io.BytesIO(files["model.weights.h5"]), "r") as old, h5py.File(buf, "w") as new:
+        old.copy("layers", new, name="_layer_checkpoint_dependencies")
+    files["model.weights.h5"] = buf.getvalue()
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as zf:
+        for n, data in files.items():
+            zf.writestr(n, data)
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(load_model(tmp_path / "m.keras").predict(x, verbose=0), reference_mlp(w, x),
+                               rtol=1e-5, atol=1e-6)
+
+
 def mlp(name="mlp", opt=None):
     model = Sequential([layers.Input((4,)), layers.Dense(6, activation="relu", name="hidden"),
                         layers.Dense(3, activation="softmax", name="out")], name=name)
