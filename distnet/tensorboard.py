@@ -135,4 +135,4 @@ class TensorBoard(Callback):
 
 
 def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype") and v.shape == ()
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (hasattr(v, "dtype") and v.shape == ())

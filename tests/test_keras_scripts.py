@@ -76,7 +76,8 @@ KERAS_NAMES = ["Input", "Sequential", "Model", "layers.Dense", "layers.Conv2D", 
                "datasets.mnist.load_data", "utils.to_categorical", "utils.set_random_seed", "utils.normalize",
                "utils.pad_sequences", "utils.register_keras_serializable", "initializers.HeNormal",
                "initializers.GlorotUniform", "regularizers.l2", "regularizers.L1L2", "models.load_model",
-               "models.Sequential", "models.model_from_json", "saving.load_model", "config.floatx",
+               "models.Sequential", "models.model_from_json", "saving.load_model",
+               "saving.register_keras_serializable", "config.floatx",
                "config.set_floatx", "config.epsilon", "config.image_data_format", "config.backend"]
 
 

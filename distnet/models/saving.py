@@ -9,6 +9,7 @@ import os
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError
+from ..utils import register_keras_serializable  # noqa: F401  (keras.saving.register_keras_serializable)
 
 MODEL_FORMAT, WEIGHTS_FORMAT = "distnet.model", "distnet.weights"
 
