@@ -217,13 +217,17 @@ MODEL_READERS = {"Sequential": sequential_from_keras}
 # distnet class name -> (Keras module, Keras class name, writer(model) -> inner config); the functional API adds
 # "Model": ("keras.src.models.functional", "Functional", functional_to_keras)
 MODEL_WRITERS = {"Sequential": ("keras", "Sequential", sequential_to_keras)}
+# distnet class name -> the model's layers in the order of Keras's `model.layers`, which numbers the groups of
+# model.weights.h5 (Keras re-derives it from the graph when it loads a file, so a writer must follow it); the
+# functional API adds "Model": Keras's order of a graph (by depth from the inputs), not distnet's run order
+KERAS_LAYER_ORDER = {"Sequential": lambda model: model.layers}
 
 
 def weight_groups(model):
     """[(group path, layer)]: where each layer's variables sit in model.weights.h5, named as Keras names them:
     layers/<snake_case class name>[_<k>] in the order of Keras's `model.layers`, then the spec's weight_path."""
     counts, out = {}, []
-    for layer in model.layers:
+    for layer in KERAS_LAYER_ORDER.get(type(model).__name__, lambda m: m.layers)(model):
         base = keras_snake_case(type(layer).__name__)
         k = counts[base] = counts.get(base, -1) + 1
         entry = LAYERS.get(type(layer).__name__, LayerSpec())

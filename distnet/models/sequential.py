@@ -1,5 +1,6 @@
 """Sequential: a stack of layers, each feeding the next (Keras's `keras.Sequential`)."""
 from ..layers import InputLayer, Layer
+from . import summary
 from .model import Model
 
 
@@ -68,6 +69,10 @@ class Sequential(Model):
                 grad = layer.backward(grad, need)
             if ready is not None and i in offsets:
                 ready(offsets[i])
+
+    def summary_rows(self):
+        """Keras prints a Sequential as a chain: no Input row, no Connected-to column."""
+        return [summary.layer_row(la) for la in self.layers]
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
