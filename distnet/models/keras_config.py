@@ -318,35 +318,39 @@ def _metric_from_keras(value):
     return cls(**_kwargs_for(cls, config, f"Keras metric {class_name!r}"))
 
 
-def _metric_list(value):
-    if value is None:
-        return None
-    items = value if isinstance(value, (list, tuple)) else [value]
-    if len(items) == 1 and isinstance(items[0], (list, tuple)):       # one output's list, nested
-        items = items[0]
-    return [_metric_from_keras(m) for m in items]
+def _per_output(value, fn):
+    """fn applied to one object, or to each of a per-output list or dict (a dict that is not a Keras object)."""
+    if isinstance(value, dict) and "class_name" not in value:
+        return {k: _per_output(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_per_output(v, fn) for v in value]
+    return fn(value)
+
+
+def _metrics_from_keras(value):
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
+        value = value[0]                  # one output's list, nested
+    return None if value is None else _per_output(value if isinstance(value, (list, tuple, dict)) else [value],
+                                                  _metric_from_keras)
 
 
 def compile_from_keras(model, config):
-    """Compile `model` from a Keras compile_config (optimizer, loss, metrics, loss_weights)."""
-    weights = config.get("loss_weights")
+    """Compile `model` from a Keras compile_config (optimizer, loss, metrics, loss_weights; per output too)."""
     model.compile(optimizer=optimizer_from_keras(config.get("optimizer", "rmsprop")),
-                  loss=loss_from_keras(config.get("loss")), metrics=_metric_list(config.get("metrics")),
-                  weighted_metrics=_metric_list(config.get("weighted_metrics")), loss_weights=weights)
+                  loss=_per_output(config.get("loss"), loss_from_keras),
+                  metrics=_metrics_from_keras(config.get("metrics")),
+                  weighted_metrics=_metrics_from_keras(config.get("weighted_metrics")),
+                  loss_weights=config.get("loss_weights"))
 
 
 def compile_to_keras(model):
-    loss = model.loss
-    keras_metrics = []
-    for m, weighted in zip(model.metric_ids, model.metric_weighted):
-        if isinstance(m, metrics.Metric) and type(m) is not metrics.Metric and type(m).__name__ in vars(metrics):
-            m = {"module": "keras.metrics", "class_name": type(m).__name__, "config": {"name": m.name},
-                 "registered_name": None}
-        if not weighted and isinstance(m, (str, dict)):
-            keras_metrics.append(m)
+    """Keras's compile_config from the model's own (`model.compile_config()`): losses as Keras objects, metrics by
+    name (metric objects are not kept there), the optimizer with its schedule."""
+    config = model.compile_config()
+    weights = config.get("loss_weights")
     return {"optimizer": optimizer_to_keras(model.optimizer),
-            "loss": {"module": "keras.losses", "class_name": type(loss).__name__, "config": loss.get_config(),
-                     "registered_name": None},
-            "loss_weights": None if model.loss_weight == 1.0 else model.loss_weight,
-            "metrics": keras_metrics or None, "weighted_metrics": None, "run_eagerly": False,
-            "steps_per_execution": 1, "jit_compile": False}
+            "loss": _per_output(config["loss"], lambda loss: {"module": "keras.losses", **loss,
+                                                              "registered_name": None}),
+            "loss_weights": None if weights in (None, 1.0) else weights,
+            "metrics": config.get("metrics") or None, "weighted_metrics": config.get("weighted_metrics") or None,
+            "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
