@@ -345,12 +345,40 @@ def compile_from_keras(model, config):
 
 def compile_to_keras(model):
     """Keras's compile_config from the model's own (`model.compile_config()`): losses as Keras objects, metrics by
-    name (metric objects are not kept there), the optimizer with its schedule."""
+    name or as the Keras metric objects distnet has, the optimizer with its schedule."""
     config = model.compile_config()
     weights = config.get("loss_weights")
+    metric_specs, weighted_specs = _compile_metric_specs(model)
     return {"optimizer": optimizer_to_keras(model.optimizer),
             "loss": _per_output(config["loss"], lambda loss: {"module": "keras.losses", **loss,
                                                               "registered_name": None}),
             "loss_weights": None if weights in (None, 1.0) else weights,
-            "metrics": config.get("metrics") or None, "weighted_metrics": config.get("weighted_metrics") or None,
+            "metrics": _metrics_to_keras(metric_specs), "weighted_metrics": _metrics_to_keras(weighted_specs),
             "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
+
+
+def _compile_metric_specs(model):
+    """(metrics, weighted_metrics) as given to compile, metric objects included (compile_config() keeps names)."""
+    settings = getattr(model, "compile_settings", None)         # the Trainer of the functional API
+    if settings is not None:
+        return settings.metrics, settings.weighted_metrics
+    pairs = list(zip(model.metric_ids, model.metric_weighted))
+    return [m for m, w in pairs if not w], [m for m, w in pairs if w]
+
+
+def _metrics_to_keras(spec):
+    """Names stay names; distnet's Keras metric classes become Keras objects; other objects are left out."""
+    def one(m):
+        if isinstance(m, metrics.Metric) and type(m) is not metrics.Metric and type(m).__name__ in vars(metrics):
+            config = {"name": m.name, **({"threshold": m.threshold} if hasattr(m, "threshold") else {})}
+            return {"module": "keras.metrics", "class_name": type(m).__name__, "config": config,
+                    "registered_name": None}
+        return m if isinstance(m, str) else None
+
+    def prune(v):
+        if isinstance(v, dict):
+            return {k: prune(x) for k, x in v.items()}
+        return [prune(x) for x in v if x is not None] if isinstance(v, list) else v
+    if spec is None:
+        return None
+    return prune(_per_output(spec, one)) or None
