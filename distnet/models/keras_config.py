@@ -8,9 +8,10 @@ Layers go through LAYERS, one line per Keras class distnet builds. distnet layer
 so the generic translation does most of the work: nested objects are converted by key (`*_initializer`,
 `*_regularizer`, `*_constraint`, `dtype`), options distnet does not take are dropped when Keras wrote null or the
 default listed in the table, and anything else is a clear error naming the layer. A new layer is usually one
-line; a layer whose variables live in a sublayer in Keras's weights file (an RNN's `cell`) also gives
-`weight_path`. Models go through MODEL_READERS (Keras class name -> reader) and MODEL_WRITERS (distnet class
-name -> writer): the functional API plugs in its "Functional" reader and "Model" writer there.
+line; a layer whose variables live in sublayers in Keras's weights file (an RNN's `cell`, Bidirectional's
+`forward_layer` and `backward_layer`) also gives `variables`. Models go through MODEL_READERS (Keras class
+name -> reader), MODEL_WRITERS (distnet class name -> writer) and KERAS_LAYER_ORDER: the functional API plugs in
+its "Functional" reader, "Model" writer and Keras's layer order of a graph there.
 """
 import inspect
 import re
@@ -26,7 +27,14 @@ class LayerSpec:
     ignored: tuple = ()        # Keras-only options that change nothing in distnet, whatever their value
     read: object = None        # optional: keras config -> distnet kwargs (after the generic conversion)
     write: object = None       # optional: (distnet layer, keras config) -> keras config
-    weight_path: str = "vars"  # where the layer's variables sit under its group in model.weights.h5
+    variables: object = None   # optional: layer -> [(path under the layer's group, [Weight])] in model.weights.h5;
+    #                            default [("vars", layer.weights)]
+
+
+def layer_variables(layer):
+    """[(path under the layer's group in model.weights.h5, [Weight])] for one layer."""
+    entry = LAYERS.get(type(layer).__name__)
+    return entry.variables(layer) if entry and entry.variables else [("vars", layer.weights)]
 
 
 def _input_from_keras(config):
@@ -224,14 +232,14 @@ KERAS_LAYER_ORDER = {"Sequential": lambda model: model.layers}
 
 
 def weight_groups(model):
-    """[(group path, layer)]: where each layer's variables sit in model.weights.h5, named as Keras names them:
-    layers/<snake_case class name>[_<k>] in the order of Keras's `model.layers`, then the spec's weight_path."""
+    """[(group path, layer, [Weight])]: where variables sit in model.weights.h5, named as Keras names them:
+    layers/<snake_case class name>[_<k>] in the order of Keras's `model.layers`, then the layer's own paths."""
     counts, out = {}, []
     for layer in KERAS_LAYER_ORDER.get(type(model).__name__, lambda m: m.layers)(model):
         base = keras_snake_case(type(layer).__name__)
         k = counts[base] = counts.get(base, -1) + 1
-        entry = LAYERS.get(type(layer).__name__, LayerSpec())
-        out.append((f"layers/{base if k == 0 else f'{base}_{k}'}/{entry.weight_path}", layer))
+        for sub, weights in layer_variables(layer):
+            out.append((f"layers/{base if k == 0 else f'{base}_{k}'}/{sub}", layer, weights))
     return out
 
 

@@ -50,10 +50,10 @@ def h5py():
 def _write_weights(model, f):
     """Fill the open h5py file f with the model's variables (and optimizer state) in Keras's layout."""
     f.create_group("vars").attrs["name"] = model.name
-    for path, layer in keras_config.weight_groups(model):
+    for path, layer, weights in keras_config.weight_groups(model):
         group = f.create_group(path)
         group.attrs["name"] = layer.name
-        for i, w in enumerate(layer.weights):
+        for i, w in enumerate(weights):
             group[str(i)] = w.value
     if model.compiled and model.built:
         group = f.create_group("optimizer/vars")
@@ -129,23 +129,26 @@ def _open_weights(filepath):
 
 def _read_weights(model, f, filepath):
     """Set the model's weights from the open h5py file f (Keras layout), checking every shape first."""
-    values = []
+    values = {}
     legacy = "layers" not in f and "_layer_checkpoint_dependencies" in f     # .keras files of tf.keras 2.13+
-    for path, layer in keras_config.weight_groups(model):
+    for path, layer, weights in keras_config.weight_groups(model):
         if legacy:
             path = path.replace("layers", "_layer_checkpoint_dependencies", 1)
         group = f.get(path)
         stored = [] if group is None else [group[str(i)] for i in range(len(group))]
-        if len(stored) != len(layer.weights):
+        if len(stored) != len(weights):
             raise CheckpointError(f"{filepath!r}: layer '{layer.name}' ({type(layer).__name__}) has "
-                                  f"{len(layer.weights)} weights, but the file holds {len(stored)} at '{path}'; "
+                                  f"{len(weights)} weights at '{path}', but the file holds {len(stored)}; "
                                   "was it saved from a different architecture?")
-        for w, ds in zip(layer.weights, stored):
+        for w, ds in zip(weights, stored):
             if tuple(ds.shape) != w.value.shape:
                 raise CheckpointError(f"{filepath!r}: weight '{w.name}' has shape {w.value.shape}, but the file "
                                       f"holds shape {tuple(ds.shape)} at '{path}'")
-            values.append(np.asarray(ds))
-    model.set_weights(values)
+            values[id(w)] = np.asarray(ds)
+    missing = [w.name for w in model.weights if id(w) not in values]
+    if missing:
+        raise CheckpointError(f"{filepath!r}: no place in Keras's layout for weights {missing}")
+    model.set_weights([values[id(w)] for w in model.weights])
 
 
 def load_weights(model, filepath):
