@@ -229,7 +229,8 @@ def test_unsupported_content_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="not a zip file"):
         load_model(tmp_path / "e.keras")
     write_keras_file(tmp_path / "f.keras", keras_mlp_config(), {"dense": mlp_arrays()[:1]})
-    with pytest.raises(CheckpointError, match=r"layer 'dense' \(Dense\) has 2 weights, but the file holds 1"):
+    with pytest.raises(CheckpointError, match=r"'dense' \(Dense\) has 2 weights at 'layers/dense/vars', but the file "
+                                               r"holds 1"):
         load_model(tmp_path / "f.keras")
 
 
