@@ -63,6 +63,14 @@ LAYERS = {
     "GlobalAveragePooling2D": LayerSpec(),
     "BatchNormalization": LayerSpec({"synchronized": False, "renorm": False},
                                     ignored=("renorm_momentum", "renorm_clipping")),
+    # layers of the layers issue (Keras files tested when distnet has them): an RNN's variables sit in its cell
+    "Conv1D": LayerSpec({"groups": 1}),
+    "MaxPooling1D": LayerSpec(),
+    "Embedding": LayerSpec(),
+    "LayerNormalization": LayerSpec(),
+    **{rnn: LayerSpec({"zero_output_for_mask": False, "stateful": False, "unroll": False},
+                      ignored=("use_cudnn", "seed"), variables=lambda layer: [("cell/vars", layer.weights)])
+       for rnn in ("SimpleRNN", "LSTM", "GRU")},
 }
 
 

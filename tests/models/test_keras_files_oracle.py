@@ -126,3 +126,23 @@ def test_unsupported_keras_layer_is_named(tmp_path):
     k.save(tmp_path / "unit.keras")
     with pytest.raises(ValueError, match=r"Keras layer .unit. \(UnitNormalization\) is not supported by distnet"):
         distnet.models.load_model(tmp_path / "unit.keras")
+
+
+def test_sequence_layers_both_ways(tmp_path):
+    """Embedding, Conv1D, MaxPooling1D, LayerNormalization, LSTM and GRU (their variables in Keras's `cell`
+    groups); skipped until distnet has these layers."""
+    if "LSTM" not in dir(layers):
+        pytest.skip("distnet has no recurrent layers yet")
+    x = np.random.default_rng(0).integers(0, 50, (8, 12))
+    kl = keras.layers
+    k = keras.Sequential([keras.Input((12,)), kl.Embedding(50, 8), kl.Conv1D(6, 3, padding="same", activation="relu"),
+                          kl.MaxPooling1D(), kl.LayerNormalization(), kl.LSTM(5, return_sequences=True), kl.GRU(4),
+                          kl.Dense(2, activation="softmax")])
+    k.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    k.fit(x, np.zeros(8), verbose=0)
+    k.save(tmp_path / "k.keras")
+    d = distnet.models.load_model(tmp_path / "k.keras")
+    np.testing.assert_allclose(d.predict(x, verbose=0), k.predict(x, verbose=0), atol=1e-5)
+    d.save(tmp_path / "d.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "d.keras").predict(x, verbose=0),
+                               d.predict(x, verbose=0), atol=1e-5)
