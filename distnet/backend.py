@@ -1,4 +1,5 @@
-"""Global numeric settings (Keras's `keras.config`): the default float type and the epsilon fuzz factor."""
+"""Global numeric settings (Keras's `keras.config`, also importable as `distnet.config`): the default float type, the
+epsilon fuzz factor, the image data format (channels last), and distnet's intra-op threads."""
 
 _FLOATX = "float32"
 _EPSILON = 1e-7
@@ -19,6 +20,26 @@ def set_floatx(value):
 
 def epsilon():
     return _EPSILON
+
+
+def set_epsilon(value):
+    global _EPSILON
+    _EPSILON = float(value)
+
+
+def image_data_format():
+    """Always 'channels_last': images are (batch, height, width, channels)."""
+    return "channels_last"
+
+
+def set_image_data_format(data_format):
+    if data_format != "channels_last":
+        raise ValueError(f"distnet supports data_format 'channels_last' only, received {data_format!r}")
+
+
+def backend():
+    """The name of the array library distnet computes with (Keras's `keras.config.backend()`)."""
+    return "numpy"
 
 
 # -- intra-op threads -------------------------------------------------------------------------------------------

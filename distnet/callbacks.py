@@ -398,11 +398,14 @@ class BackupAndRestore(Callback):
     metric sums of a partial epoch, the data-order seed, dropout generators, the state of callbacks that
     have one (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint) and the History so far. Files are written by
     rank 0 only, atomically, with checksums; a damaged file is skipped (with a warning) for the one before it.
-    The newest `keep_last` backups are kept; `delete_checkpoint=True` removes them when training completes.
+    The newest `keep_last` backups are kept (at least 2 with Keras's `double_checkpoint=True`; distnet keeps 2 by
+    default anyway); `delete_checkpoint=True` removes them when training completes.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, keep_last=2):
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True, keep_last=2):
         super().__init__()
+        if double_checkpoint and isinstance(keep_last, int):
+            keep_last = max(keep_last, 2)
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
             raise ValueError(f"BackupAndRestore save_freq must be 'epoch' or a positive int, received {save_freq!r}")
         if not isinstance(keep_last, int) or keep_last < 1:
@@ -478,3 +481,11 @@ class LambdaCallback(Callback):
             if not name.startswith("on_") or not hasattr(Callback, name):
                 raise ValueError(f"LambdaCallback got an unknown hook {name!r}")
             setattr(self, name, fn)
+
+
+def __getattr__(name):
+    """TensorBoard lives in distnet/tensorboard.py (it imports this module); loaded on first use."""
+    if name == "TensorBoard":
+        from .tensorboard import TensorBoard
+        return TensorBoard
+    raise AttributeError(f"module 'distnet.callbacks' has no attribute {name!r}")

@@ -27,19 +27,26 @@ def _digest(a):
 
 def save_arrays(path, arrays, meta):
     """Write {name: array} and the JSON-serializable `meta` to `path` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"save_arrays: array {k!r} has dtype object, which cannot be saved without pickle")
     header = {"version": FORMAT_VERSION, "meta": meta, "sha256": {k: _digest(v) for k, v in arrays.items()}}
     blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    return atomic_write(path, lambda f: np.savez(f, __meta__=blob, **arrays), suffix=".npz")
+
+
+def atomic_write(path, write, suffix=""):
+    """Call write(f) on a temporary file next to `path`, fsync it and rename it over `path`: a crash while writing
+    leaves the previous file intact. Returns the path."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
+        os.fchmod(fd, _file_mode(path))       # mkstemp makes 0600; a saved model gets the usual permissions
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=blob, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,6 +63,22 @@ def save_arrays(path, arrays, meta):
     except OSError:
         pass
     return path
+
+
+def _file_mode(path):
+    """The mode of the file being replaced, else 0666 less the umask (read without changing it, where Linux
+    shows it; 022 assumed elsewhere)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        pass
+    umask = 0o022
+    try:
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
+    except OSError:
+        pass
+    return 0o666 & ~umask
 
 
 def load_arrays(path):

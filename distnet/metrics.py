@@ -83,6 +83,26 @@ def get(identifier, loss=None, output_shape=None, sparse_labels=False):
     return Metric(identifier, _FNS[key])
 
 
+def _metric_class(class_name, fn_name):
+    def __init__(self, name=fn_name, dtype=None):
+        Metric.__init__(self, name, _FNS[fn_name])
+    return type(class_name, (Metric,), {"__init__": __init__, "__doc__": f"Keras's keras.metrics.{class_name}."})
+
+
+CategoricalAccuracy = _metric_class("CategoricalAccuracy", "categorical_accuracy")
+SparseCategoricalAccuracy = _metric_class("SparseCategoricalAccuracy", "sparse_categorical_accuracy")
+MeanSquaredError = _metric_class("MeanSquaredError", "mean_squared_error")
+MeanAbsoluteError = _metric_class("MeanAbsoluteError", "mean_absolute_error")
+
+
+class BinaryAccuracy(Metric):
+    """Keras's keras.metrics.BinaryAccuracy: the fraction of outputs on the same side of `threshold` as y."""
+
+    def __init__(self, name="binary_accuracy", dtype=None, threshold=0.5):
+        super().__init__(name, lambda y_true, y_pred: binary_accuracy(y_true, y_pred, threshold))
+        self.threshold = threshold
+
+
 def validate_names(identifiers):
     """Check metric names at compile time, before the shapes needed to resolve them are known."""
     for m in identifiers:

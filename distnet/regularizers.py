@@ -48,6 +48,9 @@ class L1L2(Regularizer):
     pass
 
 
+l1, l2 = L1, L2          # Keras's lower-case spellings: keras.regularizers.l2(0.01)
+
+
 def l1_l2(l1=0.01, l2=0.01):
     return L1L2(l1=l1, l2=l2)
 

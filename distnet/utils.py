@@ -42,3 +42,40 @@ def to_categorical(y, num_classes=None, dtype="float32"):
     out = np.zeros((y.shape[0], num_classes), dtype=dtype)
     out[np.arange(y.shape[0]), y] = 1
     return out
+
+
+def normalize(x, axis=-1, order=2):
+    """x divided by its `order`-norm along `axis` (Keras's `keras.utils.normalize`); zero vectors stay zero."""
+    x = np.asarray(x)
+    norm = np.atleast_1d(np.linalg.norm(x, order, axis))
+    norm[norm == 0] = 1
+    return x / np.expand_dims(norm, axis)
+
+
+def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0.0):
+    """Lists of token ids -> one (n, maxlen) array, padded with `value` and cut to `maxlen` (Keras's
+    `keras.utils.pad_sequences`): padding/truncating 'pre' work at the start of a sequence, 'post' at its end."""
+    for arg, v in (("padding", padding), ("truncating", truncating)):
+        if v not in ("pre", "post"):
+            raise ValueError(f"pad_sequences expects {arg} 'pre' or 'post', received {v!r}")
+    sequences = [np.asarray(s) for s in sequences]
+    if maxlen is None:
+        maxlen = max((len(s) for s in sequences), default=0)
+    out = np.full((len(sequences), maxlen), value, dtype=dtype)
+    for i, s in enumerate(sequences):
+        s = s[-maxlen:] if truncating == "pre" else s[:maxlen]
+        if maxlen and len(s):
+            if padding == "post":
+                out[i, :len(s)] = s
+            else:
+                out[i, -len(s):] = s
+    return out
+
+
+def register_keras_serializable(package="Custom", name=None):
+    """Keras's decorator for custom classes: a distnet Layer subclass becomes loadable by `load_model` under its
+    class name (distnet's registry has no packages, so `package` and `name` are accepted and not used)."""
+    def register(cls):
+        from .layers import Layer, register as register_layer
+        return register_layer(cls) if isinstance(cls, type) and issubclass(cls, Layer) else cls
+    return register

@@ -54,7 +54,9 @@ def load_mnist(path=None):
     """MNIST as Keras returns it: ((x_train, y_train), (x_test, y_test)), images (n, 28, 28) uint8, labels uint8.
 
     path: a directory with the standard IDX files (train-images-idx3-ubyte[.gz], ...), the full data set. Without
-    it, the bundled sets: 5,000 training images (500 per class) and the full 10,000-image test set."""
+    it, the bundled sets: 5,000 training images (500 per class) and the full 10,000-image test set. The bundled
+    training file is sorted by class; it is returned with the classes taking turns (see `interleave_classes`), so
+    `validation_split=0.1` holds out 50 images of every class, not the 500 nines."""
     path = path or os.environ.get("DISTNET_DATA")
     if path:
         d = os.path.join(path, "mnist") if os.path.isdir(os.path.join(path, "mnist")) else path
@@ -64,7 +66,7 @@ def load_mnist(path=None):
         y_test = read_idx(_find(d, ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"], "MNIST test labels"))
     else:
         d = os.path.join(BUNDLED, "mnist")
-        x_train, y_train = load_mnist_csv(os.path.join(d, "mnist_5k.csv.gz"))
+        x_train, y_train = interleave_classes(*load_mnist_csv(os.path.join(d, "mnist_5k.csv.gz")))
         x_test = read_idx(os.path.join(d, "t10k-images-idx3-ubyte.gz"))
         y_test = read_idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
     for name, x, y in (("training", x_train, y_train), ("test", x_test, y_test)):
@@ -79,6 +81,18 @@ def load_mnist_csv(path):
     if a.shape[1] != 785:
         raise ValueError(f"{path!r}: expected 785 columns (784 pixels + label), found {a.shape[1]}")
     return a[:, :784].reshape(-1, 28, 28).astype(np.uint8), a[:, 784].astype(np.uint8)
+
+
+def interleave_classes(x, y):
+    """Rows reordered so the classes take turns: the first row of each class (in file order, classes ascending),
+    then the second row of each class, and so on: labels 0, 1, ..., 9, 0, 1, ... for the bundled MNIST subset.
+    Every slice of 10*k consecutive rows then holds k rows of each class (for balanced classes)."""
+    turn = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        turn[rows] = np.arange(rows.size)
+    order = np.lexsort((y, turn))       # by turn, then by class within a turn
+    return x[order], y[order]
 
 
 def load_pima(path=None):

@@ -7,7 +7,7 @@ from ..layers import InputLayer
 from ..layers.base import unique_name
 from ..training.step import FlatState
 from ..training.trainer import Trainer
-from . import saving
+from . import saving, summary
 
 
 class Model(Trainer):
@@ -137,43 +137,43 @@ class Model(Trainer):
     # -- summary ------------------------------------------------------------------------------------------
     def summary_rows(self):
         """(layer column, output shape column, params column[, connected-to column]) per layer."""
-        return [(f"{la.name} ({type(la).__name__})", str((None,) + tuple(la.output_shape)), str(la.count_params()))
-                for la in self.layers]
+        return [summary.layer_row(la) for la in self.layers]
 
-    def summary(self, print_fn=None):
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None):
+        """Print the layers, their output shapes and parameter counts, and the totals, as Keras 3 prints them
+        (print_fn, if given, receives the whole text). expand_nested, show_trainable and layer_range are accepted
+        for Keras's sake and change nothing."""
         if not self.built:
             raise ValueError(f"Model '{self.name}' has not been built yet: give the first layer an input_shape "
                              "(or add an Input), or call build() or fit() first")
-        print_fn = print_fn or print
-        rows = self.summary_rows()
-        head = ("Layer (type)", "Output Shape", "Param #", "Connected to")[:len(rows[0]) if rows else 3]
-        widths = [max(minimum, max((len(r[i]) for r in rows), default=0) + 2)
-                  for i, minimum in enumerate((30, 26, 12, 30)[:len(head)])]
-        line = "_" * sum(widths)
-
-        def fmt(cols):
-            return "".join(c.ljust(w) for c, w in zip(cols, widths))
-        trainable = sum(w.value.size for w in self.trainable_weights)
-        total = self.count_params()
-        out = [f'Model: "{self.name}"', line, fmt(head), "=" * sum(widths)]
-        for i, r in enumerate(rows):
-            out.append(fmt(r))
-            out.append(line if i < len(rows) - 1 else "=" * sum(widths))
-        out += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-                f"Non-trainable params: {total - trainable:,}", line]
-        print_fn("\n".join(out))
+        text = summary.summary_text(self, line_length, positions)
+        if print_fn is None:
+            print(text, end="")
+        else:
+            print_fn(text)
 
     # -- saving -------------------------------------------------------------------------------------------
-    def save(self, filepath):
-        """Architecture + weights + compile settings + optimizer state in one pickle-free .npz file (see
-        distnet.checkpoint); written atomically. Load with distnet.models.load_model."""
+    def save(self, filepath, overwrite=True):
+        """Architecture + weights + compile settings + optimizer state in one file, written atomically: a Keras 3
+        archive for a '.keras' name (Keras's load_model reads it; needs h5py), else distnet's pickle-free .npz
+        (see distnet.checkpoint). Load either with distnet.models.load_model. overwrite=False: an existing file
+        is an error (Keras would ask)."""
+        saving.check_overwrite(filepath, overwrite)
         return saving.save_model(self, filepath)
 
-    def save_weights(self, filepath):
+    def save_weights(self, filepath, overwrite=True):
+        """Keras 3's .weights.h5 layout for a '.weights.h5' name (needs h5py), else distnet's .npz."""
+        saving.check_overwrite(filepath, overwrite)
         return saving.save_weights(self, filepath)
 
     def load_weights(self, filepath):
         return saving.load_weights(self, filepath)
+
+    def to_json(self, **kwargs):
+        """The model's Keras 3 config as JSON (what a .keras file holds in config.json); kwargs go to json.dumps.
+        Rebuild with distnet.models.model_from_json (or Keras's keras.models.model_from_json)."""
+        return saving.to_json(self, **kwargs)
 
 
 def _jsonable(obj):

@@ -1,12 +1,15 @@
-"""Saving and loading models: distnet's own pickle-free `.npz` files (see distnet.checkpoint).
+"""Saving and loading models: distnet's own pickle-free `.npz` files (see distnet.checkpoint), and Keras 3's
+`.keras` / `.weights.h5` files (keras_format.py), chosen by the file name's extension.
 
 A model file holds the architecture (config JSON), every weight, the compile settings and the optimizer state;
 a weights file holds the weights and the architecture they belong to.
 """
 import json
+import os
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError
+from ..utils import register_keras_serializable  # noqa: F401  (keras.saving.register_keras_serializable)
 
 MODEL_FORMAT, WEIGHTS_FORMAT = "distnet.model", "distnet.weights"
 
@@ -20,7 +23,66 @@ def _weight_arrays(model):
     return {f"weights/{i:04d}": v for i, v in enumerate(model.get_weights())}
 
 
+# -- dispatch on the extension: Keras 3 files for .keras / .weights.h5, distnet's .npz for anything else --------
+def _keras_format(filepath, what):
+    name = os.fspath(filepath)
+    if name.endswith((".keras", ".weights.h5")):
+        from . import keras_format
+        return keras_format
+    if name.endswith((".h5", ".hdf5")):
+        raise ValueError(f"{what}: {name!r} names a legacy Keras 2 HDF5 file, which distnet does not use; save as "
+                         "'.keras' or '.weights.h5' (Keras 3), or use any other extension for distnet's .npz format")
+    return None
+
+
 def save_model(model, filepath):
+    keras = _keras_format(filepath, "save")
+    if keras is not None:
+        if not os.fspath(filepath).endswith(".keras"):
+            raise ValueError(f"save: {os.fspath(filepath)!r} is a weights file name; use save_weights for it, or "
+                             "a .keras name to save the whole model")
+        return keras.save_model(model, filepath)
+    return save_npz_model(model, filepath)
+
+
+def save_weights(model, filepath):
+    keras = _keras_format(filepath, "save_weights")
+    return keras.save_weights(model, filepath) if keras else save_npz_weights(model, filepath)
+
+
+def load_weights(model, filepath):
+    keras = _keras_format(filepath, "load_weights")
+    return keras.load_weights(model, filepath) if keras else load_npz_weights(model, filepath)
+
+
+def load_model(filepath, compile=True, custom_objects=None, safe_mode=True):
+    """A model saved with `model.save`: a Keras 3 `.keras` file (written by Keras or by distnet), or distnet's
+    `.npz`. custom_objects and safe_mode are accepted for Keras's sake and unused: distnet builds only the layer
+    classes it knows and never runs code from a file."""
+    keras = _keras_format(filepath, "load_model")
+    if keras is not None:
+        return keras.load_model(filepath, compile=compile)
+    return load_npz_model(filepath, compile=compile)
+
+
+def check_overwrite(filepath, overwrite):
+    if not overwrite and os.path.exists(os.fspath(filepath)):
+        raise FileExistsError(f"{os.fspath(filepath)!r} exists and overwrite=False")
+
+
+def to_json(model, **kwargs):
+    from .keras_config import model_to_keras
+    return json.dumps(model_to_keras(model), **kwargs)
+
+
+def model_from_json(json_string, custom_objects=None):
+    """A model (new weights) from the Keras 3 JSON of `model.to_json()`, distnet's or Keras's."""
+    from .keras_config import model_from_keras
+    return model_from_keras(json.loads(json_string))
+
+
+# -- distnet's .npz files -------------------------------------------------------------------------------------
+def save_npz_model(model, filepath):
     arrays = _weight_arrays(model)
     meta = {"format": MODEL_FORMAT, "class_name": type(model).__name__, "config": model.get_config(),
             "compile": model.compile_config()}
@@ -30,12 +92,12 @@ def save_model(model, filepath):
     return checkpoint.save_arrays(filepath, arrays, jsonable(meta))
 
 
-def save_weights(model, filepath):
+def save_npz_weights(model, filepath):
     return checkpoint.save_arrays(filepath, _weight_arrays(model),
                                   {"format": WEIGHTS_FORMAT, "architecture": jsonable(model.architecture())})
 
 
-def load_weights(model, filepath):
+def load_npz_weights(model, filepath):
     arrays, meta = checkpoint.load_arrays(filepath)
     if meta.get("format") not in (WEIGHTS_FORMAT, MODEL_FORMAT):
         raise CheckpointError(f"{filepath!r} is not a distnet weights file (format {meta.get('format')!r})")
@@ -57,8 +119,8 @@ def _required(meta, key, filepath):
     return meta[key]
 
 
-def load_model(filepath, compile=True):
-    """Rebuild a model saved with `model.save`: architecture, weights, and (if compiled) optimizer state."""
+def load_npz_model(filepath, compile=True):
+    """Rebuild a model saved with `model.save` as .npz: architecture, weights, and (if compiled) optimizer state."""
     from .. import models
     arrays, meta = checkpoint.load_arrays(filepath)
     if meta.get("format") != MODEL_FORMAT:
@@ -72,7 +134,7 @@ def load_model(filepath, compile=True):
         model = cls.from_config(config)
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{filepath!r} has a malformed model config: {e!r}") from e
-    load_weights(model, filepath)
+    load_npz_weights(model, filepath)
     comp = meta.get("compile")
     if compile and comp:
         model.compile_from_config(comp)

@@ -2,6 +2,7 @@
 graph: once the input shape is known, the stack is connected as a chain and runs as any functional Model."""
 from ..layers import InputLayer, Layer
 from ..layers.symbolic import SymbolicTensor, connect
+from . import summary
 from .functional import Model
 
 
@@ -72,6 +73,10 @@ class Sequential(Model):
         self.implicit_input = first is not self.stack[0]
         Model.build_for(self, input_shape)
 
+    def summary_rows(self):
+        """Keras prints a Sequential as a chain: no Input row, no Connected-to column."""
+        return [summary.layer_row(la) for la in self.layers]
+
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
                 "layers": [{"class_name": type(la).__name__, "config": la.get_config()} for la in self.stack],
@@ -79,7 +84,11 @@ class Sequential(Model):
 
     @classmethod
     def from_config(cls, config):
+        """A model from get_config()'s dict, or from a Keras 3 Sequential's get_config() (translated)."""
         from ..layers import get_layer_class
+        if "build_input_shape" in config or any("module" in spec for spec in config.get("layers", [])):
+            from .keras_config import sequential_from_keras
+            return sequential_from_keras(config)
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for spec in config["layers"]:
             model.add(get_layer_class(spec["class_name"]).from_config(dict(spec["config"])))

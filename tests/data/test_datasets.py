@@ -87,3 +87,26 @@ def test_sharding_covers_each_global_batch_exactly_once(n, batch, size):
         np.testing.assert_array_equal(np.concatenate(parts), order[step * batch:(step + 1) * batch])
         sizes = [len(p) for p in parts]
         assert max(sizes) - min(sizes) <= 1
+
+
+def test_bundled_mnist_training_classes_take_turns():
+    """The bundled file is sorted by class; load_data interleaves it (0..9, 0..9, ...) so that validation_split
+    holds out every class (the keras-io examples rely on the mixed order of Keras's mnist.load_data)."""
+    from distnet.data.datasets import BUNDLED, load_mnist_csv
+    (x, y), _ = mnist.load_data()
+    np.testing.assert_array_equal(y[:20], np.tile(np.arange(10), 2))
+    assert np.bincount(y[-500:], minlength=10).tolist() == [50] * 10          # validation_split=0.1
+    assert np.bincount(y[:1000], minlength=10).tolist() == [100] * 10
+    xs, ys = load_mnist_csv(f"{BUNDLED}/mnist/mnist_5k.csv.gz")
+    assert np.all(np.diff(ys.astype(int)) >= 0)                                # the file really is sorted
+    for c in (0, 9):                      # the same images, in file order within each class
+        np.testing.assert_array_equal(x[y == c], xs[ys == c])
+
+
+def test_other_bundled_sets_hold_every_class_at_their_end():
+    _, (_, yt) = mnist.load_data()
+    _, py = load_pima()
+    _, dy = load_digits()
+    assert (np.bincount(yt[-1000:], minlength=10) > 50).all()
+    assert (np.bincount(py[-77:].astype(int), minlength=2) > 20).all()
+    assert (np.bincount(dy[-180:], minlength=10) > 10).all()
