@@ -14,6 +14,7 @@ import numpy as np
 
 from ..layers import InputLayer
 from ..layers.symbolic import SymbolicTensor
+from . import summary
 from .model import Model as BaseModel
 
 
@@ -194,14 +195,45 @@ class Model(BaseModel):
                     _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
 
     # -- description --------------------------------------------------------------------------------------
+    def layers_by_depth(self):
+        """[(layer, depth)] in the order of Keras's `model.layers` for this graph (map_graph in Keras's
+        ops/function.py), Input layers included: depth is the longest path from the layer to an output; deepest
+        first, ties in the order a depth-first walk from the outputs first reaches them. Keras numbers the groups
+        of a weights file and lists a summary in this order, which is not distnet's run order."""
+        first_seen, post, done = {}, [], set()
+
+        def walk(layer):
+            if id(layer) in done:
+                return
+            first_seen.setdefault(id(layer), len(first_seen))
+            for t in _inbound(layer):
+                walk(t.layer)
+            done.add(id(layer))
+            post.append(layer)
+        for t in self.outputs:
+            walk(t.layer)
+        depth = {}
+        for layer in reversed(post):             # every reader of a layer comes before it
+            d = depth.setdefault(id(layer), 0)
+            for t in _inbound(layer):
+                depth[id(t.layer)] = max(depth.get(id(t.layer), 0), d + 1)
+        for t in self.inputs:                    # inputs no output needs: depth 0, first among depth 0
+            if id(t.layer) not in depth:
+                depth[id(t.layer)], first_seen[id(t.layer)] = 0, -1
+                post.append(t.layer)
+        return [(la, depth[id(la)]) for la in sorted(post, key=lambda la: (-depth[id(la)], first_seen[id(la)]))]
+
     def summary_rows(self):
+        """Keras's rows for a graph, in its layer order: with a Connected-to column, unless the graph is a chain
+        (one layer per depth, none reading several tensors), which Keras prints as a Sequential's table."""
+        ranked = self.layers_by_depth()
+        depths = [d for _, d in ranked]
+        chain = len(set(depths)) == len(depths) and all(len(_inbound(la)) <= 1 for la, _ in ranked)
         rows = []
-        for la in self.order:
-            shape = [str((None,) + tuple(s)) for s in la.output_shape] if la.multi_output \
-                else str((None,) + tuple(la.output_shape))
-            inbound = [] if la.inbound is None else (la.inbound if isinstance(la.inbound, list) else [la.inbound])
-            rows.append((f"{la.name} ({type(la).__name__})", shape if isinstance(shape, str) else ", ".join(shape),
-                         str(la.count_params()), ", ".join(f"{t.layer.name}[0][{t.index}]" for t in inbound) or "-"))
+        for la, _ in ranked:
+            row = summary.layer_row(la)
+            connected = ", ".join(f"{t.layer.name}[0][{t.index}]" for t in _inbound(la)) or "-"
+            rows.append(row if chain else row + (connected,))
         return rows
 
     def get_config(self):
@@ -209,9 +241,8 @@ class Model(BaseModel):
             return [t.layer.name, 0, t.index]
         layers = []
         for la in self.order:
-            inbound = [] if la.inbound is None else (la.inbound if isinstance(la.inbound, list) else [la.inbound])
             layers.append({"class_name": type(la).__name__, "name": la.name, "config": la.get_config(),
-                           "inbound": [ref(t) for t in inbound], "multi_input": bool(la.multi_input)})
+                           "inbound": [ref(t) for t in _inbound(la)], "multi_input": bool(la.multi_input)})
         return {"name": self.name, "trainable": self.trainable, "layers": layers,
                 "input_layers": [ref(t) for t in self.inputs], "output_layers": [ref(t) for t in self.outputs],
                 "multiple_inputs": self.multiple_inputs, "multiple_outputs": self.multiple_outputs}
@@ -237,6 +268,11 @@ class Model(BaseModel):
         return cls(pick(config["input_layers"], config["multiple_inputs"]),
                    pick(config["output_layers"], config["multiple_outputs"]),
                    name=config.get("name"), trainable=config.get("trainable", True))
+
+
+def _inbound(layer):
+    """The tensors a layer reads in its graph, as a list (none for an Input layer)."""
+    return [] if layer.inbound is None else layer.inbound if isinstance(layer.inbound, list) else [layer.inbound]
 
 
 def _accumulate(pending, key, g):

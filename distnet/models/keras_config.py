@@ -63,15 +63,16 @@ LAYERS = {
     "GlobalAveragePooling2D": LayerSpec(),
     "BatchNormalization": LayerSpec({"synchronized": False, "renorm": False},
                                     ignored=("renorm_momentum", "renorm_clipping")),
-    # layers of the layers issue (Keras files tested when distnet has them): an RNN's variables sit in its cell
+    # layers of the layers issue (Keras files tested when distnet has them): an RNN's variables sit in its cell;
+    # distnet has no masks, so zero_output_for_mask (True in a Bidirectional returning sequences) changes nothing
     "Conv1D": LayerSpec({"groups": 1}),
     "MaxPooling1D": LayerSpec(),
     "Embedding": LayerSpec(),
     "LayerNormalization": LayerSpec(),
-    **{rnn: LayerSpec({"zero_output_for_mask": False, "stateful": False, "unroll": False},
-                      ignored=("use_cudnn", "seed"), variables=lambda layer: [("cell/vars", layer.weights)])
+    **{rnn: LayerSpec({"stateful": False, "unroll": False}, ignored=("use_cudnn", "seed", "zero_output_for_mask"),
+                      variables=lambda layer: [("cell/vars", layer.weights)])
        for rnn in ("SimpleRNN", "LSTM", "GRU")},
-}
+}  # merge layers and wrappers: keras_graph.py
 
 
 def keras_snake_case(name):
@@ -145,6 +146,9 @@ def _object_to_keras(module_name, obj):
                                      "config": obj.get_config(), "registered_name": None}
 
 
+NESTED_LAYERS = ("layer", "backward_layer")      # config keys that hold a layer (Bidirectional, TimeDistributed)
+
+
 def _values_from_keras(config, what):
     """Nested Keras objects of a layer config turned into what distnet layers take, by key."""
     out = {}
@@ -156,6 +160,8 @@ def _values_from_keras(config, what):
                                        {"OrthogonalInitializer": "Orthogonal"})
         elif key.endswith("_regularizer"):
             value = _object_from_keras(regularizers, regularizers.Regularizer, value, what)
+        elif key in NESTED_LAYERS and isinstance(value, dict):
+            value = layer_from_keras(value)          # a wrapper's inner layer: a Keras layer spec of its own
         elif key.endswith("_constraint") and value is not None:
             raise ValueError(f"{what} has {key}={value!r}; distnet has no weight constraints")
         elif isinstance(value, dict) and "class_name" in value:
@@ -202,7 +208,9 @@ def layer_to_keras(layer):
         config = entry.write(layer, config)
     spec = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
     if layer.built and not isinstance(layer, InputLayer):
-        spec["build_config"] = {"input_shape": [None] + list(layer.input_shape)}
+        shapes = layer.input_shape if layer.multi_input else [layer.input_shape]
+        shapes = [[None] + list(s) for s in shapes]
+        spec["build_config"] = {"input_shape": shapes if layer.multi_input else shapes[0]}
     return spec
 
 
@@ -270,7 +278,7 @@ def model_to_keras(model):
     if not model.built:
         raise ValueError(f"Model '{model.name}' is not built; build it (or fit it) before saving a Keras file")
     return {"module": module, "class_name": class_name, "config": writer(model), "registered_name": None,
-            "build_config": {"input_shape": list(model.input_shape)},
+            "build_config": {"input_shape": None if class_name == "Functional" else list(model.input_shape)},
             "compile_config": compile_to_keras(model) if model.compiled else None}
 
 
@@ -398,3 +406,6 @@ def _metrics_to_keras(spec):
     if spec is None:
         return None
     return prune(_per_output(spec, one)) or None
+
+
+from . import keras_graph  # noqa: E402,F401  (registers the functional API's reader, writer and layer order)

@@ -109,6 +109,10 @@ def summary_text(model, line_length=None, positions=None):
 
 
 def layer_row(layer):
-    """The summary row of one layer: name (class), output shape with the batch dimension, parameter count."""
-    shape = "(" + ", ".join(str(d) for d in (None,) + tuple(layer.output_shape)) + ")"
-    return f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}"
+    """The summary row of one layer: name (class), output shape with the batch dimension (a list of them for a
+    layer with several outputs, as Keras prints it), parameter count."""
+    def shape(s):
+        return "(" + ", ".join(str(d) for d in (None,) + tuple(s)) + ")"
+    shapes = "[" + ", ".join(shape(s) for s in layer.output_shape) + "]" if layer.multi_output \
+        else shape(layer.output_shape)
+    return f"{layer.name} ({type(layer).__name__})", shapes, f"{layer.count_params():,}"
