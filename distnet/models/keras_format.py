@@ -183,9 +183,12 @@ def load_model(filepath, compile=True):
 
 # -- optimizer state ------------------------------------------------------------------------------------------
 def _slot_layout(model):
-    """[(slot name, offset, shape)] in Keras's variable order, after iterations and learning_rate."""
+    """[(slot name, offset, shape)] in Keras's variable order, after iterations and learning_rate: the trainable
+    variables in the order of Keras's `model.layers` (a graph's differs from distnet's flat buffer)."""
     opt, flat = model.optimizer, model.flat_state
-    per_var = [(offset, w.value.shape) for (offset, _), w in zip(flat.segments, flat.trainable)]
+    offsets = {id(w): offset for (offset, _), w in zip(flat.segments, flat.trainable)}
+    per_var = [(offsets[id(w)], w.value.shape) for _, _, weights in keras_config.weight_groups(model)
+               for w in weights if id(w) in offsets]
     out = []
     for names in OPTIMIZER_SLOTS.get(type(opt).__name__, []):
         names = [n for n in names if n in opt.slots]

@@ -61,17 +61,18 @@ def _unpack(value, made, what):
 
 def _node_inputs(node, made, what):
     """The input(s) of one call: a symbolic tensor, or a list of them for a layer that takes several."""
-    if isinstance(node, list):                                 # tf.keras 2: [[layer, node, index, kwargs], ...]
+    legacy = isinstance(node, list)                            # tf.keras 2: [[layer, node, index, kwargs], ...]
+    if legacy:
+        args = [[{"class_name": KERAS_TENSOR, "config": {"keras_history": entry[:3]}} for entry in node]]
         kwargs = {k: v for entry in node if len(entry) == 4 for k, v in (entry[3] or {}).items()}
-        tensors = [_tensor(made, entry, what) for entry in node]
-        args = [tensors[0] if len(tensors) == 1 else tensors]
     else:
         args, kwargs = node.get("args", []), node.get("kwargs") or {}
     extra = {k: v for k, v in kwargs.items() if v is not None}
     if len(args) != 1 or extra:
         raise ValueError(f"{what} is called with arguments distnet layers do not take: {len(args)} positional "
                          f"argument(s), keyword arguments {sorted(extra)} (distnet takes one tensor, or a list)")
-    return _unpack(args[0], made, what)
+    inputs = _unpack(args[0], made, what)
+    return inputs[0] if legacy and len(inputs) == 1 else inputs
 
 
 def _check_buildable(spec):
