@@ -3,7 +3,8 @@
 Rooms: model.py (the base Model: what every model shares), sequential.py (a stack of layers), functional.py
 (Model(inputs, outputs): a graph of layers), summary.py (Keras 3's summary table), saving.py (model and weights
 files, by extension: distnet's .npz, or Keras 3's through keras_format.py (the .keras zip and the .weights.h5
-layout) and keras_config.py (Keras configs <-> distnet models, a per-layer table)). Training comes from
+layout), keras_config.py (Keras configs <-> distnet models, a per-layer table) and keras_graph.py (Keras's
+functional graphs)). Training comes from
 distnet.training's Trainer, which Model inherits.
 May import: layers/, training/, checkpoint; never parallel/ directly.
 """

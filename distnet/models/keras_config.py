@@ -10,8 +10,8 @@ so the generic translation does most of the work: nested objects are converted b
 default listed in the table, and anything else is a clear error naming the layer. A new layer is usually one
 line; a layer whose variables live in sublayers in Keras's weights file (an RNN's `cell`, Bidirectional's
 `forward_layer` and `backward_layer`) also gives `variables`. Models go through MODEL_READERS (Keras class
-name -> reader), MODEL_WRITERS (distnet class name -> writer) and KERAS_LAYER_ORDER: the functional API plugs in
-its "Functional" reader, "Model" writer and Keras's layer order of a graph there.
+name -> reader), MODEL_WRITERS (distnet class name -> writer) and KERAS_LAYER_ORDER: keras_graph.py plugs in the
+functional API's "Functional" reader, "Model" writer and Keras's layer order of a graph there.
 """
 import inspect
 import re
@@ -122,11 +122,13 @@ def _same(a, b):
     return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
 
 
-def _dtype_from_keras(value, what):
+def _dtype_from_keras(value, what, ids=False):
+    """A layer's dtype; an Input (ids=True) may also hold integer ids (for an Embedding)."""
     _, config = _plain(value)
     name = config.get("name") if isinstance(config, dict) else config
-    if name not in (None, "float32", "float64"):
-        raise ValueError(f"{what} has dtype {name!r}; distnet computes in float32 (or float64)")
+    if name not in (None, "float32", "float64") + (("int32", "int64") if ids else ()):
+        raise ValueError(f"{what} has dtype {name!r}; distnet computes in float32 (or float64), and an Input "
+                         "may hold int32 or int64 ids")
     return name
 
 
@@ -146,22 +148,19 @@ def _object_to_keras(module_name, obj):
                                      "config": obj.get_config(), "registered_name": None}
 
 
-NESTED_LAYERS = ("layer", "backward_layer")      # config keys that hold a layer (Bidirectional, TimeDistributed)
-
-
-def _values_from_keras(config, what):
+def _values_from_keras(config, what, ids=False):
     """Nested Keras objects of a layer config turned into what distnet layers take, by key."""
     out = {}
     for key, value in config.items():
         if key == "dtype":
-            value = _dtype_from_keras(value, what)
+            value = _dtype_from_keras(value, what, ids)
         elif key.endswith("_initializer"):
             value = _object_from_keras(initializers, initializers.Initializer, value, what,
                                        {"OrthogonalInitializer": "Orthogonal"})
         elif key.endswith("_regularizer"):
             value = _object_from_keras(regularizers, regularizers.Regularizer, value, what)
-        elif key in NESTED_LAYERS and isinstance(value, dict):
-            value = layer_from_keras(value)          # a wrapper's inner layer: a Keras layer spec of its own
+        elif key in ("layer", "backward_layer") and isinstance(value, dict):
+            value = layer_from_keras(value)          # a wrapper's inner layer (Bidirectional, TimeDistributed)
         elif key.endswith("_constraint") and value is not None:
             raise ValueError(f"{what} has {key}={value!r}; distnet has no weight constraints")
         elif isinstance(value, dict) and "class_name" in value:
@@ -178,7 +177,7 @@ def layer_from_keras(spec):
     entry = LAYERS.get(class_name)
     if entry is None:
         raise ValueError(f"{what} is not supported by distnet; supported layers: {', '.join(sorted(LAYERS))}")
-    config = _values_from_keras(config, what)
+    config = _values_from_keras(config, what, ids=class_name == "InputLayer")
     if entry.read is not None:
         config = entry.read(config)
     cls = layers_mod.get_layer_class(class_name)
@@ -208,8 +207,7 @@ def layer_to_keras(layer):
         config = entry.write(layer, config)
     spec = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
     if layer.built and not isinstance(layer, InputLayer):
-        shapes = layer.input_shape if layer.multi_input else [layer.input_shape]
-        shapes = [[None] + list(s) for s in shapes]
+        shapes = [[None] + list(s) for s in (layer.input_shape if layer.multi_input else [layer.input_shape])]
         spec["build_config"] = {"input_shape": shapes if layer.multi_input else shapes[0]}
     return spec
 

@@ -266,32 +266,20 @@ def test_keras_order_is_keras_model_layers(keras, build):
     assert [la.name for la in build(keras, keras.layers).layers] == KERAS_ORDER[build.__name__]
 
 
+@pytest.mark.parametrize("writer", ["keras", "distnet"])
 @pytest.mark.parametrize("build", BUILDERS)
-def test_keras_graph_file_loads_in_distnet_and_training_continues_alike(keras, tmp_path, build):
+def test_graph_file_of_one_loads_in_the_other_and_training_continues_alike(keras, tmp_path, build, writer):
     x, y = data(build)
-    k = build(keras, keras.layers)
-    k.compile(**compile_args(build, keras.optimizers.Adam(0.01)))
-    k.fit(x, y, batch_size=6, epochs=1, verbose=0)
-    k.save(tmp_path / "k.keras")
-    d = distnet.models.load_model(tmp_path / "k.keras")
+    source, reader = (keras, distnet) if writer == "keras" else (distnet, keras)
+    a = build(source, source.layers)
+    a.compile(**compile_args(build, source.optimizers.Adam(0.01)))
+    a.fit(x, y, batch_size=6, epochs=1, verbose=0)
+    a.save(tmp_path / "a.keras")
+    b = reader.models.load_model(tmp_path / "a.keras")
+    close(b.predict(x, verbose=0), a.predict(x, verbose=0))
+    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 2
+    k, d = (a, b) if writer == "keras" else (b, a)
     assert type(d) is distnet.Model and [la.name for la, _ in d.layers_by_depth()] == [la.name for la in k.layers]
-    close(d.predict(x, verbose=0), k.predict(x, verbose=0))
-    assert d.optimizer.iterations == int(k.optimizer.iterations) == 2
-    k.train_on_batch(x, y)
-    d.train_on_batch(x, y)
-    same_layer_weights(d, k)
-
-
-@pytest.mark.parametrize("build", BUILDERS)
-def test_distnet_graph_file_loads_in_keras_and_training_continues_alike(keras, tmp_path, build):
-    x, y = data(build)
-    d = build(distnet, distnet.layers)
-    d.compile(**compile_args(build, distnet.optimizers.Adam(0.01)))
-    d.fit(x, y, batch_size=6, epochs=1, verbose=0)
-    d.save(tmp_path / "d.keras")
-    k = keras.models.load_model(tmp_path / "d.keras")
-    close(k.predict(x, verbose=0), d.predict(x, verbose=0))
-    assert int(k.optimizer.iterations) == d.optimizer.iterations == 2
     k.train_on_batch(x, y)
     d.train_on_batch(x, y)
     same_layer_weights(d, k)
@@ -345,6 +333,26 @@ def test_keras_files_distnet_cannot_build_are_named(keras, tmp_path, case):
     keras.Model(x, out).save(tmp_path / "k.keras")
     with pytest.raises(ValueError, match=message):
         distnet.models.load_model(tmp_path / "k.keras")
+
+
+def test_integer_ids_input_and_wrappers_in_a_sequential_both_ways(keras, tmp_path):
+    """An Input of int32 ids (for an Embedding); Bidirectional and TimeDistributed in a Sequential too."""
+    kl = keras.layers
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    h = kl.Flatten(name="flat")(kl.Embedding(20, 4, name="emb")(ids))
+    k = keras.Model(ids, kl.Dense(2, name="d")(h))
+    s = keras.Sequential([keras.Input((7, 3)), kl.Bidirectional(kl.GRU(4, return_sequences=True), merge_mode="ave"),
+                          kl.TimeDistributed(kl.Dense(2)), kl.Flatten(), kl.Dense(1)])
+    rng = np.random.default_rng(0)
+    for model, x in ((k, rng.integers(0, 20, (5, 6))), (s, rng.normal(size=(5, 7, 3)).astype(np.float32))):
+        model.save(tmp_path / "k.keras")
+        d = distnet.models.load_model(tmp_path / "k.keras")
+        close(d.predict(x, verbose=0), model.predict(x, verbose=0))
+        d.save(tmp_path / "d.keras")
+        back = keras.models.load_model(tmp_path / "d.keras")
+        close(back.predict(x, verbose=0), model.predict(x, verbose=0))
+        assert back.inputs[0].dtype == model.inputs[0].dtype and type(back) is type(model)
+    assert d.layers[0].forward_layer.units == 4 and d.layers[0].merge_mode == "ave"
 
 
 def lstm_states(lib, L):
