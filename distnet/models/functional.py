@@ -249,8 +249,12 @@ class Model(BaseModel):
 
     @classmethod
     def from_config(cls, config):
+        """A model from get_config()'s dict, or from a Keras 3 functional model's get_config() (translated)."""
         from ..layers import get_layer_class
         from ..layers.core import Input
+        if any("inbound_nodes" in spec for spec in config.get("layers", [])):
+            from .keras_graph import functional_from_keras
+            return functional_from_keras(config)
         made = {}
         for spec in config["layers"]:
             cfg = dict(spec["config"])

@@ -16,7 +16,6 @@ Keras lists the layers, and numbers the groups of model.weights.h5, by depth (Mo
 distnet's run order. Importing this module registers it in keras_config's hooks, with the table lines of the
 layers only a graph holds (merge layers) and of the wrappers (their inner layers are Keras specs too).
 """
-from ..layers import InputLayer
 from ..layers.core import Input
 from . import keras_config
 from .keras_config import LAYERS, LayerSpec, layer_from_keras, layer_to_keras, layer_variables
@@ -92,14 +91,15 @@ def _check_buildable(spec):
 def _make(spec, made):
     """Build one layer of the config and call it on its inputs; its output tensors go into `made`."""
     what, nodes = _check_buildable(spec)
-    layer = layer_from_keras(spec)
-    if isinstance(layer, InputLayer):
+    if spec.get("class_name") == "InputLayer":
+        layer = layer_from_keras(spec)
         made[spec["name"]] = [Input(shape=layer.declared_input_shape, batch_size=layer.batch_size,
                                     name=spec["name"], dtype=layer.dtype)]
         return
     if not nodes:
         raise ValueError(f"{what} is not connected to the graph (it has no inbound node)")
-    inputs = _node_inputs(nodes[0], made, what)
+    inputs = _node_inputs(nodes[0], made, what)            # _NotYet before anything is built
+    layer = layer_from_keras(spec)
     try:
         out = layer(inputs)
     except (TypeError, ValueError) as e:
@@ -126,41 +126,21 @@ def functional_from_keras(config):
     if dup:
         raise ValueError(f"The Keras graph names several layers {dup}; layer names must be unique")
     while pending:                            # Keras lists a layer after what it reads; tolerate other orders
-        left = []
+        left, missing = [], set()
         for spec in pending:
             try:
                 _make(spec, made)
-            except _NotYet:
+            except _NotYet as e:
                 left.append(spec)
+                missing.add(e.args[0])
         if len(left) == len(pending):
-            unknown = sorted({n for spec in left for n in _history_names(spec)} - set(names))
+            unknown = sorted(missing - set(names))
             raise ValueError(f"The Keras graph cannot be connected: layers {[s.get('name') for s in left]} read "
                              + (f"unknown layers {unknown}" if unknown else "each other (a cycle)"))
         pending = left
     return Model(_endpoints(config["input_layers"], made, "inputs"),
                  _endpoints(config["output_layers"], made, "outputs"),
                  name=config.get("name"), trainable=config.get("trainable", True))
-
-
-def _history_names(spec):
-    """The names of the layers a layer spec's nodes read (for error messages)."""
-    found = []
-
-    def visit(v):
-        if isinstance(v, dict):
-            if v.get("class_name") == KERAS_TENSOR:
-                found.append(v["config"]["keras_history"][0])
-            else:
-                for x in v.values():
-                    visit(x)
-        elif isinstance(v, list):
-            if _is_triple(v):
-                found.append(v[0])
-            else:
-                for x in v:
-                    visit(x)
-    visit(spec.get("inbound_nodes") or [])
-    return found
 
 
 # -- writing --------------------------------------------------------------------------------------------------

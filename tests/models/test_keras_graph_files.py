@@ -179,6 +179,57 @@ def test_one_input_in_a_list_stays_a_list(tmp_path):
     assert e.multiple_inputs and e.multiple_outputs
 
 
+# Keras 3.15.1's summaries (line_length=90) of two graphs: one with a Connected-to column, one a chain of layers
+KERAS_SUMMARIES = {"two_inputs": """\
+Model: "two_inputs"
+┏━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━┓
+┃ Layer (type)             ┃ Output Shape         ┃      Param # ┃ Connected to          ┃
+┡━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━┩
+│ a (InputLayer)           │ (None, 5)            │            0 │ -                     │
+├──────────────────────────┼──────────────────────┼──────────────┼───────────────────────┤
+│ a_hidden (Dense)         │ (None, 6)            │           36 │ a[0][0]               │
+├──────────────────────────┼──────────────────────┼──────────────┼───────────────────────┤
+│ b (InputLayer)           │ (None, 3)            │            0 │ -                     │
+├──────────────────────────┼──────────────────────┼──────────────┼───────────────────────┤
+│ cat (Concatenate)        │ (None, 9)            │            0 │ a_hidden[0][0],       │
+│                          │                      │              │ b[0][0]               │
+├──────────────────────────┼──────────────────────┼──────────────┼───────────────────────┤
+│ joint (Dense)            │ (None, 4)            │           40 │ cat[0][0]             │
+├──────────────────────────┼──────────────────────┼──────────────┼───────────────────────┤
+│ out (Dense)              │ (None, 2)            │           10 │ joint[0][0]           │
+└──────────────────────────┴──────────────────────┴──────────────┴───────────────────────┘
+ Total params: 86 (344.00 B)
+ Trainable params: 86 (344.00 B)
+ Non-trainable params: 0 (0.00 B)
+""", "recurrent": """\
+Model: "recurrent"
+┏━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━┓
+┃ Layer (type)                          ┃ Output Shape                 ┃         Param # ┃
+┡━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━┩
+│ seq (InputLayer)                      │ (None, 7, 3)                 │               0 │
+├───────────────────────────────────────┼──────────────────────────────┼─────────────────┤
+│ bilstm (Bidirectional)                │ (None, 7, 10)                │             360 │
+├───────────────────────────────────────┼──────────────────────────────┼─────────────────┤
+│ td (TimeDistributed)                  │ (None, 7, 4)                 │              44 │
+├───────────────────────────────────────┼──────────────────────────────┼─────────────────┤
+│ bigru (Bidirectional)                 │ (None, 3)                    │             162 │
+├───────────────────────────────────────┼──────────────────────────────┼─────────────────┤
+│ out (Dense)                           │ (None, 2)                    │               8 │
+└───────────────────────────────────────┴──────────────────────────────┴─────────────────┘
+ Total params: 574 (2.24 KB)
+ Trainable params: 574 (2.24 KB)
+ Non-trainable params: 0 (0.00 B)
+"""}
+
+
+@pytest.mark.parametrize("build", [two_inputs, recurrent])
+def test_graph_summary_text(monkeypatch, build):
+    monkeypatch.setenv("COLUMNS", "120")
+    out = []
+    build(distnet, distnet.layers).summary(print_fn=out.append, line_length=90)
+    assert out == [KERAS_SUMMARIES[build.__name__]]
+
+
 # -- what distnet cannot build, named ------------------------------------------------------------------------------
 def keras_tensor(name, shape, index=0, node=0):
     return {"class_name": "__keras_tensor__",
@@ -283,6 +334,15 @@ def test_graph_file_of_one_loads_in_the_other_and_training_continues_alike(keras
     k.train_on_batch(x, y)
     d.train_on_batch(x, y)
     same_layer_weights(d, k)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_model_from_a_keras_get_config(keras, build):
+    k = build(keras, keras.layers)
+    d = distnet.Model.from_config(k.get_config())
+    assert [(la.name, type(la).__name__) for la, _ in d.layers_by_depth()] == \
+        [(la.name, type(la).__name__) for la in k.layers]
+    assert sorted(w.shape for w in d.get_weights()) == sorted(tuple(w.shape) for w in k.get_weights())
 
 
 @pytest.mark.parametrize("build", [residual_branch, two_outputs])
