@@ -422,8 +422,28 @@ def lstm_states(lib, L):
     return lib.Model(seq, [L.Dense(2, name="d")(out), h], name="states")
 
 
+def bidirectional_states(lib, L):
+    """Layers with several outputs read by index: Bidirectional with return_state, and with merge_mode=None."""
+    seq = lib.Input((6, 3), name="seq")
+    outs = L.Bidirectional(L.LSTM(4, return_state=True), name="bi")(seq)
+    forward, backward = L.Bidirectional(L.GRU(2, return_sequences=True), merge_mode=None, name="bi2")(seq)
+    h = L.Concatenate(name="cat")([outs[0], outs[1], outs[4]])
+    return lib.Model(seq, [L.Dense(2, name="d")(h), L.Add(name="add")([forward, backward])], name="states")
+
+
+def test_tensors_picked_from_several_outputs_both_ways(keras, tmp_path):
+    x = np.random.default_rng(0).normal(size=(5, 6, 3)).astype(np.float32)
+    k = bidirectional_states(keras, keras.layers)
+    k.save(tmp_path / "k.keras")
+    d = distnet.models.load_model(tmp_path / "k.keras")
+    close(d.predict(x, verbose=0), k.predict(x, verbose=0))
+    d.set_weights([w + 0.1 for w in d.get_weights()])
+    d.save(tmp_path / "d.keras")
+    close(keras.models.load_model(tmp_path / "d.keras").predict(x, verbose=0), d.predict(x, verbose=0))
+
+
 @pytest.mark.parametrize("columns", [80, 140])
-@pytest.mark.parametrize("build", BUILDERS + [lstm_states])
+@pytest.mark.parametrize("build", BUILDERS + [lstm_states, bidirectional_states])
 def test_graph_summary_is_keras_text(keras, monkeypatch, columns, build):
     monkeypatch.setenv("COLUMNS", str(columns))
     texts = []
