@@ -158,8 +158,9 @@ class Step:
         for k, (losses, _) in enumerate(per_head):
             value = losses.sum() if w is None else np.dot(losses, w)
             total += value
-            if self.many:
-                slots[self.stats.output_loss(k)] = value
+            if self.many:               # as Keras 3 logs it: each output's own loss, before its loss weight
+                weight = self.heads[k].weight
+                slots[self.stats.output_loss(k)] = value / weight if weight else 0.0
         slots[StepStats.LOSS] = total
         index = {id(h): k for k, h in enumerate(self.heads)}
         for i, (h, m, weighted) in enumerate(self.metric_refs):

@@ -35,7 +35,7 @@ def train(out_dir, kill_rank=None, kill_at=None, pause=0.0):
 
 out_dir = sys.argv[1]
 ref = distnet.ray.run(train, num_workers=3, args=(out_dir + "/ref",))
-elastic = distnet.ray.run(train, num_workers=3, min_workers=2, args=(out_dir + "/el", 2, 4, 0.03))
+elastic = distnet.ray.run(train, num_workers=3, min_workers=2, args=(out_dir + "/el", 2, 4, 0.1))
 json.dump({"ref": ref, "elastic": elastic}, open(out_dir + "/out.json", "w"))
 """
 

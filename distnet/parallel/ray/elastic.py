@@ -47,6 +47,8 @@ class ElasticGroup:
         self.job = uuid.uuid4().hex[:10]
         self.members, self.refs, self.results = [], {}, {}
         self.last_growth_check = 0.0
+        self.joining = []           # (actor, generation) of workers asked to join and not yet seen to be in
+        self.cancelled = []
 
     # -- actors -------------------------------------------------------------------------------------------
     def _new_actor(self, rank, size):
@@ -133,6 +135,7 @@ class ElasticGroup:
             return
         joiner = self._start_joiner()
         self._rewire(self.members + [joiner], joined=1)
+        self.joining.append((joiner, self.generation))
         for a in self.members[:-1]:
             a.request_change.remote()
         print(f"distnet.ray: a worker joins; the group grows to {len(self.members)} at the next step",
@@ -146,8 +149,11 @@ class ElasticGroup:
                 done, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=0.5)
                 if done:
                     actor = self.refs.pop(done[0])
+                    if any(actor is c for c in self.cancelled):
+                        continue               # a joiner the job finished without: its error is expected
                     try:
                         self.results[actor] = self.ray.get(done[0])
+                        self._cancel_late_joiners(actor)
                     except Exception as e:
                         if not _died(e):
                             rank = self.members.index(actor) if actor in self.members else -1
@@ -161,6 +167,20 @@ class ElasticGroup:
                     self._maybe_grow()
         finally:
             self.shutdown(self.members + list(self.refs.values()))
+
+    def _cancel_late_joiners(self, finished):
+        """A member finished training: joiners whose generation it never reached will never be admitted."""
+        if not self.joining:
+            return
+        reached = self.ray.get(finished.generation.remote())
+        for joiner, generation in list(self.joining):
+            if generation > reached:
+                joiner.fail_membership.remote("the job finished before this worker could join")
+                self.members = [a for a in self.members if a is not joiner]
+                self.cancelled.append(joiner)
+                print("distnet.ray: training ended before the new worker could join; it is stopped",
+                      file=sys.stderr, flush=True)
+            self.joining.remove((joiner, generation))
 
     def shutdown(self, actors):
         seen = []

@@ -86,6 +86,10 @@ class Worker:
             self.comm.interrupt()
         return True
 
+    def generation(self):
+        """The membership generation this worker trains in (answered while it trains)."""
+        return self.comm.generation if self.comm is not None else -1
+
     def request_change(self):
         """Change membership at the next step boundary (a worker is joining)."""
         if self.comm is not None:
