@@ -1,10 +1,15 @@
-"""Remove shared-memory segments that MPICH leaves in /dev/shm when a job is killed or aborted.
+"""What a job may leave on this machine, and its removal: MPICH's shared-memory segments in /dev/shm, and
+processes that outlived mpirun.
 
 MPICH unlinks its segments only on a clean finalize; after MPI_Abort or SIGKILL they stay and hold memory.
 A segment is removed only if it appeared while our job ran and no live process has it mapped, so segments of
-other jobs on the machine are never touched."""
+other jobs on the machine are never touched. A process is ours when its environment carries our launch's
+status directory."""
 import glob
 import os
+import signal
+
+from distnet.parallel import protocol
 
 PATTERN = "/dev/shm/mpich_shm_*"
 
@@ -40,3 +45,32 @@ def remove_leftovers(before):
         except OSError:
             pass
     return removed
+
+
+def processes_of(launch_dir):
+    """Pids of this machine's processes started for the launch whose status directory is `launch_dir` (their
+    environment says so: mpirun, its proxies, supervisors and workers all inherit it)."""
+    mark = f"{protocol.LAUNCH_DIR}={launch_dir}".encode()
+    me, found = os.getpid(), []
+    for environ in glob.glob("/proc/[0-9]*/environ"):
+        pid = int(environ.split("/")[2])
+        if pid == me:
+            continue
+        try:
+            with open(environ, "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:         # gone, or another user's
+            continue
+    return found
+
+
+def kill_processes_of(launch_dir):
+    """SIGKILL every process left from that launch on this machine; return how many were signalled."""
+    pids = processes_of(launch_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(pids)
