@@ -93,6 +93,11 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
 
     def abort(self, code=1):
+        """End the whole job now. MPICH unlinks its shared-memory segments only in MPI_Finalize, so each
+        MPI_Abort would leave a few MB in /dev/shm: the aborting rank first removes the segments of its job,
+        which it has mapped itself (the other ranks keep their mappings until they are killed)."""
+        remove_shared_memory_segments()
+        wait_for_output_read()
         self.comm.Abort(code)
 
     # -- the stall watchdog -------------------------------------------------------------------------------
@@ -132,7 +137,53 @@ class MPICommunicator(Communicator):
         sys.__stderr__.write(f"[rank {self.rank}/{self.size}] distnet watchdog: {message}; ending the job\n")
         sys.__stderr__.flush()
         protocol.write_status(protocol.ERROR, self.rank, {"error": f"watchdog: {message}"})
-        self.comm.Abort(3)
+        self.abort(3)
+
+
+SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+
+
+def remove_shared_memory_segments(maps="/proc/self/maps"):
+    """Unlink the MPICH segments (/dev/shm/mpich_shm_*) that this process maps; return their paths. On a node
+    every rank maps its job's segments, and no other job's, so this removes exactly what the job created."""
+    removed = []
+    try:
+        with open(maps) as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if SEGMENT_PREFIX in line}
+    except OSError:
+        return removed
+    for path in sorted(paths):
+        if path.startswith(SEGMENT_PREFIX) and not path.endswith(" (deleted)"):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def wait_for_output_read(timeout=1.0, fds=(1, 2)):
+    """Wait (up to `timeout` s) until mpirun has read what this process wrote to its stdout/stderr pipes: on
+    MPI_Abort Hydra kills the job as soon as it hears of it, and what it has not read yet (the traceback that
+    explains the abort) would be lost."""
+    import fcntl
+    import stat
+    import struct
+    import termios
+    pipes = []
+    for fd in fds:
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                pipes.append(fd)
+        except OSError:
+            pass
+
+    def unread(fd):
+        try:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+    _wait(lambda: all(unread(fd) == 0 for fd in pipes), timeout)
 
 
 def _wait(done, timeout):
