@@ -8,6 +8,7 @@ status directory."""
 import glob
 import os
 import signal
+import time
 
 from distnet.parallel import protocol
 
@@ -65,12 +66,25 @@ def processes_of(launch_dir):
     return found
 
 
-def kill_processes_of(launch_dir):
-    """SIGKILL every process left from that launch on this machine; return how many were signalled."""
+def kill_processes_of(launch_dir, wait=2.0):
+    """SIGKILL every process left from that launch on this machine and wait (up to `wait` s) until they are
+    gone, so that their shared memory is unmapped; return how many were signalled."""
     pids = processes_of(launch_dir)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.01)
     return len(pids)
+
+
+def _running(pid):
+    """True while pid exists and is not a zombie (a zombie holds no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
