@@ -76,15 +76,7 @@ def kill_processes_of(launch_dir, wait=2.0):
         except OSError:
             pass
     deadline = time.monotonic() + wait
-    while pids and time.monotonic() < deadline and any(_running(pid) for pid in pids):
+    while pids and time.monotonic() < deadline and any(protocol.process_running(pid) for pid in pids):
         time.sleep(0.01)
     return len(pids)
 
-
-def _running(pid):
-    """True while pid exists and is not a zombie (a zombie holds no memory)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False

@@ -122,6 +122,15 @@ class Interrupted(KeyboardInterrupt):
         return "interrupted" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"
 
 
+def process_running(pid):
+    """True while process `pid` of this machine exists and is not a zombie (a zombie holds no memory)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 # -- BLAS threads -------------------------------------------------------------------------------------------
 # Any of these set by the user means: the user chose the thread count; distnet does not touch it.
 BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
