@@ -51,7 +51,12 @@ def remove_leftovers(before):
 def processes_of(launch_dir):
     """Pids of this machine's processes started for the launch whose status directory is `launch_dir` (their
     environment says so: mpirun, its proxies, supervisors and workers all inherit it)."""
-    mark = f"{protocol.LAUNCH_DIR}={launch_dir}".encode()
+    return processes_with_env(protocol.LAUNCH_DIR, launch_dir)
+
+
+def processes_with_env(name, value):
+    """Pids of this machine's processes (other than this one) started with name=value in their environment."""
+    mark = f"{name}={value}".encode()
     me, found = os.getpid(), []
     for environ in glob.glob("/proc/[0-9]*/environ"):
         pid = int(environ.split("/")[2])

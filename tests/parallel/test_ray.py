@@ -177,7 +177,8 @@ def _listening_addresses(proc_net):
 
 @pytest.fixture
 def ray_tmpdir():
-    """A short private RAY_TMPDIR (Ray's socket paths must stay under 108 bytes), removed after the test."""
+    """A short private RAY_TMPDIR (Ray's socket paths must stay under 108 bytes) for a test that starts Ray
+    itself, so that nothing lands in the machine's shared /tmp/ray; removed after the test."""
     import shutil
     import tempfile
     path = tempfile.mkdtemp(prefix="dray")
@@ -257,8 +258,8 @@ print("RESTARTED", result.get("out"))
 
 
 @pytest.mark.timeout(300)
-def test_multi_node_cluster_spreads_workers_and_survives_losing_a_node(tmp_path):
-    res = run_py(CLUSTER, tmp_path, args=(str(tmp_path),), timeout=280)
+def test_multi_node_cluster_spreads_workers_and_survives_losing_a_node(tmp_path, ray_tmpdir):
+    res = run_py(CLUSTER, tmp_path, args=(str(tmp_path),), timeout=280, env={"RAY_TMPDIR": ray_tmpdir})
     assert res.returncode == 0, res.stderr[-3000:]
     spread = json.loads(res.stdout.split("SPREAD ", 1)[1].splitlines()[0])
     assert len({s["node"] for s in spread}) == 2 and all(s["ok"] for s in spread)
@@ -283,13 +284,13 @@ def _cluster_commands(key):
 
 
 @pytest.mark.timeout(300)
-def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path):
+def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path, ray_tmpdir):
     """`ray up` needs SSH; instead run cluster.yaml's own head start commands on 127.0.0.1 and submit the README's
     job (distnet-launch --backend ray inside `ray job submit`). The head runs in Ray's single-machine mode, which
     keeps every port on 127.0.0.1 (checked). That mode refuses a second node, so the worker start command is not
     joined here; several nodes on one machine are tested with ray.cluster_utils.Cluster above."""
     mode = "loopback"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmpdir,
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     env.pop("RAY_ADDRESS", None)
     if mode == "loopback":
@@ -317,8 +318,18 @@ def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path):
         else:
             status = subprocess.run([ray_bin, "status"], capture_output=True, text=True, env=env, timeout=60)
             assert status.stdout.count(" node_") >= 2, status.stdout    # head + the worker node joined
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=60)
+    finally:     # stop this head only (`ray stop` would stop every Ray instance on the machine): its processes
+        from launch.cleanup import processes_with_env     # carry our RAY_TMPDIR
+        from tests.launch.test_launcher import gone
+        head = processes_with_env("RAY_TMPDIR", ray_tmpdir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in head:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            if all(gone(pid) for pid in head):
+                break
 
 
 @pytest.mark.timeout(200)
