@@ -37,15 +37,7 @@ def remove_leftovers(before):
     new = snapshot() - before
     if not new:
         return 0
-    in_use = mapped_paths()
-    removed = 0
-    for path in new - in_use:
-        try:
-            os.unlink(path)
-            removed += 1
-        except OSError:
-            pass
-    return removed
+    return len(protocol.remove_files(new - mapped_paths()))
 
 
 def processes_of(launch_dir):

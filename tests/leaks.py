@@ -19,7 +19,9 @@ import threading
 import time
 import uuid
 
+from distnet.parallel import protocol
 from launch import cleanup
+from tests.processes import descendants
 
 MARK = "DISTNET_TEST_SESSION"
 SHM = ("/dev/shm/distnet-*", "/dev/shm/mpich_shm_*")
@@ -43,17 +45,6 @@ def _owner_pid(path):
     return int(part) if part.isdigit() else None
 
 
-def _children():
-    out = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                out.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(stat.split("/")[2]))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
 class LeakCheck:
     def __init__(self):
         self.session = uuid.uuid4().hex
@@ -67,22 +58,23 @@ class LeakCheck:
 
     def _sample(self):
         while not self._stop.wait(0.3):
-            children, todo = _children(), [os.getpid()]
-            while todo:
-                for pid in children.get(todo.pop(), []):
-                    todo.append(pid)
-                    self.pids.add(pid)
-                    try:
-                        with open(f"/proc/{pid}/maps") as f:
-                            self.mapped.update(ln.split(None, 5)[5].strip() for ln in f if "/dev/shm/" in ln)
-                    except (OSError, IndexError):
-                        continue
+            for pid in descendants(os.getpid()):
+                self.pids.add(pid)
+                try:
+                    with open(f"/proc/{pid}/maps") as f:
+                        self.mapped.update(ln.split(None, 5)[5].strip() for ln in f if "/dev/shm/" in ln)
+                except (OSError, IndexError):
+                    continue
 
     def finish(self):
         """Stop sampling; return (failures, warnings): lines naming what this session left behind."""
         self._stop.set()
         self._thread.join(5)
         failures, warnings = [], []
+        left = cleanup.processes_with_env(MARK, self.session)
+        deadline = time.monotonic() + 3         # a process killed by the last test may still be on its way out
+        while time.monotonic() < deadline and any(protocol.process_running(pid) for pid in left):
+            time.sleep(0.05)
         for pid in cleanup.processes_with_env(MARK, self.session):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -96,10 +88,7 @@ class LeakCheck:
         for path in sorted(shm_files() - self.shm_before - in_use):
             if path in self.mapped:
                 failures.append(f"{path} left in /dev/shm (removed now)")
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                protocol.remove_files([path])
             else:
                 warnings.append(f"{path} appeared in /dev/shm during the session (another run's?)")
         for path in sorted(ray_dirs() - self.ray_before):

@@ -146,20 +146,13 @@ SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
 def remove_shared_memory_segments(maps="/proc/self/maps"):
     """Unlink the MPICH segments (/dev/shm/mpich_shm_*) that this process maps; return their paths. On a node
     every rank maps its job's segments, and no other job's, so this removes exactly what the job created."""
-    removed = []
     try:
         with open(maps) as f:
             paths = {line.split(None, 5)[5].strip() for line in f if SEGMENT_PREFIX in line}
     except OSError:
-        return removed
-    for path in sorted(paths):
-        if path.startswith(SEGMENT_PREFIX) and not path.endswith(" (deleted)"):
-            try:
-                os.unlink(path)
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
+        return []
+    return protocol.remove_files(sorted(p for p in paths if p.startswith(SEGMENT_PREFIX)
+                                        and not p.endswith(" (deleted)")))
 
 
 def wait_for_output_read(timeout=1.0, fds=(1, 2)):

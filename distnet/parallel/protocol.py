@@ -122,6 +122,18 @@ class Interrupted(KeyboardInterrupt):
         return "interrupted" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"
 
 
+def remove_files(paths):
+    """Unlink each path (one already gone, or not ours to remove, is skipped); return those removed."""
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def process_running(pid):
     """True while process `pid` of this machine exists and is not a zombie (a zombie holds no memory)."""
     try:

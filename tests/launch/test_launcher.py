@@ -1,5 +1,4 @@
 """distnet-launch: host specs, cluster.yaml, dry runs, bad input, and real launches with failures and restarts."""
-import glob
 import json
 import os
 import queue
@@ -13,6 +12,7 @@ import pytest
 
 from distnet.parallel import protocol
 from launch import cli, hosts, mpi
+from tests.processes import descendants, gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLUSTER = os.path.join(ROOT, "cluster.yaml")
@@ -312,40 +312,6 @@ time.sleep(300)
 """
 
 
-def descendants(pid):
-    """pids of every live process below `pid` (by parent links in /proc)."""
-    children = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def gone(pid, timeout=5):
-    """True once pid has exited (waiting up to `timeout` seconds)."""
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
-
-
 def start_and_wait_for(cmd, marker, count, timeout=120, env=None):
     """Start cmd (stdout, stderr piped); return (proc, the first `count` stdout lines that contain `marker`)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -393,7 +359,7 @@ def test_a_signal_to_the_launcher_ends_the_whole_job_and_cleans_up(tmp_path, sig
         assert [pid for pid in job if not gone(pid)] == []
     finally:
         for pid in job:             # never leave a failed check's processes behind
-            if alive(pid):
+            if protocol.process_running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not os.path.exists(launch_dir)
     assert segments and not any(os.path.exists(s) for s in segments)

@@ -320,7 +320,7 @@ def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path, r
             assert status.stdout.count(" node_") >= 2, status.stdout    # head + the worker node joined
     finally:     # stop this head only (`ray stop` would stop every Ray instance on the machine): its processes
         from launch.cleanup import processes_with_env     # carry our RAY_TMPDIR
-        from tests.launch.test_launcher import gone
+        from tests.processes import gone
         head = processes_with_env("RAY_TMPDIR", ray_tmpdir)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in head:
@@ -407,7 +407,7 @@ else:
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("how", ["distnet.ray.run", "distnet-launch"])
 def test_ctrl_c_stops_the_ray_group_within_seconds(tmp_path, how):
-    from tests.launch.test_launcher import gone
+    from tests.processes import gone
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
     marker = str(tmp_path / "pid")

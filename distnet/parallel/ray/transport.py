@@ -193,14 +193,7 @@ def outbox_path(job, rank, generation):
 def remove_outboxes(job):
     """Unlink every outbox of worker group `job` left on this machine (a worker that died or was killed before
     its neighbour took the chunk leaves its file behind); return the paths removed."""
-    removed = []
-    for path in glob.glob(outbox_path(job, "*", "*")):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError:
-            pass
-    return removed
+    return protocol.remove_files(glob.glob(outbox_path(job, "*", "*")))
 
 
 def _recv_exact(sock, view, who):
