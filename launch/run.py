@@ -12,6 +12,7 @@ import time
 from distnet.parallel import protocol
 
 from . import cleanup, mpi
+from .supervise import die_with_parent
 
 _HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
@@ -54,8 +55,11 @@ class Job:
                 pass
 
     def start(self):
+        # its own session (the terminal's Ctrl-C reaches the launcher alone, which decides), but it dies with the
+        # launcher (SIGTERM when the launcher is gone, even by SIGKILL: the job then stops as on SIGTERM)
         self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         self.pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, sys.stdout), daemon=True),
                       threading.Thread(target=self._pump, args=(self.proc.stderr, sys.stderr), daemon=True)]
         for t in self.pumps:

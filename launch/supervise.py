@@ -12,8 +12,8 @@ has to guess from the order in which it sees processes disappear.
 - Signals sent to the supervisor (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2) are forwarded to the worker
   and noted, so a death that follows them is recorded as requested (the job being stopped), not as a failure.
   A worker that outlives a forwarded SIGINT/SIGTERM/SIGHUP by GRACE seconds is killed.
-- The worker dies with its supervisor (PR_SET_PDEATHSIG), and the supervisor with mpirun's proxy: nothing is
-  orphaned when a launcher or proxy is killed.
+- The worker dies with its supervisor (PR_SET_PDEATHSIG), the supervisor with mpirun's proxy, and mpirun
+  with the launcher (launch/run.py): nothing is orphaned even when the launcher is killed with SIGKILL.
 - stdout/stderr and every inherited file descriptor (MPI's PMI socket among them) pass to the worker
   untouched; the worker prefixes its own lines (distnet.parallel.runtime).
 
@@ -33,13 +33,16 @@ GRACE = 5.0          # seconds a worker may take to stop after a forwarded termi
 _PR_SET_PDEATHSIG = 1
 
 
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl       # looked up once, so a forked child need not load it
+except (OSError, AttributeError):
+    _prctl = None
+
+
 def die_with_parent(sig):
     """Have the kernel send `sig` to this process when its parent exits (Linux); True if set up in time."""
     parent = os.getppid()
-    try:
-        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
+    if _prctl is None or _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return False
     if os.getppid() != parent:           # the parent died before the request took effect
         os.kill(os.getpid(), sig)
