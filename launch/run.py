@@ -1,4 +1,5 @@
-"""Running the job: forward output, remember each rank's last lines, summarise a failure, restart."""
+"""Running the job: forward output, remember each rank's last lines, summarise a failure from what the ranks'
+supervisors recorded (launch/supervise.py), restart, and stop everything on Ctrl-C, SIGTERM or SIGHUP."""
 import collections
 import os
 import re

@@ -4,8 +4,12 @@ Buffer (upper-case) calls on NumPy arrays throughout: no pickling on the trainin
 and nothing else; the worker runtime (output prefixes, abort on exception, BLAS threads) is installed by
 `world.join`.
 """
+import fcntl
 import os
+import stat
+import struct
 import sys
+import termios
 import time
 
 import numpy as np
@@ -159,10 +163,6 @@ def wait_for_output_read(timeout=1.0, fds=(1, 2)):
     """Wait (up to `timeout` s) until mpirun has read what this process wrote to its stdout/stderr pipes: on
     MPI_Abort Hydra kills the job as soon as it hears of it, and what it has not read yet (the traceback that
     explains the abort) would be lost."""
-    import fcntl
-    import stat
-    import struct
-    import termios
     pipes = []
     for fd in fds:
         try:
