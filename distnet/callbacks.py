@@ -406,37 +406,40 @@ class BackupAndRestore(Callback):
         super().__init__()
         if double_checkpoint and isinstance(keep_last, int):
             keep_last = max(keep_last, 2)
+        from .checkpoint import BackupDirectory
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
             raise ValueError(f"BackupAndRestore save_freq must be 'epoch' or a positive int, received {save_freq!r}")
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"BackupAndRestore keep_last must be a positive int, received {keep_last!r}")
         self.backup_dir, self.save_freq = os.fspath(backup_dir), save_freq
         self.delete_checkpoint, self.keep_last = delete_checkpoint, keep_last
+        self.directory = BackupDirectory(self.backup_dir)
         self._steps = 0
         self._due = False         # a step-based backup is owed (it waits for the end of an accumulated update)
         self.restored_from = None
 
-    def _files(self):
-        if not os.path.isdir(self.backup_dir):
-            return []
-        names = [f for f in os.listdir(self.backup_dir) if f.startswith("backup-") and f.endswith(".npz")]
-        return [os.path.join(self.backup_dir, f) for f in sorted(names)]
-
     def on_train_begin(self, logs=None):
         from .checkpoint import CheckpointError, load_arrays
-        found = None
+        found, problem = None, None
         if world.is_main():
-            for path in reversed(self._files()):
+            try:
+                self.directory.open()        # usable, and no other job is using it (lock)
+            except CheckpointError as e:
+                problem = str(e)
+            for path in reversed(self.directory.files() if problem is None else []):
                 try:
                     arrays, meta = load_arrays(path)
                 except CheckpointError as e:
                     warnings.warn(f"BackupAndRestore: skipping damaged backup {path}: {e}", stacklevel=2)
                     continue
-                if meta.get("format") == "distnet.backup":
+                if meta.get("format") == "distnet.backup" and isinstance(meta.get("state"), dict):
                     found = (arrays, meta["state"], path)
                     break
         strategy = self.model.distribute_strategy
-        if strategy.broadcast_object(found is not None):
+        resume, problem = strategy.broadcast_object((found is not None, problem))
+        if problem:                         # on every rank, so that none waits for the others
+            raise CheckpointError(problem)
+        if resume:
             self.model.fit_state.resume_from(*(found or (None, None, None)))
             self.restored_from = found[2] if found else True
             if found and self.params.get("verbose") and world.is_main():
@@ -463,13 +466,13 @@ class BackupAndRestore(Callback):
             return
         path = os.path.join(self.backup_dir, f"backup-e{meta['epoch']:06d}-s{meta['step']:08d}.npz")
         save_arrays(path, arrays, {"format": "distnet.backup", "state": meta})
-        for old in self._files()[:-self.keep_last]:
-            os.unlink(old)
+        self.directory.prune(self.keep_last)
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and world.is_main():     # reached only when fit completes without an error
-            for path in self._files():
-                os.unlink(path)
+        if world.is_main():               # reached only when fit completes without an error
+            if self.delete_checkpoint:
+                self.directory.prune(0)
+            self.directory.close(remove=self.delete_checkpoint)
 
 
 class LambdaCallback(Callback):

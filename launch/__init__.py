@@ -7,5 +7,6 @@ over MPI (mpirun) or Ray, with BLAS threads per worker set, rank-prefixed output
     distnet-launch --cluster cluster.yaml train.py
     distnet-launch --dry-run -n 4 train.py        # print the exact command
 
-The launcher starts processes; it never imports distnet's engine.
+The launcher starts processes (each rank under a supervisor, launch/supervise.py); it never imports distnet's
+engine.
 """

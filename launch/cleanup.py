@@ -1,10 +1,16 @@
-"""Remove shared-memory segments that MPICH leaves in /dev/shm when a job is killed or aborted.
+"""What a job may leave on this machine, and its removal: MPICH's shared-memory segments in /dev/shm, and
+processes that outlived mpirun.
 
 MPICH unlinks its segments only on a clean finalize; after MPI_Abort or SIGKILL they stay and hold memory.
 A segment is removed only if it appeared while our job ran and no live process has it mapped, so segments of
-other jobs on the machine are never touched."""
+other jobs on the machine are never touched. A process is ours when its environment carries our launch's
+status directory."""
 import glob
 import os
+import signal
+import time
+
+from distnet.parallel import protocol
 
 PATTERN = "/dev/shm/mpich_shm_*"
 
@@ -31,12 +37,43 @@ def remove_leftovers(before):
     new = snapshot() - before
     if not new:
         return 0
-    in_use = mapped_paths()
-    removed = 0
-    for path in new - in_use:
+    return len(protocol.remove_files(new - mapped_paths()))
+
+
+def processes_of(launch_dir):
+    """Pids of this machine's processes started for the launch whose status directory is `launch_dir` (their
+    environment says so: mpirun, its proxies, supervisors and workers all inherit it)."""
+    return processes_with_env(protocol.LAUNCH_DIR, launch_dir)
+
+
+def processes_with_env(name, value):
+    """Pids of this machine's processes (other than this one) started with name=value in their environment."""
+    mark = f"{name}={value}".encode()
+    me, found = os.getpid(), []
+    for environ in glob.glob("/proc/[0-9]*/environ"):
+        pid = int(environ.split("/")[2])
+        if pid == me:
+            continue
         try:
-            os.unlink(path)
-            removed += 1
+            with open(environ, "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:         # gone, or another user's
+            continue
+    return found
+
+
+def kill_processes_of(launch_dir, wait=2.0):
+    """SIGKILL every process left from that launch on this machine and wait (up to `wait` s) until they are
+    gone, so that their shared memory is unmapped; return how many were signalled."""
+    pids = processes_of(launch_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    return removed
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline and any(protocol.process_running(pid) for pid in pids):
+        time.sleep(0.01)
+    return len(pids)
+

@@ -8,7 +8,7 @@ from distnet.parallel import protocol
 
 from . import hosts as hosts_mod
 from . import mpi
-from .run import Job, run_with_restarts
+from .run import Job, run_once, run_with_restarts, say
 
 
 def parser():
@@ -49,6 +49,9 @@ def main(argv=None):
     except (mpi.LaunchError, hosts_mod.HostSpecError) as e:
         print(f"distnet-launch: error: {e}", file=sys.stderr)
         return 2
+    except protocol.Interrupted as e:      # Ctrl-C, SIGTERM, SIGHUP: the job is stopped and cleaned up
+        say(f"distnet-launch: {e.describe()}")
+        return e.exit_code
 
 
 def resolve_hosts(args):
@@ -97,7 +100,8 @@ def launch(args):
         protocol.blas_threads(local_workers) if local_workers else None)
     launch_dir_placeholder = "<temporary status directory>"
     env_preview = mpi.worker_env(os.environ, kind, threads, launch_dir_placeholder, 0)
-    cmd = mpi.command(mpirun, kind, n, hosts, prog, env_names=sorted(env_preview))
+    supervised = [args.python, "-m", "launch.supervise", "--", *prog]      # one supervisor per rank
+    cmd = mpi.command(mpirun, kind, n, hosts, supervised, env_names=sorted(env_preview))
     if args.dry_run:
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
                                if k not in (protocol.LAUNCH_DIR, protocol.RESTART_COUNT))
@@ -124,6 +128,9 @@ def launch_ray(args, n, prog):
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
+    import signal
     import tempfile
     with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
-        return Job(cmd, {"PYTHONUNBUFFERED": "1"}, args.rank0_only, launch_dir).run()
+        env = {"PYTHONUNBUFFERED": "1", protocol.LAUNCH_DIR: launch_dir}
+        # the driver stops the group, the actors and its private Ray instance on SIGINT (within a few seconds)
+        return run_once(Job(cmd, env, args.rank0_only, launch_dir, stop_signal=signal.SIGINT, grace=20))

@@ -1,4 +1,5 @@
-"""Running the job: forward output, remember each rank's last lines, summarise a failure, restart."""
+"""Running the job: forward output, remember each rank's last lines, summarise a failure from what the ranks'
+supervisors recorded (launch/supervise.py), restart, and stop everything on Ctrl-C, SIGTERM or SIGHUP."""
 import collections
 import os
 import re
@@ -12,135 +13,128 @@ import time
 from distnet.parallel import protocol
 
 from . import cleanup, mpi
+from .supervise import die_with_parent
 
 _HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_CODE = re.compile(r"EXIT CODE: (\d+)")
 _OMPI_RANK = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
 _OMPI_EXIT = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited with (?:non-zero )?status (\d+)")
 TAIL = 15
-
-
-def _proc_exit(pid):
-    """None while pid runs; else (exit_code, signal) when Linux still shows it as a zombie, or (None, None)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return (None, None)
-    if fields[0] not in ("Z", "X"):
-        return None
-    status = int(fields[-1]) if len(fields) >= 50 else None     # exit_code field (Linux >= 3.5)
-    if status is None:
-        return (None, None)
-    return (status >> 8, None) if status & 0x7F == 0 else (None, status & 0x7F)
+GRACE = 5.0     # seconds a stopped job may take to end before what is left of it is killed
 
 
 class Job:
-    """One mpirun run: its output forwarded line by line, the last lines of every rank kept, and local workers
-    watched so that the first one to die is known even when mpirun's own report names another."""
+    """One run of mpirun (or of the Ray driver): its output forwarded line by line, the last lines of every rank
+    kept, and a way to stop it all: `stop(signum)` asks it to end (SIGTERM to mpirun, which forwards it to every
+    rank's supervisor; the Ray driver gets SIGINT), and after `grace` seconds every process left is killed."""
 
-    def __init__(self, cmd, env, rank0_only, launch_dir):
+    def __init__(self, cmd, env, rank0_only, launch_dir, stop_signal=signal.SIGTERM, grace=GRACE):
         self.cmd, self.env, self.rank0_only, self.launch_dir = cmd, env, rank0_only, launch_dir
+        self.stop_signal, self.grace = stop_signal, grace
         self.tails = collections.defaultdict(lambda: collections.deque(maxlen=TAIL))
         self.launcher_lines = []   # mpirun's own messages (not from a rank)
-        self.deaths = []           # (time, rank, pid, exit_code, signal) of local workers, in order seen
-        self._done = threading.Event()
-
-    def _watch(self):
-        """Wake the moment a local worker exits (pidfd, Linux >= 5.3), so the first death is told apart from
-        the kills that mpirun's cleanup sends the others milliseconds later."""
-        import select
-        poller, fds, seen = select.poll(), {}, set()
-        while not self._done.is_set():
-            for info in protocol.read_statuses(self.launch_dir, protocol.PID):
-                path = info["rank"]
-                if path in seen:
-                    continue
-                try:
-                    rank, pid = info["rank"], int(info["pid"])
-                except (ValueError, KeyError):
-                    continue
-                try:
-                    fd = os.pidfd_open(pid)
-                except ProcessLookupError:         # gone before we could watch it: it died before the rest
-                    seen.add(path)
-                    self.deaths.insert(0, (time.time() - 3600, rank, pid, None, None))
-                    continue
-                except (OSError, AttributeError):
-                    continue
-                seen.add(path)
-                fds[fd] = (rank, pid)
-                poller.register(fd, select.POLLIN)
-            now, woke = time.time(), []
-            for fd, _ in poller.poll(20):
-                rank, pid = fds.pop(fd)
-                poller.unregister(fd)
-                woke.append((now, rank, pid, *(_proc_exit(pid) or (None, None))))
-                os.close(fd)
-            # Several exits in one wake-up: one already reaped by mpirun's proxy (no status left) died before
-            # those still waiting as zombies, which are the ones the proxy then killed.
-            woke.sort(key=lambda d: (d[3] is not None or d[4] is not None))
-            self.deaths += woke
-        for fd in fds:
-            os.close(fd)
+        self.proc = None
+        self.stopped = None        # the signal that asked the job to stop
+        self._kill_at = None
 
     def _pump(self, stream, sink):
         for line in iter(stream.readline, ""):
             rank, text = protocol.parse_line(line)
-            if _HYDRA_PID.search(line) or _HYDRA_CODE.search(line) or "exited on signal" in line \
-                    or "exited with" in line or line.startswith("=") or "EXIT STRING" in line:
-                self.launcher_lines.append(line.rstrip("\n"))
-            else:
+            ours = not (_HYDRA_PID.search(line) or _HYDRA_CODE.search(line) or "exited on signal" in line
+                        or "exited with" in line or line.startswith(("=", "[mpiexec@", "[proxy:"))
+                        or "EXIT STRING" in line)
+            if ours:
                 self.tails[rank].append(text.rstrip("\n"))
-            if not (self.rank0_only and rank != 0):
+            else:
+                self.launcher_lines.append(line.rstrip("\n"))
+            if (self.rank0_only and rank != 0) or (self.stopped and not ours):
+                continue               # a stopped job's teardown noise from mpirun is not the user's business
+            try:
                 sink.write(line)
                 sink.flush()
+            except (OSError, ValueError):   # the terminal is gone (SIGHUP): keep draining the pipe
+                pass
 
-    def run(self):
-        proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
-        pumps = [threading.Thread(target=self._pump, args=(proc.stdout, sys.stdout), daemon=True),
-                 threading.Thread(target=self._pump, args=(proc.stderr, sys.stderr), daemon=True)]
-        watcher = threading.Thread(target=self._watch, daemon=True)
-        for t in pumps + [watcher]:
+    def start(self):
+        # its own session (the terminal's Ctrl-C reaches the launcher alone, which decides), but it dies with the
+        # launcher (SIGTERM when the launcher is gone, even by SIGKILL: the job then stops as on SIGTERM)
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+        self.pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, sys.stdout), daemon=True),
+                      threading.Thread(target=self._pump, args=(self.proc.stderr, sys.stderr), daemon=True)]
+        for t in self.pumps:
             t.start()
 
-        def forward(signum, frame):
-            try:
-                os.killpg(proc.pid, signum)
-            except ProcessLookupError:
-                pass
-        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    def stop(self, signum, now=False):
+        """Ask the job to end (the launcher got `signum`); with now=True (a second Ctrl-C), kill it at once."""
+        if self.stopped is not None and not now:
+            return
+        self.stopped = self.stopped or signum
+        self._kill_at = time.monotonic() + (0 if now else self.grace)
         try:
-            rc = proc.wait()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        self._done.set()
-        for t in pumps + [watcher]:
+            os.kill(self.proc.pid, self.stop_signal)
+        except ProcessLookupError:
+            pass
+
+    def wait(self):
+        """Wait for the job to end (killing what is left once a stop's grace is over); return mpirun's code."""
+        while True:
+            try:
+                rc = self.proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                    self._kill_all()
+        self._kill_all()          # whatever outlived mpirun on this machine (a proxy or worker it lost track of)
+        for t in self.pumps:
             t.join(5)
         return rc
+
+    def _kill_all(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        cleanup.kill_processes_of(self.launch_dir)
+
+    def run(self):
+        self.start()
+        return self.wait()
+
+
+TIE = 0.005     # seconds: failures recorded closer together than this cannot be ordered with confidence
+
+
+def recorded_failures(launch_dir):
+    """The failures that the workers (their uncaught exceptions) and their supervisors (deaths not requested
+    by a stop) recorded, earliest first: [(seconds, rank, how)]. Times are on each host's monotonic clock when
+    all records come from one host, else on the wall clock."""
+    events = [(e, f"raised {e['error']}") for e in protocol.read_statuses(launch_dir, protocol.ERROR)]
+    for d in protocol.read_statuses(launch_dir, protocol.EXIT):
+        if d.get("requested") or d.get("code") == 0:
+            continue
+        how = _signal_text(d["signal"]) if d.get("signal") else f"exited with code {d.get('code')}"
+        events.append((d, f"{how} (pid {d.get('pid')})"))
+    one_host = len({e.get("host") for e, _ in events}) == 1 and all("monotonic" in e for e, _ in events)
+    clock = "monotonic" if one_host else "time"
+    return sorted((e[clock], e["rank"], how) for e, how in events)
 
 
 def failure_summary(job, rc, launch_dir, n):
     """Which rank failed first, how (exception, exit code, signal), and its last lines of output."""
     pids = {int(info["pid"]): info for info in protocol.read_statuses(launch_dir, protocol.PID) if "pid" in info}
-    errors = protocol.read_statuses(launch_dir, protocol.ERROR)
+    failures = recorded_failures(launch_dir)
     text = "\n".join(job.launcher_lines)
     rank, how = None, None
-    if errors:
-        first = min(errors, key=lambda e: e["time"])
-        rank, how = first["rank"], f"raised {first['error']}"
-    elif job.deaths:
-        _, rank, pid, code, sig = job.deaths[0]
-        if sig is None and code is None:       # reaped before we could read its status: ask mpirun's report
-            m = _HYDRA_CODE.search(text)
-            code = int(m.group(1)) if m else rc
-            sig = code if "signal" in text.lower() else None
-        how = (_signal_text(sig) if sig else f"exited with code {code}") + f" (pid {pid})"
-        close = [f"rank {d[1]}" for d in job.deaths[1:] if d[0] - job.deaths[0][0] < 0.010]
-        if close:       # too close to order with certainty from outside the workers
-            how += f"; {', '.join(close)} ended within 10 ms"
+    if failures:
+        first, rank, how = failures[0]
+        close = {}
+        for t, r, h in failures[1:]:
+            if r != rank and t - first < TIE and r not in close:
+                close[r] = f"rank {r} {h} {1000 * (t - first):.1f} ms later"
+        if close:      # recorded too close together to say which came first
+            how += f"; which came first cannot be told: {'; '.join(close.values())}"
     elif _OMPI_RANK.search(text):
         m = _OMPI_RANK.search(text)
         rank, how = int(m.group(1)), _signal_text(int(m.group(4)))
@@ -155,7 +149,7 @@ def failure_summary(job, rc, launch_dir, n):
         how = (_signal_text(code) if killed else f"exited with code {code}") + f" (pid {pid})"
     lines = [f"distnet-launch: the job failed (exit code {rc})."]
     if os.environ.get("DISTNET_LAUNCH_DEBUG"):
-        lines.append(f"  deaths seen: {job.deaths}")
+        lines.append(f"  recorded failures: {failures}")
     if rank is None:
         lines.append("  the failing rank could not be determined from mpirun's report")
         rank = max(job.tails, key=lambda r: len(job.tails[r]), default=0)
@@ -175,20 +169,75 @@ def _signal_text(sig):
         return f"killed by signal {sig}"
 
 
+class Stopper:
+    """While the launcher runs: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the running job, and no restart
+    follows; `check()` then raises protocol.Interrupted. A second signal kills the job at once. The handler only
+    takes note and signals the job; it never raises, so cleanup code is never cut short."""
+
+    def __init__(self):
+        self.job, self.signum = None, None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in protocol.STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        again = self.signum is not None
+        self.signum = self.signum or signum
+        if self.job is not None and self.job.proc is not None:
+            self.job.stop(signum, now=again)
+
+    def run(self, job):
+        """Run `job` to its end, stopping it if a signal came or comes; return its exit code."""
+        self.job = job
+        try:
+            job.start()
+            if self.signum is not None:
+                job.stop(self.signum)
+            return job.wait()
+        finally:
+            self.job = None
+
+    def check(self):
+        if self.signum is not None:
+            raise protocol.Interrupted(self.signum)
+
+
 def run_with_restarts(cmd, n, kind, threads, max_restarts, rank0_only):
     def attempt(k):
+        stopper.check()
         with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
             env = mpi.worker_env(os.environ, kind, threads, launch_dir, k)
             job = Job(cmd, env, rank0_only, launch_dir)
             before = cleanup.snapshot()
-            rc = job.run()
+            rc = stopper.run(job)
+            if rc != 0:
+                cleanup.remove_leftovers(before)
+            stopper.check()
             if rc == 0:
                 return True, 0, None
-            cleanup.remove_leftovers(before)
             return False, rc, failure_summary(job, rc, launch_dir, n)[1]
 
-    def say(text):
-        print(text if text.startswith("distnet-launch") else f"distnet-launch: {text}", file=sys.stderr, flush=True)
-
-    rc = protocol.with_restarts(attempt, max_restarts, say)
+    with Stopper() as stopper:
+        rc = protocol.with_restarts(attempt, max_restarts, say)
     return rc if rc >= 0 else 128 - rc
+
+
+def run_once(job):
+    """Run one job (the Ray driver) under the same signal handling; protocol.Interrupted if it was stopped."""
+    with Stopper() as stopper:
+        rc = stopper.run(job)
+        stopper.check()
+    return rc
+
+
+def say(text):
+    """A line from the launcher on stderr (quietly nothing when the terminal is gone)."""
+    try:
+        print(text if text.startswith("distnet-launch") else f"distnet-launch: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

@@ -40,10 +40,32 @@ def assert_grad_close(analytic, x, f, rtol=1e-5, atol=1e-7, **kw):
     np.testing.assert_allclose(analytic.reshape(-1)[idx], num, rtol=rtol, atol=atol)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _clean_mpich_shared_memory():
-    """Tests abort MPI jobs on purpose; MPICH then leaves its /dev/shm segments behind. Remove ours after."""
-    from launch import cleanup
-    before = cleanup.snapshot()
-    yield
-    cleanup.remove_leftovers(before)
+# -- the session-end leak check (tests/leaks.py): processes, /dev/shm files, Ray sessions left behind ----------
+_leaks = {}
+
+
+def pytest_sessionstart(session):
+    from tests.leaks import LeakCheck
+    _leaks["check"] = LeakCheck()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    check = _leaks.pop("check", None)
+    if check is None:
+        return
+    _leaks["failures"], _leaks["warnings"] = check.finish()
+    if _leaks["failures"] and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    failures, warnings = _leaks.get("failures", []), _leaks.get("warnings", [])
+    if failures:
+        terminalreporter.section("LEAK CHECK FAILED: the suite left these behind", sep="!", red=True, bold=True)
+        for line in failures:
+            terminalreporter.line(line, red=True)
+    if warnings:
+        terminalreporter.section("leak check: not traceable to this session", sep="-", yellow=True)
+        for line in warnings:
+            terminalreporter.line(line, yellow=True)

@@ -73,7 +73,7 @@ def test_corrupt_latest_backup_falls_back_to_the_previous(tmp_path):
     model = build()
     with pytest.raises(KeyboardInterrupt):
         fit(model, [Crash(3, 1)], callbacks.BackupAndRestore(backup_dir, keep_last=3))
-    files = sorted(os.listdir(backup_dir))
+    files = sorted(f for f in os.listdir(backup_dir) if f.endswith(".npz"))
     assert len(files) == 3                          # keep_last rotation
     newest = backup_dir / files[-1]
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated, e.g. a crash mid-write without our rename
@@ -106,3 +106,83 @@ def test_interrupted_write_leaves_previous_file_loadable(tmp_path, monkeypatch):
     arrays, meta = load_arrays(path)
     assert meta == {"v": 1} and arrays["w"].tolist() == [0, 1, 2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]     # no temporary left behind
+
+
+def test_newest_backup_flagged_encrypted_falls_back_to_the_previous(tmp_path):
+    from tests.models.test_saving import _set_in_central_directory
+    backup_dir = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        fit(build(), [Crash(3, 1)], callbacks.BackupAndRestore(backup_dir, keep_last=3))
+    files = sorted(f for f in os.listdir(backup_dir) if f.endswith(".npz"))
+    newest = backup_dir / files[-1]
+    newest.write_bytes(_set_in_central_directory(newest.read_bytes(), 8, 0x0001))    # zip "encrypted" flag
+    bar = callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False)
+    with pytest.warns(UserWarning, match="skipping damaged backup .*encrypted"):
+        fit(build(), [], bar)
+    assert bar.restored_from.endswith(files[-2])
+
+
+HOLDER = """
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from tests.test_checkpoint import build, data
+from distnet import callbacks
+class Hold(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            print("HOLDING", flush=True)
+            time.sleep(300)             # a second job, still running, that owns the directory
+x, y = data()
+build().fit(x, y, batch_size=8, epochs=4, verbose=0,
+            callbacks=[callbacks.BackupAndRestore(sys.argv[1], save_freq=1, keep_last=1), Hold()])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_directory_in_use_by_another_job_is_refused_and_a_restarted_job_resumes_its_own(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shared = tmp_path / "shared"
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(shared), root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "HOLDING" in other.stdout.readline()
+        before = sorted(os.listdir(shared))
+        bar = callbacks.BackupAndRestore(shared, save_freq=1, keep_last=1)
+        with pytest.raises(CheckpointError, match=rf"is in use by another job \(.*\"pid\": {other.pid}"):
+            fit(build(), [], bar)
+        assert sorted(os.listdir(shared)) == before and bar.restored_from is None     # nothing read or written
+    finally:
+        other.send_signal(signal.SIGKILL)                # the other job dies (its lock goes with it) ...
+        other.wait()
+    bar = callbacks.BackupAndRestore(shared, save_freq=1, keep_last=1)
+    fit(build(), [], bar)                                # ... and a restart of it resumes its backups
+    assert bar.restored_from and bar.restored_from.endswith(".npz")
+
+
+def test_pruning_tolerates_backups_that_are_already_gone(tmp_path, monkeypatch):
+    from distnet.checkpoint import BackupDirectory
+    directory = BackupDirectory(tmp_path)
+    for name in ("backup-1.npz", "backup-2.npz", "backup-3.npz"):
+        save_arrays(tmp_path / name, {"w": np.zeros(1)}, {})
+    listed = directory.files()
+    os.unlink(listed[0])                                  # removed by someone else after we listed it
+    monkeypatch.setattr(directory, "files", lambda: listed)
+    directory.prune(1)
+    assert sorted(os.listdir(tmp_path)) == ["backup-3.npz"]
+
+
+@pytest.mark.parametrize("case,message", [("a file", "is a file, not a directory"),
+                                          ("below a file", "cannot create backup_dir"),
+                                          ("read-only", "is not writable")])
+def test_an_unusable_backup_dir_stops_fit_before_training(tmp_path, case, message):
+    (tmp_path / "file").write_text("x")
+    target = {"a file": tmp_path / "file", "below a file": tmp_path / "file" / "backup",
+              "read-only": "/proc"}[case]           # /proc: a directory that not even root can write into
+    steps = []
+    counter = callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
+    with pytest.raises(CheckpointError, match=message):
+        fit(build(), [counter], callbacks.BackupAndRestore(target))
+    assert steps == []

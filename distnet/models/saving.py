@@ -4,6 +4,7 @@
 A model file holds the architecture (config JSON), every weight, the compile settings and the optimizer state;
 a weights file holds the weights and the architecture they belong to.
 """
+import contextlib
 import json
 import os
 
@@ -120,25 +121,36 @@ def _required(meta, key, filepath):
 
 
 def load_npz_model(filepath, compile=True):
-    """Rebuild a model saved with `model.save` as .npz: architecture, weights, and (if compiled) optimizer state."""
+    """Rebuild a model saved with `model.save` as .npz: architecture, weights, and (if compiled) optimizer state.
+    Anything wrong with the file (see distnet.checkpoint) or inside it is a CheckpointError."""
     from .. import models
     arrays, meta = checkpoint.load_arrays(filepath)
     if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{filepath!r} is not a distnet model file (format {meta.get('format')!r})")
     config = _required(meta, "config", filepath)
     class_name = meta.get("class_name", "Sequential")
-    cls = getattr(models, class_name, None)
+    cls = getattr(models, class_name, None) if isinstance(class_name, str) else None
     if cls is None or not hasattr(cls, "from_config"):
         raise CheckpointError(f"{filepath!r} holds a model of class {class_name!r}, which distnet cannot build")
-    try:
+    with _malformed(filepath, "model config"):
         model = cls.from_config(config)
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{filepath!r} has a malformed model config: {e!r}") from e
     load_npz_weights(model, filepath)
     comp = meta.get("compile")
     if compile and comp:
-        model.compile_from_config(comp)
-        model.optimizer.set_state({"iterations": meta.get("optimizer_iterations", 0),
-                                   "slots": {k.split("/", 1)[1]: v for k, v in arrays.items()
-                                             if k.startswith("optimizer/")}})
+        with _malformed(filepath, "compile settings or optimizer state"):
+            model.compile_from_config(comp)
+            model.optimizer.set_state({"iterations": meta.get("optimizer_iterations", 0),
+                                       "slots": {k.split("/", 1)[1]: v for k, v in arrays.items()
+                                                 if k.startswith("optimizer/")}})
     return model
+
+
+@contextlib.contextmanager
+def _malformed(filepath, what):
+    """Errors from rebuilding what a file describes mean the description is malformed: a CheckpointError."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{filepath!r} has malformed {what}: {type(e).__name__}: {e}") from e

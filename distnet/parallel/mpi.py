@@ -4,8 +4,12 @@ Buffer (upper-case) calls on NumPy arrays throughout: no pickling on the trainin
 and nothing else; the worker runtime (output prefixes, abort on exception, BLAS threads) is installed by
 `world.join`.
 """
+import fcntl
 import os
+import stat
+import struct
 import sys
+import termios
 import time
 
 import numpy as np
@@ -93,6 +97,11 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
 
     def abort(self, code=1):
+        """End the whole job now. MPICH unlinks its shared-memory segments only in MPI_Finalize, so each
+        MPI_Abort would leave a few MB in /dev/shm: the aborting rank first removes the segments of its job,
+        which it has mapped itself (the other ranks keep their mappings until they are killed)."""
+        remove_shared_memory_segments()
+        wait_for_output_read()
         self.comm.Abort(code)
 
     # -- the stall watchdog -------------------------------------------------------------------------------
@@ -132,7 +141,42 @@ class MPICommunicator(Communicator):
         sys.__stderr__.write(f"[rank {self.rank}/{self.size}] distnet watchdog: {message}; ending the job\n")
         sys.__stderr__.flush()
         protocol.write_status(protocol.ERROR, self.rank, {"error": f"watchdog: {message}"})
-        self.comm.Abort(3)
+        self.abort(3)
+
+
+SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+
+
+def remove_shared_memory_segments(maps="/proc/self/maps"):
+    """Unlink the MPICH segments (/dev/shm/mpich_shm_*) that this process maps; return their paths. On a node
+    every rank maps its job's segments, and no other job's, so this removes exactly what the job created."""
+    try:
+        with open(maps) as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if SEGMENT_PREFIX in line}
+    except OSError:
+        return []
+    return protocol.remove_files(sorted(p for p in paths if p.startswith(SEGMENT_PREFIX)
+                                        and not p.endswith(" (deleted)")))
+
+
+def wait_for_output_read(timeout=1.0, fds=(1, 2)):
+    """Wait (up to `timeout` s) until mpirun has read what this process wrote to its stdout/stderr pipes: on
+    MPI_Abort Hydra kills the job as soon as it hears of it, and what it has not read yet (the traceback that
+    explains the abort) would be lost."""
+    pipes = []
+    for fd in fds:
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                pipes.append(fd)
+        except OSError:
+            pass
+
+    def unread(fd):
+        try:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+    _wait(lambda: all(unread(fd) == 0 for fd in pipes), timeout)
 
 
 def _wait(done, timeout):

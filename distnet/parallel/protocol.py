@@ -7,6 +7,7 @@ module uses only the standard library (no NumPy), and importing it has no side e
 import json
 import os
 import re
+import signal
 import time
 
 # -- environment variables ----------------------------------------------------------------------------------
@@ -60,20 +61,25 @@ def parse_line(line):
 
 
 # -- status files -------------------------------------------------------------------------------------------
-PID, ERROR = "pid", "error"     # rank r's process id (written when it joins), its uncaught exception
+# rank r's process id (written when it joins), its uncaught exception, and how its process ended (written by
+# its supervisor, launch/supervise.py)
+PID, ERROR, EXIT = "pid", "error", "exit"
 
 
 def write_status(kind, rank, info, environ=None):
-    """Leave a note for the launcher (rank r's pid, or its uncaught exception) in its status directory, so its
-    failure summary can name the rank that failed first. Without a launcher, nothing happens."""
+    """Leave a note for the launcher (rank r's pid, its uncaught exception, how it ended) in its status
+    directory, so its failure summary can name the rank that failed first. Every note carries the wall-clock
+    `time`, the `monotonic` clock (comparable between processes of one host: Linux's CLOCK_MONOTONIC) and the
+    `host`. Without a launcher, nothing happens."""
     environ = os.environ if environ is None else environ
     directory = environ.get(LAUNCH_DIR)
     if not directory or not os.path.isdir(directory):
         return
     path = os.path.join(directory, f"rank{int(rank)}.{kind}")
+    stamp = {"rank": int(rank), "time": time.time(), "monotonic": time.monotonic(), "host": os.uname().nodename}
     try:
         with open(path + ".tmp", "w") as f:
-            json.dump({"rank": int(rank), "time": time.time(), **info}, f)
+            json.dump({**stamp, **info}, f)
         os.replace(path + ".tmp", path)        # the launcher never reads a half-written note
     except OSError:
         pass
@@ -97,6 +103,44 @@ def read_statuses(directory, kind):
         except (OSError, ValueError, KeyError):
             continue
     return out
+
+
+# -- stopping ---------------------------------------------------------------------------------------------
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user or the system asked the job to stop (Ctrl-C, SIGTERM, a closed terminal's SIGHUP): a decision,
+    not a failure, so nothing restarts. `exit_code` is the shell's 128 + signal number."""
+
+    def __init__(self, signum):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(signal.Signals(self.signum).name)
+
+    def describe(self):
+        return "interrupted" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"
+
+
+def remove_files(paths):
+    """Unlink each path (one already gone, or not ours to remove, is skipped); return those removed."""
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def process_running(pid):
+    """True while process `pid` of this machine exists and is not a zombie (a zombie holds no memory)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 # -- BLAS threads -------------------------------------------------------------------------------------------

@@ -1,13 +1,19 @@
 """distnet-launch: host specs, cluster.yaml, dry runs, bad input, and real launches with failures and restarts."""
 import json
 import os
+import queue
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from distnet.parallel import protocol
 from launch import cli, hosts, mpi
+from tests.processes import descendants, gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLUSTER = os.path.join(ROOT, "cluster.yaml")
@@ -90,7 +96,8 @@ def test_dry_run_prints_the_exact_mpirun_command(capsys):
     out = capsys.readouterr().out.strip()
     threads = max(1, (os.cpu_count() or 1) // 8)
     assert f"OPENBLAS_NUM_THREADS={threads}" in out and f"OMP_NUM_THREADS={threads}" in out
-    assert out.endswith(f"mpirun -n 8 {sys.executable} {script} --epochs 1")
+    # each rank runs under its supervisor (launch/supervise.py), which runs the script
+    assert out.endswith(f"mpirun -n 8 {sys.executable} -m launch.supervise -- {sys.executable} {script} --epochs 1")
     assert cli.main(["--dry-run", "--hosts", "a:2,b:2", script]) == 0
     out = capsys.readouterr().out
     assert "-n 4" in out and ("-hosts a:2,b:2" in out or "--host a:2,b:2" in out)
@@ -203,6 +210,7 @@ def test_failure_summary_names_the_rank_and_exit_code(tmp_path, mode, how):
     assert f"first failure: rank 2 of 4: {how}" in res.stderr, res.stderr[-2000:]
     assert "| rank 2 going down" in res.stderr
     assert "finished attempt" not in res.stdout
+    assert "cannot be told" not in res.stderr and (mode == "raise" or "Traceback" not in res.stderr)
 
 
 @pytest.mark.timeout(200)
@@ -255,3 +263,111 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path):
     assert "restarting the job (1 of 2 restarts)" in killed.stderr
     import numpy as np
     np.testing.assert_array_equal(np.load(tmp_path / "final_kill.npy"), np.load(tmp_path / "final_clean.npy"))
+
+
+# -- the per-worker supervisor ---------------------------------------------------------------------------
+def test_supervisor_passes_output_through_records_the_death_and_dies_the_same_way(tmp_path):
+    worker = "import os, signal; print('[rank 1/2] hello', flush=True); os.kill(os.getpid(), signal.SIGTERM)"
+    env = {**os.environ, "PYTHONPATH": ROOT, protocol.LAUNCH_DIR: str(tmp_path), "PMI_RANK": "1"}
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "launch.supervise", "--", sys.executable, "-c",
+                          worker], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == -15 and res.stdout == "[rank 1/2] hello\n"        # untouched, same death
+    assert "numpy" not in res.stderr           # -X importtime lists the supervisor's imports (not the worker's)
+    [note] = protocol.read_statuses(str(tmp_path), protocol.EXIT)
+    assert note["rank"] == 1 and note["signal"] == 15 and note["code"] is None and note["requested"] is None
+    assert note["monotonic"] > 0 and note["host"] == os.uname().nodename
+    res = subprocess.run([sys.executable, "-m", "launch.supervise", "--", sys.executable, "-c", "raise SystemExit(7)"],
+                         env=env, timeout=60)
+    assert res.returncode == 7
+    assert protocol.read_statuses(str(tmp_path), protocol.EXIT)[0]["code"] == 7
+
+
+def test_failure_order_comes_from_the_supervisors_records(tmp_path):
+    from launch import run
+
+    def note(kind, rank, **info):
+        env = {protocol.LAUNCH_DIR: str(tmp_path)}
+        protocol.write_status(kind, rank, {"host": "a", "time": 0.0, **info}, environ=env)
+
+    note(protocol.EXIT, 0, monotonic=10.000, code=None, signal=9, pid=100, requested=15)   # stopped by mpirun
+    note(protocol.EXIT, 3, monotonic=10.500, code=0, signal=None, pid=103, requested=None)  # finished
+    note(protocol.EXIT, 2, monotonic=10.020, code=None, signal=9, pid=102, requested=None)
+    note(protocol.EXIT, 1, monotonic=10.022, code=1, signal=None, pid=101, requested=None)
+    job = run.Job([], {}, False, str(tmp_path))
+    rank, text = run.failure_summary(job, 9, str(tmp_path), 4)
+    assert rank == 2, text
+    assert "first failure: rank 2 of 4: killed by signal 9 (SIGKILL) (pid 102); which came first cannot be " \
+           "told: rank 1 exited with code 1 (pid 101) 2.0 ms later" in text
+    note(protocol.EXIT, 1, monotonic=10.040, code=1, signal=None, pid=101, requested=None)
+    assert "cannot be told" not in run.failure_summary(job, 9, str(tmp_path), 4)[1]
+
+
+# -- stopping: Ctrl-C, SIGTERM, a closed terminal --------------------------------------------------------
+SLEEPER = """
+import os, time
+import distnet.distributed as dist
+comm = dist.init()
+segs = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if "/dev/shm/mpich_shm_" in ln and "deleted" not in ln})
+print("READY", f"dir={os.environ['DISTNET_LAUNCH_DIR']}", f"shm={','.join(segs)}", flush=True)
+time.sleep(300)
+"""
+
+
+def start_and_wait_for(cmd, marker, count, timeout=120, env=None):
+    """Start cmd (stdout, stderr piped); return (proc, the first `count` stdout lines that contain `marker`)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env or launch_env())
+    lines, found = queue.Queue(), []
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while len(found) < count:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"{cmd} did not print {count} {marker!r} lines in {timeout}s: "
+                                 f"{proc.communicate()[1][-2000:]}") from None
+        if marker in line:
+            found.append(line)
+    return proc, found
+
+
+def launch_env():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for v in protocol.BLAS_VARS:
+        env.pop(v, None)
+    return env
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("sig,extra", [(signal.SIGINT, ["--max-restarts", "2"]), (signal.SIGTERM, []),
+                                       (signal.SIGHUP, []), (signal.SIGKILL, [])])
+def test_a_signal_to_the_launcher_ends_the_whole_job_and_cleans_up(tmp_path, sig, extra):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    proc, ready = start_and_wait_for([sys.executable, "-m", "launch", *extra, "-n", "2", str(script)], "READY", 2)
+    job = descendants(proc.pid)             # mpirun, its proxy, the supervisors and the workers
+    assert len(job) >= 5, job
+    fields = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in ready]
+    launch_dir = fields[0]["dir"]
+    segments = {s for f in fields for s in f["shm"].split(",") if s}
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), err[-2000:]
+        assert time.monotonic() - t0 < 10
+        assert [pid for pid in job if not gone(pid)] == []
+    finally:
+        for pid in job:             # never leave a failed check's processes behind
+            if protocol.process_running(pid):
+                os.kill(pid, signal.SIGKILL)
+    if sig == signal.SIGKILL:        # mpirun dies with the launcher and takes the job with it; nothing is left
+        shutil.rmtree(launch_dir)     # to clean up after it, so the test does
+        protocol.remove_files(segments)
+        return
+    assert not os.path.exists(launch_dir)
+    assert segments and not any(os.path.exists(s) for s in segments)
+    assert "restarting" not in err and "Traceback" not in err and "BAD TERMINATION" not in err, err[-2000:]
+    expected = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+    assert err.strip().splitlines() == [f"distnet-launch: {expected}"], err[-2000:]

@@ -1,5 +1,6 @@
 """Data-parallel training under mpirun: N-invariance, uneven data, rank-0 output, failures end the job."""
 import json
+import os
 import re
 
 import numpy as np
@@ -90,6 +91,7 @@ from distnet import layers
 from distnet.models import Sequential
 
 comm = distnet.distributed.init()
+print("SEGMENTS", *{ln.split()[-1] for ln in open("/proc/self/maps") if "/dev/shm/mpich_shm_" in ln}, flush=True)
 x, y = np.zeros((40, 4), np.float32), np.zeros(40, np.float32)
 mode = sys.argv[1]
 units = 5 if (mode == "model" and comm.rank == 2) else 4
@@ -126,6 +128,15 @@ def test_failure_on_one_rank_ends_the_job_and_names_it(tmp_path, mode, message):
     assert elapsed < 30, context
     assert re.search(message, res.stderr, re.S), context
     assert "SHOULD NOT FINISH" not in res.stdout
+    assert_segments_removed(res.stdout)
+
+
+def assert_segments_removed(stdout):
+    """MPICH frees its /dev/shm segments only in MPI_Finalize; after an MPI_Abort the aborting rank removes
+    them (each rank printed the segments it maps, on a line starting SEGMENTS)."""
+    segments = {p for ln in stdout.splitlines() if "SEGMENTS" in ln for p in ln.split()[1:] if p.startswith("/dev")}
+    assert segments, stdout[-1500:]
+    assert [p for p in segments if os.path.exists(p)] == []
 
 
 STALL_JOB = """
@@ -134,6 +145,7 @@ import distnet
 from distnet import layers
 from distnet.models import Sequential
 comm = distnet.distributed.init(watchdog_timeout=3)
+print("SEGMENTS", *{ln.split()[-1] for ln in open("/proc/self/maps") if "/dev/shm/mpich_shm_" in ln}, flush=True)
 m = Sequential([layers.Dense(4, input_dim=3), layers.Dense(1)])
 m.compile(loss="mse", optimizer="sgd")
 class Stall(distnet.callbacks.Callback):
@@ -153,3 +165,4 @@ def test_watchdog_names_a_stalled_rank_and_ends_the_job(tmp_path):
     assert res.returncode != 0 and elapsed < 30, (elapsed, res.stderr[-2000:])
     assert re.search(r"\[rank 0/4\] distnet watchdog: rank\(s\) \[2\] did not reach collective #\d+ \(allreduce\) "
                      r"within 3 s", res.stderr), res.stderr[-2000:]
+    assert_segments_removed(res.stdout)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 pytest.importorskip("ray")
-from tests.parallel.test_ray import run_py  # noqa: E402
+from tests.parallel.test_ray import ray_tmpdir, run_py  # noqa: E402,F401  (ray_tmpdir: a fixture)
 
 ELASTIC = """
 import json, os, signal, sys, time
@@ -107,8 +107,8 @@ cluster.shutdown()
 
 
 @pytest.mark.timeout(240)
-def test_below_min_workers_the_job_waits_then_fails_with_a_message(tmp_path):
-    res = run_py(BELOW_MIN, tmp_path, args=(str(tmp_path),), timeout=200)
+def test_below_min_workers_the_job_waits_then_fails_with_a_message(tmp_path, ray_tmpdir):
+    res = run_py(BELOW_MIN, tmp_path, args=(str(tmp_path),), timeout=200, env={"RAY_TMPDIR": ray_tmpdir})
     assert res.returncode == 0, res.stderr[-3000:]
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith(("FAILED", "NO FAILURE"))), "")
     assert line.startswith("FAILED"), res.stdout[-2000:] + res.stderr[-2000:]

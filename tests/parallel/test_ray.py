@@ -1,9 +1,12 @@
 """The Ray backend: actors as workers, the ring over their transport, failures, restarts, clusters, jobs."""
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -15,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run_py(code, tmp_path, timeout=240, args=(), env=None):
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(code))
-    full_env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
     for v in ("RAY_ADDRESS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         full_env.pop(v, None)
+    full_env.update(env or {})
     try:
         return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                               timeout=timeout, env=full_env, cwd=tmp_path)
@@ -102,10 +106,21 @@ def check():
     return {"bad": bad, "bcast": b.tolist(), "local": [comm.local_rank, comm.local_size]}
 
 def boom():
+    import time
     from distnet.parallel import world
     if world.current().rank == 1:
+        time.sleep(1)                   # the others are inside the 64 MiB allreduce by now
         raise ValueError("bad shard on purpose")
-    world.current().barrier()
+    world.current().allreduce_(np.ones(16 << 20, np.float32))
+
+from distnet.parallel.ray import group as group_mod
+jobs, _init = [], group_mod.WorkerGroup.__init__
+def recording_init(self, *args, **kwargs):    # note each group's job id (it names its /dev/shm outboxes)
+    try:
+        _init(self, *args, **kwargs)
+    finally:
+        jobs.append(self.job)
+group_mod.WorkerGroup.__init__ = recording_init
 
 print("RESULT", json.dumps(distnet.ray.run(check, num_workers=3)))
 
@@ -129,6 +144,7 @@ try:
 except distnet.ray.WorkerFailure as e:
     print("FAILURE", e.rank, type(e.cause).__name__)
 import glob, os
+print("OUTBOXES", jobs and glob.glob(f"/dev/shm/distnet-{jobs[-1]}-*"))
 ours = set()          # socket inodes of this driver and every Ray process (gcs, raylet, workers, agents)
 for proc in glob.glob("/proc/[0-9]*"):
     try:
@@ -159,10 +175,27 @@ def _listening_addresses(proc_net):
     return out
 
 
+@pytest.fixture
+def ray_tmpdir():
+    """A short private RAY_TMPDIR (Ray's socket paths must stay under 108 bytes) for a test that starts Ray
+    itself, so that nothing lands in the machine's shared /tmp/ray; removed after the test."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="dray")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(200)
-def test_ring_over_ray_actors_failures_and_loopback_binding(tmp_path):
-    res = run_py(RING, tmp_path)
+def test_ring_over_ray_actors_failures_and_loopback_binding(tmp_path, ray_tmpdir):
+    # A `ray start` cluster left behind (or killed) leaves ray_current_cluster: a private instance ignores it.
+    os.makedirs(os.path.join(ray_tmpdir, "ray"))
+    with open(os.path.join(ray_tmpdir, "ray", "ray_current_cluster"), "w") as f:
+        f.write("127.0.0.1:1")
+    res = run_py(RING, tmp_path, env={"RAY_TMPDIR": ray_tmpdir})
     assert res.returncode == 0, res.stderr[-3000:]
+    # rank 1 raised while the others were inside a 64 MiB allreduce: their outboxes are gone with the group
+    assert "OUTBOXES []" in res.stdout, res.stdout[-1500:]
     result = json.loads(res.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert all(r["bad"] == [] for r in result), result
     assert all(r["bcast"] == [2.0] * 4 for r in result)
@@ -225,8 +258,8 @@ print("RESTARTED", result.get("out"))
 
 
 @pytest.mark.timeout(300)
-def test_multi_node_cluster_spreads_workers_and_survives_losing_a_node(tmp_path):
-    res = run_py(CLUSTER, tmp_path, args=(str(tmp_path),), timeout=280)
+def test_multi_node_cluster_spreads_workers_and_survives_losing_a_node(tmp_path, ray_tmpdir):
+    res = run_py(CLUSTER, tmp_path, args=(str(tmp_path),), timeout=280, env={"RAY_TMPDIR": ray_tmpdir})
     assert res.returncode == 0, res.stderr[-3000:]
     spread = json.loads(res.stdout.split("SPREAD ", 1)[1].splitlines()[0])
     assert len({s["node"] for s in spread}) == 2 and all(s["ok"] for s in spread)
@@ -251,13 +284,13 @@ def _cluster_commands(key):
 
 
 @pytest.mark.timeout(300)
-def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path):
+def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path, ray_tmpdir):
     """`ray up` needs SSH; instead run cluster.yaml's own head start commands on 127.0.0.1 and submit the README's
     job (distnet-launch --backend ray inside `ray job submit`). The head runs in Ray's single-machine mode, which
     keeps every port on 127.0.0.1 (checked). That mode refuses a second node, so the worker start command is not
     joined here; several nodes on one machine are tested with ray.cluster_utils.Cluster above."""
     mode = "loopback"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmpdir,
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     env.pop("RAY_ADDRESS", None)
     if mode == "loopback":
@@ -285,8 +318,18 @@ def test_ray_job_submit_on_a_head_started_with_cluster_yaml_commands(tmp_path):
         else:
             status = subprocess.run([ray_bin, "status"], capture_output=True, text=True, env=env, timeout=60)
             assert status.stdout.count(" node_") >= 2, status.stdout    # head + the worker node joined
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=60)
+    finally:     # stop this head only (`ray stop` would stop every Ray instance on the machine): its processes
+        from launch.cleanup import processes_with_env     # carry our RAY_TMPDIR
+        from tests.processes import gone
+        head = processes_with_env("RAY_TMPDIR", ray_tmpdir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in head:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            if all(gone(pid) for pid in head):
+                break
 
 
 @pytest.mark.timeout(200)
@@ -338,3 +381,95 @@ def test_ray_stall_is_detected_by_the_timeout_and_names_the_silent_rank(tmp_path
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("FAILED"))
     assert "| [2] |" in line and "stalled: rank(s) [2]" in line, line
     assert float(line.rsplit("|", 1)[1]) < 60, line
+
+
+INTERRUPTED = """
+import os, sys, time
+import numpy as np
+import distnet.ray
+
+def train(marker):
+    from distnet.parallel import world
+    c = world.current()
+    with open(f"{marker}.{c.rank}", "w") as f:
+        f.write(str(os.getpid()))
+    while True:                         # a long training: exchanging until interrupted
+        c.allreduce_(np.ones(1 << 20, np.float32))
+        time.sleep(0.01)
+
+if sys.argv[1] == "run":
+    distnet.ray.run(train, num_workers=2, args=(sys.argv[2],))
+else:
+    train(sys.argv[2])                  # as a script under distnet-launch --backend ray
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("how", ["distnet.ray.run", "distnet-launch"])
+def test_ctrl_c_stops_the_ray_group_within_seconds(tmp_path, how):
+    from tests.processes import gone
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    marker = str(tmp_path / "pid")
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = ([sys.executable, str(script), "run", marker] if how == "distnet.ray.run" else
+           [sys.executable, "-m", "launch", "--backend", "ray", "-n", "2", str(script), "script", marker])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 150
+    while not all(os.path.exists(f"{marker}.{r}") for r in (0, 1)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+    actors = [int(open(f"{marker}.{r}").read()) for r in (0, 1)]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    elapsed = time.monotonic() - t0
+    assert elapsed < 10, (elapsed, err[-2000:])
+    if how == "distnet-launch":
+        assert proc.returncode == 130 and "distnet-launch: interrupted" in err, err[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
+    assert all(gone(pid) for pid in actors)
+    assert glob.glob(f"/tmp/distnet-ray-{proc.pid}-*") == []         # the private instance's session files
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_ray_address_fails_fast_and_names_it(tmp_path):
+    from distnet.parallel.ray.cluster import CONNECT_TIMEOUT, check_reachable
+    code = """
+import distnet.ray
+try:
+    distnet.ray.run(print, num_workers=2)
+except ConnectionError as e:
+    print("ERROR", e)
+"""
+    t0 = time.monotonic()
+    res = run_py(code, tmp_path, env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=60)
+    assert "ERROR cannot reach the Ray cluster at '127.0.0.1:1' within 10 s" in res.stdout, res.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_ADDRESS": "127.0.0.1:1"}
+    res = subprocess.run([sys.executable, "-m", "launch", "--backend", "ray", "-n", "2", "examples/train_mlp.py"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert res.returncode == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 2 * CONNECT_TIMEOUT + 20
+    # an address that never answers (a listener whose backlog is full drops new connections): bounded too
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    queued = [socket.socket() for _ in range(3)]
+    for q in queued:
+        q.setblocking(False)
+        q.connect_ex(("127.0.0.1", port))
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}' within 1 s"):
+        check_reachable(f"127.0.0.1:{port}", timeout=1)
+    assert time.monotonic() - t0 < 3
+    for q in queued + [server]:
+        q.close()

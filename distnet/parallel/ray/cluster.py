@@ -1,6 +1,10 @@
 """Joining a Ray cluster, or starting a private one that listens on loopback only."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+import time
 
 
 def ray_module():
@@ -26,12 +30,12 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
     os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stdout.isatty() else "0")
     ray = ray_module()
-    global _PRIVATE_CPUS
+    global _PRIVATE_CPUS, _PRIVATE_DIR
     need = max(os.cpu_count() or 1, int(-(-num_workers * cpus_per_worker // 1)))
     if ray.is_initialized():
         if _PRIVATE_CPUS is None or _PRIVATE_CPUS >= need:
             return ray
-        ray.shutdown()                    # our own local instance is too small for this job: start a larger one
+        shutdown_private()                # our own local instance is too small for this job: start a larger one
     if address:
         check_reachable(address)
         ray.init(address=address, log_to_driver=True)
@@ -39,7 +43,13 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
     else:
         # CPU slots are scheduling tokens: N workers on fewer cores oversubscribe, as mpirun -n N does.
         # address="local": a new instance even when a `ray start` cluster left /tmp/ray/ray_current_cluster.
-        ray.init(address="local", num_cpus=need, include_dashboard=False, log_to_driver=True)
+        # Its files (sessions: logs, sockets) go to a directory of its own, not the shared /tmp/ray, and are
+        # removed when it stops (shutdown_private, at exit at the latest).
+        _PRIVATE_DIR = tempfile.mkdtemp(prefix=f"distnet-ray-{os.getpid()}-")
+        atexit.unregister(shutdown_private)
+        atexit.register(shutdown_private)
+        ray.init(address="local", num_cpus=need, include_dashboard=False, log_to_driver=True,
+                 _temp_dir=_PRIVATE_DIR)
         _PRIVATE_CPUS = need
     return ray
 
@@ -63,11 +73,22 @@ def check_reachable(address, timeout=CONNECT_TIMEOUT):
 
 
 _PRIVATE_CPUS = None      # CPU slots of the local Ray instance distnet started, or None
+_PRIVATE_DIR = None       # its temporary directory (Ray's sessions: logs, sockets, spilled objects)
 
 
 def shutdown_private():
-    """Stop the local Ray instance distnet started (its daemons would otherwise keep taking CPU)."""
-    global _PRIVATE_CPUS
+    """Stop the local Ray instance distnet started (its daemons would otherwise keep taking CPU) and remove its
+    session directory."""
+    global _PRIVATE_CPUS, _PRIVATE_DIR
     if _PRIVATE_CPUS is not None:
+        # the workers' last lines travel through Ray's log monitor: give them the half second Ray's own exit
+        # handler gives them (without it the final lines of a run were lost in 4 runs of 10)
+        time.sleep(LOG_FLUSH_S)
         ray_module().shutdown()
         _PRIVATE_CPUS = None
+    if _PRIVATE_DIR is not None:
+        shutil.rmtree(_PRIVATE_DIR, ignore_errors=True)
+        _PRIVATE_DIR = None
+
+
+LOG_FLUSH_S = 0.5

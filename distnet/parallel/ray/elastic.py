@@ -16,6 +16,7 @@ import uuid
 
 from .cluster import ray_module as _ray
 from .group import WorkerFailure
+from .transport import remove_outboxes
 from .worker import Worker
 
 _DEATHS = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "OwnerDiedError")
@@ -192,3 +193,5 @@ class ElasticGroup:
                 self.ray.kill(a, no_restart=True)
             except Exception:
                 pass
+        time.sleep(0.2)                   # let the killed workers go before removing their shared memory
+        remove_outboxes(f"{self.job}-*")

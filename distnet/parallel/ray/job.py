@@ -3,6 +3,7 @@
     python -m distnet.parallel.ray.job -n 4 [--address ADDR] [--max-failures K] script.py [args...]
 """
 import argparse
+import signal
 import sys
 
 
@@ -16,13 +17,24 @@ def main(argv=None):
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
+    from .. import protocol
     from .group import WorkerFailure, run_script
+
+    def stop(signum, frame):      # a closed terminal: stop the group as Ctrl-C does (Ray handles SIGTERM itself)
+        raise protocol.Interrupted(signum)
+    signal.signal(signal.SIGHUP, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)     # even when started with SIGINT ignored
     try:
         run_script(a.script, a.args, a.num_workers, {"CPU": a.cpus_per_worker}, a.max_failures, a.address,
                    timeout=a.timeout)
     except WorkerFailure as e:
         print(f"distnet.ray: the job failed.\n  first failure: {e}", file=sys.stderr)
         return 1
+    except ConnectionError as e:          # the cluster address is unreachable (cluster.check_reachable)
+        print(f"distnet.ray: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:        # stopped (the group and the private instance are already shut down);
+        return getattr(e, "exit_code", 130)   # distnet-launch, which sent the signal, says so
     return 0
 
 

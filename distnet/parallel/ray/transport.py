@@ -1,6 +1,7 @@
 """The Ray ring's wire: a TCP connection to the right neighbour and one from the left, with chunk data through
 /dev/shm between workers of one node; and the mailbox that receives small control messages sent through Ray."""
 import concurrent.futures
+import glob
 import mmap
 import os
 import socket
@@ -120,7 +121,7 @@ class TcpRing:
     def _outbox(self, nbytes):
         if self._out is None or self._out[3].size < nbytes:
             self._gen += 1
-            path = f"/dev/shm/distnet-{self._job}-r{self.rank}-g{self._gen}"
+            path = outbox_path(self._job, self.rank, self._gen)
             fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
             try:
                 os.ftruncate(fd, max(nbytes, 1))
@@ -135,7 +136,7 @@ class TcpRing:
         if gen not in self._in:
             for old in list(self._in):
                 self._in.pop(old)[0].close()
-            path = f"/dev/shm/distnet-{self._job}-r{(self.rank - 1) % self.size}-g{gen}"
+            path = outbox_path(self._job, (self.rank - 1) % self.size, gen)
             fd = os.open(path, os.O_RDONLY)
             try:
                 mm = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
@@ -216,6 +217,17 @@ class TcpRing:
             if s is not None:
                 s.close()
         self._pool.shutdown(wait=False)
+
+
+def outbox_path(job, rank, generation):
+    """The /dev/shm file through which `rank` of worker group `job` hands chunks to its right neighbour."""
+    return f"/dev/shm/distnet-{job}-r{rank}-g{generation}"
+
+
+def remove_outboxes(job):
+    """Unlink every outbox of worker group `job` left on this machine (a worker that died or was killed before
+    its neighbour took the chunk leaves its file behind); return the paths removed."""
+    return protocol.remove_files(glob.glob(outbox_path(job, "*", "*")))
 
 
 def _recv_exact(sock, view, who):

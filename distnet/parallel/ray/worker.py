@@ -24,6 +24,9 @@ class Worker:
     def node_id(self):
         return ray_module().get_runtime_context().get_node_id()
 
+    def pid(self):
+        return os.getpid()
+
     def open_ring(self, host, timeout):
         self.ring = TcpRing(self.rank, self.size, timeout)
         return self.ring.listen(host)
