@@ -4,7 +4,7 @@ import json
 import pytest
 
 pytest.importorskip("ray")
-from tests.parallel.test_ray import ray_tmpdir, run_py  # noqa: E402,F401  (ray_tmpdir: a fixture)
+from tests.parallel.test_ray import run_py  # noqa: E402
 
 ELASTIC = """
 import json, os, signal, sys, time

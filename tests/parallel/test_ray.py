@@ -175,17 +175,6 @@ def _listening_addresses(proc_net):
     return out
 
 
-@pytest.fixture
-def ray_tmpdir():
-    """A short private RAY_TMPDIR (Ray's socket paths must stay under 108 bytes) for a test that starts Ray
-    itself, so that nothing lands in the machine's shared /tmp/ray; removed after the test."""
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="dray")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.timeout(200)
 def test_ring_over_ray_actors_failures_and_loopback_binding(tmp_path, ray_tmpdir):
     # A `ray start` cluster left behind (or killed) leaves ray_current_cluster: a private instance ignores it.
