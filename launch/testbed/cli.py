@@ -22,31 +22,36 @@ def parser():
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--prefix", default=tb.DEFAULT_PREFIX,
                    help=f"name of the testbed, prefix of everything it creates (default {tb.DEFAULT_PREFIX})")
+    common = argparse.ArgumentParser(add_help=False)       # --prefix also after the subcommand
+    common.add_argument("--prefix", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    u = sub.add_parser("up", help="create the nodes, links and bridge")
+
+    def add(name, help):
+        return sub.add_parser(name, help=help, parents=[common])
+    u = add("up", "create the nodes, links and bridge")
     u.add_argument("--nodes", type=int, default=2)
     u.add_argument("--link", default="1gbit", help="rate of every link, each direction (e.g. 1gbit, 10gbit, none)")
     u.add_argument("--subnet", default=tb.DEFAULT_SUBNET, help="a private IPv4 network this machine does not use")
     u.add_argument("--slots", type=int, default=None, help="slots per node in the hostfile (default cores/nodes)")
     u.add_argument("--owner", type=int, default=None, help="take the testbed down when this process exits")
-    d = sub.add_parser("down", help="remove the testbed and every process in its nodes")
+    d = add("down", "remove the testbed and every process in its nodes")
     d.add_argument("--when-gone", type=int, default=None, help=argparse.SUPPRESS)
-    sub.add_parser("status", help="nodes, their processes and the bytes on their links")
-    sub.add_parser("hostfile", help="print the path of the hostfile (one 'address slots=N' per node)")
-    sub.add_parser("agent", help="print the path of the ssh stand-in (for -launcher-exec / --ssh)")
-    e = sub.add_parser("exec", help="run a command on a node: exec NODE -- COMMAND...")
+    add("status", "nodes, their processes and the bytes on their links")
+    add("hostfile", "print the path of the hostfile (one 'address slots=N' per node)")
+    add("agent", "print the path of the ssh stand-in (for -launcher-exec / --ssh)")
+    e = add("exec", "run a command on a node: exec NODE -- COMMAND...")
     e.add_argument("node")
     e.add_argument("argv", nargs=argparse.REMAINDER)
-    k = sub.add_parser("kill", help="SIGKILL every process of a node (the node stays up)")
+    k = add("kill", "SIGKILL every process of a node (the node stays up)")
     k.add_argument("node")
-    ln = sub.add_parser("link", help="link NODE down | up, or link all rate RATE")
+    ln = add("link", "link NODE down | up, or link all rate RATE")
     ln.add_argument("node", help="a node, or 'all' with rate")
     ln.add_argument("action", choices=["down", "up", "rate"])
     ln.add_argument("rate", nargs="?")
-    r = sub.add_parser("ray-up", help="start Ray with cluster.yaml's head command on node1 and worker command on "
+    r = add("ray-up", "start Ray with cluster.yaml's head command on node1 and worker command on "
                                       "the others")
     r.add_argument("--config", default="cluster.yaml", help="the Ray cluster config whose commands to run")
-    sub.add_parser("ray-down", help="run `ray stop` on every node")
+    add("ray-down", "run `ray stop` on every node")
     return p
 
 

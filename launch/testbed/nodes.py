@@ -183,7 +183,7 @@ class Testbed:
         for p in os.listdir("/proc"):
             if p.isdigit():
                 try:
-                    if os.readlink(f"/proc/{p}/ns/pid") == mine:
+                    if os.readlink(f"/proc/{p}/ns/pid") == mine and _state(p) not in "ZX":
                         out.append(int(p))
                 except OSError:
                     continue
@@ -192,14 +192,20 @@ class Testbed:
     def kill_processes(self, node):
         """SIGKILL every process of the node except its init (a node whose processes all died, still up).
         Returns how many were killed."""
-        init = self.init_pid(node)
-        victims = [p for p in self.processes(node) if p != init]
-        for p in victims:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return len(victims)
+        init, killed = self.init_pid(node), set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            victims = [p for p in self.processes(node) if p != init]
+            if not victims:
+                break
+            for p in victims:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                    killed.add(p)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        return len(killed)
 
     def set_link(self, node, up):
         """Take the node's link down (carrier lost: nothing passes either way) or bring it back up."""
@@ -215,6 +221,15 @@ class Testbed:
                     _run(prefix + ["tc", "qdisc", "add", "dev", dev, "root", *_tbf(bits)])
         self.link = rate
         self.save()
+
+
+def _state(pid):
+    """A process's state letter (R, S, Z: zombie, ...); '' when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _tbf(bits):
