@@ -192,20 +192,8 @@ class Testbed:
     def kill_processes(self, node):
         """SIGKILL every process of the node except its init (a node whose processes all died, still up).
         Returns how many were killed."""
-        init, killed = self.init_pid(node), set()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            victims = [p for p in self.processes(node) if p != init]
-            if not victims:
-                break
-            for p in victims:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                    killed.add(p)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-        return len(killed)
+        init = self.init_pid(node)
+        return _kill_until_gone(lambda: [p for p in self.processes(node) if p != init])
 
     def set_link(self, node, up):
         """Take the node's link down (carrier lost: nothing passes either way) or bring it back up."""
@@ -370,27 +358,34 @@ def down(prefix=DEFAULT_PREFIX):
     return removed
 
 
-def _kill_in_netns(inodes, timeout=10):
-    """SIGKILL every process whose network namespace is one of `inodes` (node inits first: the kernel then ends
-    their whole PID namespaces); wait until they are gone."""
-    if not inodes:
-        return 0
-    deadline, killed = time.monotonic() + timeout, set()
-    while True:
-        found = []
+def _kill_in_netns(inodes):
+    """SIGKILL every process whose network namespace is one of `inodes` (a node's init among them: the kernel
+    then ends its whole PID namespace); wait until they are gone."""
+    def found():
+        out = []
         for p in os.listdir("/proc"):
             if p.isdigit() and int(p) != os.getpid():
                 try:
-                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes:
-                        found.append(int(p))
+                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes and _state(p) not in "ZX":
+                        out.append(int(p))
                 except OSError:
                     continue
-        if not found or time.monotonic() > deadline:
-            return len(killed)
-        for p in found:
+        return out
+    return _kill_until_gone(found) if inodes else 0
+
+
+def _kill_until_gone(find, timeout=10):
+    """SIGKILL the pids find() returns until it returns none (or `timeout` s pass); how many were killed."""
+    deadline, killed = time.monotonic() + timeout, set()
+    while time.monotonic() < deadline:
+        victims = find()
+        if not victims:
+            break
+        for p in victims:
             try:
                 os.kill(p, signal.SIGKILL)
                 killed.add(p)
             except ProcessLookupError:
                 pass
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return len(killed)
