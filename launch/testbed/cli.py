@@ -35,7 +35,8 @@ def parser():
     u.add_argument("--slots", type=int, default=None, help="slots per node in the hostfile (default cores/nodes)")
     u.add_argument("--owner", type=int, default=None, help="take the testbed down when this process exits")
     d = add("down", "remove the testbed and every process in its nodes")
-    d.add_argument("--when-gone", type=int, default=None, help=argparse.SUPPRESS)
+    d.add_argument("--when-gone", type=int, default=None, help=argparse.SUPPRESS)   # the reaper: owner pid,
+    d.add_argument("--id", default=None, help=argparse.SUPPRESS)                     # and which testbed
     add("status", "nodes, their processes and the bytes on their links")
     add("hostfile", "print the path of the hostfile (one 'address slots=N' per node)")
     add("agent", "print the path of the ssh stand-in (for -launcher-exec / --ssh)")
@@ -70,10 +71,8 @@ def run(args):
         print(describe(bed))
         return 0
     if args.command == "down":
-        if args.when_gone:
-            while os.path.exists(f"/proc/{args.when_gone}") and os.path.isdir(os.path.join(tb.STATE_ROOT,
-                                                                                           args.prefix)):
-                time.sleep(1)
+        if args.when_gone and not _wait_for_owner(args.prefix, args.when_gone, args.id):
+            return 0
         removed = tb.down(args.prefix)
         print(f"removed: {', '.join(removed)}" if removed else f"nothing of testbed {args.prefix!r} was left")
         return 0
@@ -107,6 +106,21 @@ def run(args):
         from . import ray_nodes
         ray_nodes.down(bed)
     return 0
+
+
+def _wait_for_owner(prefix, owner, ident):
+    """The reaper: wait until process `owner` is gone; True if testbed `ident` is still up then (not taken down,
+    nor replaced by another of the same name)."""
+    def ours():
+        try:
+            return tb.Testbed.load(prefix).id == ident
+        except (tb.TestbedError, OSError, ValueError, KeyError):
+            return False
+    while os.path.exists(f"/proc/{owner}"):
+        if not ours():
+            return False
+        time.sleep(1)
+    return ours()
 
 
 def describe(bed, counters=False):

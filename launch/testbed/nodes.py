@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 from . import agent
 
@@ -95,8 +96,9 @@ def _check_subnet(net):
 class Testbed:
     """A testbed that is up (or its state, for `down`): its nodes, links, and how to run things on them."""
 
-    def __init__(self, prefix, subnet, link, nodes, slots, owner=None):
+    def __init__(self, prefix, subnet, link, nodes, slots, owner=None, ident=None):
         self.prefix, self.subnet, self.link, self.slots, self.owner = prefix, subnet, link, slots, owner
+        self.id = ident or uuid.uuid4().hex[:12]       # tells this testbed from a later one of the same name
         net = ipaddress.ip_network(subnet)
         self.bridge, self.bridge_address = f"{prefix}-br0", str(net.network_address + 1)
         self.prefixlen = net.prefixlen
@@ -116,12 +118,13 @@ class Testbed:
                                + (f"; testbeds up: {', '.join(up)}" if up else ""))
         with open(path) as f:
             s = json.load(f)
-        return cls(s["prefix"], s["subnet"], s["link"], len(s["nodes"]), s["slots"], s.get("owner"))
+        return cls(s["prefix"], s["subnet"], s["link"], len(s["nodes"]), s["slots"], s.get("owner"), s.get("id"))
 
     def save(self):
         with open(os.path.join(self.state_dir, "testbed.json"), "w") as f:
-            json.dump({"prefix": self.prefix, "subnet": self.subnet, "link": self.link, "slots": self.slots,
-                       "owner": self.owner, "bridge": self.bridge, "nodes": self.nodes}, f, indent=1)
+            json.dump({"id": self.id, "prefix": self.prefix, "subnet": self.subnet, "link": self.link,
+                       "slots": self.slots, "owner": self.owner, "bridge": self.bridge, "nodes": self.nodes}, f,
+                      indent=1)
 
     @property
     def hostfile(self):
@@ -263,7 +266,7 @@ def up(nodes=2, link="1gbit", prefix=DEFAULT_PREFIX, subnet=DEFAULT_SUBNET, slot
         down(prefix)
         raise
     if owner:
-        _reap_when_gone(prefix, owner)
+        _reap_when_gone(bed, owner)
     return bed
 
 
@@ -315,13 +318,13 @@ def _wait_ready(proc, node_dir, name, timeout=30):
         f.write(children[0])
 
 
-def _reap_when_gone(prefix, owner):
+def _reap_when_gone(bed, owner):
     """A detached process that takes the testbed down once process `owner` is gone (a test run that was killed
     cannot leave the testbed behind)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.Popen([sys.executable, "-m", "launch.testbed.cli", "down", "--prefix", prefix, "--when-gone",
-                      str(owner)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    subprocess.Popen([sys.executable, "-m", "launch.testbed.cli", "down", "--prefix", bed.prefix, "--when-gone",
+                      str(owner), "--id", bed.id], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -101,9 +101,12 @@ def test_kill_and_link_faults():
         res = run_on(bed, "node1", probe + [bed.node(2)["address"]])
         assert "timed out" in res.stderr or "unreachable" in res.stderr.lower(), res.stderr
         bed.set_link("node2", up=True)
-        time.sleep(0.5)
-        res = run_on(bed, "node1", probe + [bed.node(2)["address"]])
-        assert "Connection refused" in res.stderr, res.stderr       # reachable again (nothing listens on 22)
+        for _ in range(20):            # reachable again once ARP retries (nothing listens on port 22)
+            res = run_on(bed, "node1", probe + [bed.node(2)["address"]])
+            if "Connection refused" in res.stderr:
+                break
+            time.sleep(0.5)
+        assert "Connection refused" in res.stderr, res.stderr
 
 
 def test_bad_input_is_refused_with_what_was_received(monkeypatch):
