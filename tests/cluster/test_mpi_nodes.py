@@ -1,0 +1,90 @@
+"""MPI across emulated nodes: distnet-launch reaches them through the testbed's ssh stand-in, gradients cross the
+links (counted), and the result equals one process's."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from launch import cli, mpi
+from tests.cluster.conftest import ROOT, cluster_of
+from tests.parallel.mpi_helpers import require_mpi
+
+JOB = os.path.join(ROOT, "tests", "cluster", "cnn_job.py")
+
+
+def launch(bed, *args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    try:
+        return subprocess.run([sys.executable, "-m", "launch", "--testbed", "--testbed-name", bed.prefix, *args],
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"distnet-launch {args} did not finish in {timeout}s: {e.stdout} {e.stderr}") from None
+
+
+def one_process(out, *args):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, JOB, str(out), *args], capture_output=True, text=True, env=env,
+                         timeout=240, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return np.load(out / "weights.npy"), json.loads((out / "result.json").read_text())
+
+
+def nothing_left(bed, timeout=15):
+    """Every node runs only its init again (no proxy, rank or daemon left), within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = {n["name"]: len(bed.processes(n["name"])) - 1 for n in bed.nodes}
+        if not any(left.values()):
+            return True
+        time.sleep(0.2)
+    raise AssertionError(f"processes left on the nodes: {left}")
+
+
+@pytest.mark.timeout(300)
+def test_cnn_across_two_nodes_matches_one_process_and_crosses_the_links(tmp_path):
+    require_mpi()
+    ref, _ = one_process(tmp_path, "--samples", "320")
+    with cluster_of(nodes=2, link="1gbit") as bed:
+        out = tmp_path / "mpi"
+        out.mkdir()
+        before = [bed.link_bytes(k) for k in (1, 2)]
+        res = launch(bed, "-n", "2", "--threads", "1", JOB, str(out), "--samples", "320")
+        after = [bed.link_bytes(k) for k in (1, 2)]
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        result = json.loads((out / "result.json").read_text())
+        assert result["hosts"] == [f"{bed.prefix}-node1", f"{bed.prefix}-node2"], result
+        np.testing.assert_allclose(np.load(out / "weights.npy"), ref, rtol=1e-5, atol=1e-6)
+        # every step sums the whole gradient: each node sends at least the gradient's bytes per step
+        need = result["gradient_bytes"] * result["steps"]
+        assert result["steps"] == 10
+        for k in (0, 1):
+            assert after[k]["tx"] - before[k]["tx"] > need, (k, after[k], before[k], need)
+        nothing_left(bed)
+
+
+def test_launch_options_for_real_clusters(tmp_path, capsys):
+    """--ssh with options becomes a wrapper script (Hydra takes one path), --iface and --network reach mpirun."""
+    require_mpi()
+    script = os.path.join(ROOT, "examples", "train_mlp.py")
+    assert cli.main(["--dry-run", "--hosts", "a:2,b:2", "--ssh", "ssh -p 2222", "--iface", "eth1",
+                     "--network", "tcp", script]) == 0
+    out = capsys.readouterr().out
+    assert "-hosts a:2,b:2 -launcher ssh -launcher-exec " in out and " -iface eth1 -genv UCX_TLS tcp,self " in out
+    assert 'a script that runs ssh -p 2222 "$@"' in out
+    cmd = mpi.command("mpirun", "hydra", 2, [("a", 1)], ["python", "x.py"], ssh="/usr/bin/ssh", network="tcp-only")
+    assert cmd[cmd.index("-launcher-exec") + 1] == "/usr/bin/ssh"
+    assert "MPIR_CVAR_NOLOCAL" in cmd
+    cmd = mpi.command("mpirun", "openmpi", 2, [("a", 1)], ["python", "x.py"], ssh="ssh -p 2222", iface="eth1",
+                      network="tcp")
+    assert ["--mca", "plm_rsh_agent", "ssh -p 2222"] == cmd[5:8] and "btl_tcp_if_include" in cmd
+    wrapper = mpi.ssh_wrapper("echo -p 2222", str(tmp_path))
+    res = subprocess.run([wrapper, "-x", "host", "cmd"], capture_output=True, text=True)
+    assert res.stdout.strip() == "-p 2222 -x host cmd"
+    with pytest.raises(mpi.LaunchError, match="--network must be one of auto, tcp, tcp-only, received 'ib'"):
+        mpi.command("mpirun", "hydra", 2, None, ["x"], network="ib")
+    assert cli.main(["--testbed", "--testbed-name", "dtnone", script]) == 2
+    assert "no testbed 'dtnone' is up" in capsys.readouterr().err
