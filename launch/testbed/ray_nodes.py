@@ -12,20 +12,17 @@ import subprocess
 import sys
 import threading
 
+from ..hosts import HostSpecError, load_cluster_yaml
 from .nodes import TestbedError
 
 
 def _config(path):
     try:
-        import yaml
-    except ImportError as e:
-        raise TestbedError("reading cluster.yaml needs PyYAML: pip install pyyaml") from e
-    if not os.path.exists(path):
-        raise TestbedError(f"cluster file {path!r} does not exist (give it with --config)")
-    with open(path) as f:
-        config = yaml.safe_load(f)
+        config = load_cluster_yaml(path)
+    except HostSpecError as e:
+        raise TestbedError(f"{e} (give the Ray cluster config with --config)") from None
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        if not isinstance(config, dict) or not isinstance(config.get(key), list) or not config[key]:
+        if not isinstance(config.get(key), list) or not config[key]:
             raise TestbedError(f"cluster file {path!r} has no {key} (a list of shell commands)")
     return config
 

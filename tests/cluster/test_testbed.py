@@ -167,3 +167,19 @@ def test_a_killed_owner_takes_its_testbed_down(tmp_path):
     while leftovers(bed) and time.time() < deadline:
         time.sleep(0.2)
     assert not leftovers(bed), leftovers(bed)
+
+
+def test_ray_bootstrap_config_and_bad_cluster_files(tmp_path):
+    from launch.testbed import ray_nodes
+    config = ray_nodes._config(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "cluster.yaml"))
+    boot = ray_nodes._bootstrap_config(config, "10.77.0.11")
+    assert boot["provider"] == {**config["provider"], "head_ip": "10.77.0.11", "worker_ips": []}
+    assert boot["max_workers"] == 0 and all(t["max_workers"] == 0 for t in boot["available_node_types"].values())
+    assert ray_nodes.head_port(config) == 6379
+    bad = tmp_path / "c.yaml"
+    bad.write_text("provider: {type: local}\nhead_start_ray_commands: [ray start --head]\n")
+    with pytest.raises(testbed.TestbedError, match="has no worker_start_ray_commands"):
+        ray_nodes._config(str(bad))
+    with pytest.raises(testbed.TestbedError, match="does not exist"):
+        ray_nodes._config(str(tmp_path / "missing.yaml"))
