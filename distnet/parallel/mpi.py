@@ -133,6 +133,9 @@ class MPICommunicator(Communicator):
         sys.__stderr__.flush()
         protocol.write_status(protocol.ERROR, self.rank, {"error": f"watchdog: {message}"})
         self.comm.Abort(3)
+        # MPI_Abort returns when the launcher cannot reach every node (a link is down): the job must end anyway,
+        # and this rank must not go on to report a second, misleading reason
+        os._exit(3)
 
 
 def _wait(done, timeout):

@@ -1,0 +1,76 @@
+"""Faults across emulated nodes under MPI: every process of a node killed mid-training (the job restarts and
+resumes: same weights as an uninterrupted run), and a node's link taken down mid-training (the watchdog names the
+unreachable rank within its timeout; nothing hangs, nothing is left)."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.cluster.conftest import ROOT, cluster_of
+from tests.cluster.test_mpi_nodes import JOB, launch, nothing_left
+from tests.parallel.mpi_helpers import require_mpi
+
+ARGS = ["--samples", "640", "--epochs", "2"]
+
+
+def start(bed, out, *args, env=None):
+    """distnet-launch on the testbed in the background; returns the process (output in out/launch.log)."""
+    log = open(out / "launch.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "launch", "--testbed", "--testbed-name", bed.prefix, *args],
+                            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the job ended before {path.name}: {(path.parent / 'launch.log').read_text()}"
+        assert time.time() < deadline, f"no {path} within {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(400)
+def test_a_node_whose_processes_all_die_is_restarted_and_training_resumes(tmp_path):
+    require_mpi()
+    with cluster_of(nodes=2) as bed:
+        ref, broken = tmp_path / "ref", tmp_path / "broken"
+        ref.mkdir()
+        broken.mkdir()
+        res = launch(bed, "-n", "2", "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        proc = start(bed, broken, "-n", "2", "--threads", "1", "--max-restarts", "1", JOB, str(broken), *ARGS,
+                     "--backup", str(broken / "backup"), "--slow-from", "8")
+        wait_for(broken / "reached", proc)
+        killed = bed.kill_processes("node2")              # rank 1, its Hydra proxy, the agent's shell
+        assert killed >= 2
+        assert proc.wait(240) == 0, (broken / "launch.log").read_text()[-3000:]
+        log = (broken / "launch.log").read_text()
+        assert "restarting the job (1 of 1 restarts)" in log, log[-3000:]
+        np.testing.assert_array_equal(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"))
+        nothing_left(bed)
+
+
+@pytest.mark.timeout(300)
+def test_a_node_losing_its_link_is_named_by_the_watchdog_and_nothing_hangs(tmp_path):
+    require_mpi()
+    with cluster_of(nodes=2) as bed:
+        proc = start(bed, tmp_path, "-n", "2", "--threads", "1", JOB, str(tmp_path), *ARGS, "--slow-from", "6",
+                     env={"DISTNET_WATCHDOG_TIMEOUT": "3"})
+        wait_for(tmp_path / "reached", proc)
+        t0 = time.time()
+        bed.set_link("node2", up=False)
+        try:
+            rc = proc.wait(60)
+        finally:
+            elapsed = time.time() - t0
+            bed.set_link("node2", up=True)
+        log = (tmp_path / "launch.log").read_text()
+        assert rc != 0 and elapsed < 3 + 10, (rc, elapsed, log[-3000:])
+        assert re.search(r"\[rank 0/2\] distnet watchdog: rank\(s\) \[1\] did not reach collective #\d+ "
+                         r"\(allreduce\) within 3 s", log), log[-3000:]
+        assert "first failure: rank 0 of 2: raised watchdog: rank(s) [1] did not reach" in log, log[-3000:]
+        nothing_left(bed, timeout=30)          # node2's proxy ends once its link is back and mpiexec is gone
