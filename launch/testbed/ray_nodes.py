@@ -63,12 +63,12 @@ def up(bed, config_path="cluster.yaml"):
     _run_commands(bed, "node1", config["head_start_ray_commands"], head)
     errors = []
 
-    def join(node):
+    def join_one(node):
         try:
-            _run_commands(bed, node, config["worker_start_ray_commands"], head)
+            join(bed, node, config_path)
         except (TestbedError, subprocess.TimeoutExpired) as e:
             errors.append(str(e))
-    threads = [threading.Thread(target=join, args=(n["name"],)) for n in bed.nodes[1:]]
+    threads = [threading.Thread(target=join_one, args=(n["name"],)) for n in bed.nodes[1:]]
     for t in threads:
         t.start()
     for t in threads:
@@ -76,6 +76,11 @@ def up(bed, config_path="cluster.yaml"):
     if errors:
         raise TestbedError("worker nodes did not join: " + "\n".join(errors))
     return f"{head}:{head_port(config)}"
+
+
+def join(bed, node, config_path="cluster.yaml"):
+    """(Re)join a node to the head with the config's worker_start_ray_commands (e.g. after its processes died)."""
+    _run_commands(bed, node, _config(config_path)["worker_start_ray_commands"], bed.node(1)["address"])
 
 
 def down(bed):

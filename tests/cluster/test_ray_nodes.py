@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -108,3 +109,103 @@ def test_ray_listens_only_on_the_cluster_address_and_loopback(ray_cluster):
         assert not bad, bad
         if n["name"] == "node1":
             assert (n["address"], 8265) in [(a, p) for a, p, _ in found]         # dashboard: the head's address
+
+
+# -- faults (last in this module: they break node2, then rejoin it) ---------------------------------------------
+DRIVER = """
+import os, runpy, socket, sys
+import distnet.ray
+
+def train(job, out, args):
+    from distnet.parallel import world
+    with open(os.path.join(out, f"rank{world.current().rank}.host"), "w") as f:
+        f.write(socket.gethostname())
+    sys.argv = [job, out, *args]
+    runpy.run_path(job, run_name="__main__")
+
+job, head, out, max_failures, timeout, *args = sys.argv[1:]
+try:
+    distnet.ray.run(train, num_workers=2, address=head, max_failures=int(max_failures),
+                    timeout=float(timeout) if timeout != "none" else None, args=(job, out, args))
+    print("DONE")
+except distnet.ray.WorkerFailure as e:
+    print("FAILED", e.rank, e.stalled, "|", str(e).splitlines()[0], "|", str(e).splitlines()[-1])
+"""
+
+
+def drive(bed, head, out, max_failures=0, timeout="none", *args):
+    """The driver on the head node (Ray wants a raylet on the driver's node); returns the process."""
+    script = out / "driver.py"
+    script.write_text(DRIVER)
+    log = open(out / "driver.log", "w")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT}
+    return subprocess.Popen(bed.exec_argv("node1", [sys.executable, str(script), JOB, head, str(out),
+                                                    str(max_failures), str(timeout), *args]),
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def distnet_actors(bed):
+    """Processes of distnet's worker actors still running on the nodes."""
+    found = []
+    for n in bed.nodes:
+        for pid in bed.processes(n["name"]):
+            try:
+                if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::Worker"):
+                    found.append((n["name"], pid))
+            except OSError:
+                pass
+    return found
+
+
+def no_actors_left(bed, timeout=30):
+    deadline = time.time() + timeout
+    while distnet_actors(bed) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not distnet_actors(bed), distnet_actors(bed)
+
+
+@pytest.mark.timeout(600)
+def test_ray_group_survives_losing_every_process_of_a_node(ray_cluster, tmp_path):
+    bed, head = ray_cluster
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    ref.mkdir()
+    broken.mkdir()
+    args = ["--samples", "640", "--epochs", "2"]
+    proc = drive(bed, head, ref, 0, "none", *args, "--backup", str(ref / "backup"))
+    assert proc.wait(300) == 0 and "DONE" in (ref / "driver.log").read_text(), (ref / "driver.log").read_text()
+    proc = drive(bed, head, broken, 1, "none", *args, "--backup", str(broken / "backup"), "--slow-from", "8")
+    from tests.cluster.test_faults import wait_for
+    wait_for(broken / "reached", proc)
+    assert {(broken / f"rank{r}.host").read_text() for r in (0, 1)} == {f"{bed.prefix}-node1",
+                                                                          f"{bed.prefix}-node2"}
+    assert bed.kill_processes("node2") >= 3                  # the raylet, its agents and the distnet worker
+    assert proc.wait(400) == 0
+    log = (broken / "driver.log").read_text()
+    assert "failed: its actor died" in log and "restarting the worker group (1 of 1 restarts)" in log, log[-3000:]
+    assert "DONE" in log, log[-3000:]
+    np.testing.assert_array_equal(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"))
+    no_actors_left(bed)
+    ray_nodes.join(bed, "node2", os.path.join(ROOT, "cluster.yaml"))      # node2 back for the next test
+
+
+@pytest.mark.timeout(600)
+def test_ray_timeout_names_the_rank_behind_a_dead_link(ray_cluster, tmp_path):
+    bed, head = ray_cluster
+    proc = drive(bed, head, tmp_path, 0, "5", "--samples", "640", "--epochs", "2", "--slow-from", "6")
+    from tests.cluster.test_faults import wait_for
+    wait_for(tmp_path / "reached", proc, timeout=300)
+    far = next(r for r in (0, 1) if (tmp_path / f"rank{r}.host").read_text() == f"{bed.prefix}-node2")
+    t0 = time.time()
+    bed.set_link("node2", up=False)
+    try:
+        proc.wait(60)
+    finally:
+        elapsed = time.time() - t0
+        bed.set_link("node2", up=True)
+    log = (tmp_path / "driver.log").read_text()
+    line = next((ln for ln in log.splitlines() if ln.startswith("FAILED")), None)
+    assert line is not None, log[-3000:]
+    # the ring's wait gives up after 5 s; asking every actor how far it got takes up to 5 s more
+    assert elapsed < 5 + 5 + 10, (elapsed, line)
+    assert f"stalled: rank(s) [{far}] did not answer" in line, line
+    no_actors_left(bed, timeout=60)
