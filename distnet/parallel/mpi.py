@@ -17,6 +17,9 @@ from .communicator import Communicator
 # below ~4-8 MB; from 6 MB up our preallocated ring wins (1.2-1.4x at 16 MB, 2.3-2.5x at 64 MB, where native
 # allocates temporaries per call). auto = ring from 8 MB.
 RING_MIN_BYTES = 8 * 2**20
+# Several ranks per node on several nodes: 'auto' sums inside each node first from this size up (measured on the
+# emulated cluster, 2 nodes x 2 ranks at 1 Gbit/s: BENCHMARKS.md, "Many nodes").
+HIERARCHICAL_MIN_BYTES = 0
 
 # The collectives the watchdog tells apart in its message (sent as a code with each arrival).
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "allgather_array", "barrier")
@@ -51,9 +54,13 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
+        # this node's ranks (shared memory between them), and the nodes' leaders (local rank 0 of each node)
+        self.node_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = self.node_comm.Get_rank(), self.node_comm.Get_size()
+        leaders = self.comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, key=self.rank)
+        self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
+        self.num_nodes = self.comm.allreduce(1 if self.local_rank == 0 else 0)
+        self.leader_transport = MPIRingTransport(self.leader_comm) if self.leader_comm is not None else None
         self.transport = MPIRingTransport(self.comm)
         self.scratch = ring.Scratch()
         self.arrivals = 0                # collectives entered so far (the watchdog's sequence number)
@@ -68,11 +75,40 @@ class MPICommunicator(Communicator):
         if codec is not None:
             return ring.ring_allreduce(buf, self.transport, self.scratch.get(buf, self.size), codec)
         if algorithm == "auto":
-            algorithm = "ring" if buf.nbytes >= RING_MIN_BYTES else "native"
+            algorithm = self.auto_algorithm(buf.nbytes)
+        if algorithm == "hierarchical":
+            return self._hierarchical(buf)
+        return self._flat(buf, algorithm, self.comm, self.transport)
+
+    def auto_algorithm(self, nbytes):
+        """What 'auto' runs for a buffer of nbytes (the same answer on every rank)."""
+        if self.num_nodes > 1 and self.local_size > 1 and nbytes >= HIERARCHICAL_MIN_BYTES:
+            return "hierarchical"
+        return "ring" if nbytes >= RING_MIN_BYTES else "native"
+
+    def _flat(self, buf, algorithm, comm, transport):
         if algorithm == "native":
-            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
             return buf
-        return ring.ring_allreduce(buf, self.transport, self.scratch.get(buf, self.size))
+        if algorithm != "ring":
+            raise ValueError(f"allreduce algorithm must be 'auto', 'ring', 'native' or 'hierarchical', received "
+                             f"{algorithm!r}")
+        return ring.ring_allreduce(buf, transport, self.scratch.get(buf, comm.Get_size()))
+
+    def _hierarchical(self, buf):
+        """Horovod's hierarchical allreduce: sum onto each node's leader through shared memory, allreduce between
+        the leaders over the network (one rank per node: each node's link carries one ring's traffic, with
+        2(nodes-1) messages instead of 2(ranks-1)), then broadcast inside each node."""
+        MPI, node = self.MPI, self.node_comm
+        if self.local_size > 1:
+            node.Reduce(MPI.IN_PLACE if self.local_rank == 0 else buf, buf if self.local_rank == 0 else None,
+                        op=MPI.SUM, root=0)
+        if self.leader_comm is not None and self.num_nodes > 1:
+            self._flat(buf, "ring" if buf.nbytes >= RING_MIN_BYTES else "native", self.leader_comm,
+                       self.leader_transport)
+        if self.local_size > 1:
+            node.Bcast(buf, root=0)
+        return buf
 
     def broadcast_(self, buf, root=0):
         self._enter("broadcast")
