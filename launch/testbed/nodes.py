@@ -223,10 +223,14 @@ def _state(pid):
         return ""
 
 
+# tbf's bucket: what passes at once after an idle moment. Small, so that a measured transfer runs at the rate
+# (tbf needs at least one 64 KiB GSO segment from veth; 1 ms of traffic at higher rates, for the timer's sake).
+BURST_MIN, BURST_TIME = 128 * 1024, 0.001
+
+
 def _tbf(bits):
-    """tbf parameters for a rate: a bucket of >= 512 KiB (veth hands tbf 64 KiB GSO segments; the issue's
-    measured setting at 1 Gbit/s) or 2 ms at the rate, and up to 20 ms of queue."""
-    burst = max(512 * 1024, int(bits / 8 * 0.002))
+    """tbf parameters for a rate: a bucket of BURST_MIN or BURST_TIME at the rate, and up to 20 ms of queue."""
+    burst = max(BURST_MIN, int(bits / 8 * BURST_TIME))
     return ["tbf", "rate", f"{int(bits)}bit", "burst", str(burst), "latency", "20ms"]
 
 
