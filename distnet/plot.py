@@ -98,6 +98,52 @@ def allreduce(records, path):
     return _save(fig, path)
 
 
+def cluster(rows, what, directory):
+    """Plots of `distnet-bench cluster` (medians, bars from min to max over repetitions): bus bandwidth vs nodes
+    (allreduce, with the cost model's line), efficiency per lever (levers), bandwidth vs size (hierarchical)."""
+    from .bench.cluster import medians
+    plt = _pyplot()
+    if what == "levers":
+        eff = medians(rows, ("link", "lever"), "efficiency")
+        links = [k for k in dict.fromkeys(r["link"] for r in rows) if k != "-"]
+        levers = [k for k in dict.fromkeys(r["lever"] for r in rows) if k != "1 worker"]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(links)
+        for i, link in enumerate(links):
+            m = [eff[(link, lev)] for lev in levers]
+            xs = [j + i * width for j in range(len(levers))]
+            ax.bar(xs, [v[0] * 100 for v in m], width, label=link,
+                   yerr=[[(v[0] - v[1]) * 100 for v in m], [(v[2] - v[0]) * 100 for v in m]], capsize=3)
+        ax.set_xticks([j + width * (len(links) - 1) / 2 for j in range(len(levers))], levers, rotation=20)
+        ax.set_ylabel("weak-scaling efficiency, 2 nodes (%)")
+        ax.axhline(100, color="grey", lw=0.5)
+        ax.legend()
+        return [_save(fig, os.path.join(directory, "cluster_levers.png"))]
+    bw = medians(rows, ("link", "backend", "impl", "nodes", "bytes"), "busbw_GBps")
+    links = list(dict.fromkeys(r["link"] for r in rows))
+    fig, axes = plt.subplots(1, len(links), figsize=(6 * len(links), 4), squeeze=False)
+    for ax, link in zip(axes[0], links):
+        impls = sorted({k[1:3] for k in bw if k[0] == link})
+        for backend, impl in impls:
+            if what == "hierarchical":
+                keys = sorted((k for k in bw if k[:3] == (link, backend, impl)), key=lambda k: k[4])
+                x, xlabel = [k[4] for k in keys], "buffer bytes"
+                ax.set_xscale("log", base=2)
+            else:
+                size = max(k[4] for k in bw)
+                keys = sorted((k for k in bw if k[:3] == (link, backend, impl) and k[4] == size), key=lambda k: k[3])
+                x, xlabel = [k[3] for k in keys], f"nodes ({size // 2**20} MiB buffer)"
+            m = [bw[k] for k in keys]
+            ax.errorbar(x, [v[0] for v in m], yerr=[[v[0] - v[1] for v in m], [v[2] - v[0] for v in m]],
+                        marker="o", capsize=3, label=f"{backend} {impl}")
+        ax.set_title(f"links {link}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("bus bandwidth (GB/s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return [_save(fig, os.path.join(directory, f"cluster_{what}.png"))]
+
+
 def _save(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

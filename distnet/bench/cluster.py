@@ -26,10 +26,18 @@ ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": 
 
 @contextlib.contextmanager
 def testbed(nodes, slots=1, ray=False, progress=print):
+    """This benchmark's own testbed (named by $DISTNET_BENCH_TESTBED, default dbench), removed after."""
     from launch import testbed as tb
     from launch.testbed import ray_nodes
-    tb.down(PREFIX)                      # what a killed earlier run left
-    bed = tb.up(nodes, "1gbit", PREFIX, SUBNET, slots=slots, owner=os.getpid())
+    prefix, subnet = os.environ.get("DISTNET_BENCH_TESTBED", f"{PREFIX},{SUBNET}").split(",")
+    try:
+        owner = tb.Testbed.load(prefix).owner
+    except tb.TestbedError:
+        owner = None
+    if owner and os.path.exists(f"/proc/{owner}"):
+        raise tb.TestbedError(f"testbed {prefix!r} is in use by process {owner} (another benchmark?)")
+    tb.down(prefix)                      # what a killed earlier run left
+    bed = tb.up(nodes, "1gbit", prefix, subnet, slots=slots, owner=os.getpid())
     try:
         head = None
         if ray:
@@ -37,7 +45,7 @@ def testbed(nodes, slots=1, ray=False, progress=print):
             head = ray_nodes.up(bed, os.path.join(ROOT, "cluster.yaml"))
         yield bed, head
     finally:
-        tb.down(PREFIX)
+        tb.down(prefix)
 
 
 def _mpi(bed, nodes, per_node, argv, timeout=1800):

@@ -1,0 +1,98 @@
+"""Tables of the measurements across emulated nodes (bench/cluster.py): medians and ranges over repetitions,
+and the cost model fitted to them and checked point by point."""
+from . import costmodel
+from .cluster import fmt, medians
+
+MiB = 2**20
+
+
+def _size(nbytes):
+    return f"{nbytes // MiB} MiB" if nbytes >= MiB else f"{nbytes // 1024} KiB"
+
+
+def allreduce_table(records, sizes=None):
+    """Bus bandwidth (GB/s) per link rate, implementation, node count and size: median [min-max]."""
+    keys = ("link", "backend", "impl", "nodes", "bytes")
+    bw = medians(records, keys, "busbw_GBps")
+    ms = medians(records, keys, "seconds")
+    sizes = sizes or sorted({r["bytes"] for r in records})
+    lines = ["| link | implementation | nodes | " + " | ".join(f"{_size(s)} busbw GB/s (ms)" for s in sizes) + " |",
+             "|---|---|---:|" + "---:|" * len(sizes)]
+    for link, backend, impl, n in sorted({k[:4] for k in bw}, key=lambda k: (_rate(k[0]), k[1], k[2], k[3])):
+        cells = []
+        for s in sizes:
+            k = (link, backend, impl, n, s)
+            cells.append(f"{fmt(bw[k])} ({ms[k][0] * 1e3:.1f})" if k in bw else "-")
+        lines.append(f"| {link} | {backend} {impl} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _rate(link):
+    from launch.testbed.nodes import rate_bits
+    return rate_bits(link) or 0
+
+
+def model_check(records, host_term=False):
+    """Fit the alpha-beta model to the medians of each (link, implementation) over every node count and size;
+    return (fits, rows): rows carry measured and predicted seconds and the relative error.
+    host_term: fit the model with the shared-host term too (costmodel.fit_alpha_beta_host)."""
+    med = medians(records, ("link", "backend", "impl", "nodes", "bytes"), "seconds")
+    fits, rows = {}, []
+    for group in sorted({k[:3] for k in med}):
+        pts = [{"n": k[3], "bytes": k[4], "seconds": v[0]} for k, v in med.items() if k[:3] == group]
+        fit = costmodel.fit_alpha_beta_host(pts) if host_term else costmodel.fit_alpha_beta(pts)
+        fits[group] = fit
+        for p in pts:
+            pred = costmodel.ring_time(p["n"], p["bytes"], fit["alpha"], fit["beta"], fit.get("host_beta", 0.0))
+            rows.append({"link": group[0], "impl": f"{group[1]} {group[2]}", "n": p["n"], "bytes": p["bytes"],
+                         "measured_s": p["seconds"], "predicted_s": pred, "error": pred / p["seconds"] - 1})
+    return fits, rows
+
+
+def model_table(records, host_term=False):
+    fits, rows = model_check(records, host_term)
+    lines = ["| link | implementation | alpha (us) | 1/beta (GB/s) |" + (" 1/host_beta (GB/s) |" if host_term else "")
+             + " worst error | points within 15% |",
+             "|---|---|---:|---:|" + ("---:|" if host_term else "") + "---:|---:|"]
+    for (link, backend, impl), fit in sorted(fits.items(), key=lambda kv: (_rate(kv[0][0]), kv[0][1:])):
+        errs = [r["error"] for r in rows if r["link"] == link and r["impl"] == f"{backend} {impl}"]
+        worst = max(errs, key=abs)
+        host = f" {1 / fit['host_beta'] / 1e9:.2f} |" if host_term and fit.get("host_beta") else (" - |" if host_term
+                                                                                                 else "")
+        lines.append(f"| {link} | {backend} {impl} | {fit['alpha'] * 1e6:.0f} | {1 / fit['beta'] / 1e9:.3f} |{host}"
+                     f" {worst:+.0%} | {sum(abs(e) <= 0.15 for e in errs)}/{len(errs)} |")
+    return "\n".join(lines)
+
+
+def model_points(records, host_term=False, sizes=(MiB, 16 * MiB)):
+    """Measured vs predicted milliseconds at a few sizes, every node count."""
+    _, rows = model_check(records, host_term)
+    lines = ["| link | implementation | nodes | size | measured ms | model ms | error |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (_rate(r["link"]), r["impl"], r["bytes"], r["n"])):
+        if r["bytes"] in sizes:
+            lines.append(f"| {r['link']} | {r['impl']} | {r['n']} | {_size(r['bytes'])} | {r['measured_s'] * 1e3:.1f} "
+                         f"| {r['predicted_s'] * 1e3:.1f} | {r['error']:+.0%} |")
+    return "\n".join(lines)
+
+
+def levers_table(rows):
+    """Per link and lever: efficiency, step time and bytes on node1's link per update (median [min-max])."""
+    keys = ("link", "lever")
+    eff, step = medians(rows, keys, "efficiency"), medians(rows, keys, "step_s")
+    sent = medians([r for r in rows if "link_bytes_per_update" in r], keys, "link_bytes_per_update")
+    order = ["1 worker"] + [r["lever"] for r in rows if r["lever"] != "1 worker"]
+    lines = ["| link | lever | efficiency (2 nodes) | step ms | link bytes / update |", "|---|---|---:|---:|---:|"]
+    for link, lever in sorted(eff, key=lambda k: (_rate(k[0]) if k[0] != "-" else 0, order.index(k[1]))):
+        k = (link, lever)
+        sent_text = f"{sent[k][0]:,.0f}" if k in sent else "-"
+        lines.append(f"| {link} | {lever} | {fmt(eff[k], 100, 1)}% | {fmt(step[k], 1e3, 1)} | {sent_text} |")
+    return "\n".join(lines)
+
+
+def recovered(rows, link="1gbit"):
+    """How much of the efficiency lost to communication the best lever wins back: (best lever, fraction)."""
+    eff = {k[1]: v[0] for k, v in medians(rows, ("link", "lever"), "efficiency").items() if k[0] == link}
+    lost = 1 - eff["none"]
+    best = max((k for k in eff if k != "none"), key=eff.get)
+    return best, (eff[best] - eff["none"]) / lost if lost > 0 else float("nan")
