@@ -4,8 +4,10 @@ Buffer (upper-case) calls on NumPy arrays throughout: no pickling on the trainin
 and nothing else; the worker runtime (output prefixes, abort on exception, BLAS threads) is installed by
 `world.join`.
 """
+import functools
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -24,6 +26,21 @@ HIERARCHICAL_MIN_BYTES = 0
 # The collectives the watchdog tells apart in its message (sent as a code with each arrival).
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "allgather_array", "barrier")
 _ARRIVE = 77
+
+
+def _collective(name):
+    """Method decorator for a collective: the watchdog's arrival check before it, and its deadline during it."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            self._enter(name)
+            self._inside = (self.arrivals, name, time.monotonic())
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._inside = None
+        return run
+    return wrap
 
 
 def _mpi():
@@ -64,14 +81,15 @@ class MPICommunicator(Communicator):
         self.transport = MPIRingTransport(self.comm)
         self.scratch = ring.Scratch()
         self.arrivals = 0                # collectives entered so far (the watchdog's sequence number)
+        self._inside, self._deadline = None, None     # (number, name, start) of the collective under way
         self.set_watchdog(watchdog_timeout)
         protocol.write_status(protocol.PID, self.rank, {"pid": os.getpid(), "host": MPI.Get_processor_name()})
 
     # -- collectives --------------------------------------------------------------------------------------
+    @_collective("allreduce")
     def allreduce_(self, buf, algorithm="auto", codec=None):
         if self.size == 1 or buf.size == 0:
             return buf
-        self._enter("allreduce")
         if codec is not None:
             return ring.ring_allreduce(buf, self.transport, self.scratch.get(buf, self.size), codec)
         if algorithm == "auto":
@@ -110,28 +128,50 @@ class MPICommunicator(Communicator):
             node.Bcast(buf, root=0)
         return buf
 
+    @_collective("broadcast")
     def broadcast_(self, buf, root=0):
-        self._enter("broadcast")
         self.comm.Bcast(buf, root=root)
         return buf
 
+    @_collective("allgather")
     def allgather(self, obj):
-        self._enter("allgather")
         return self.comm.allgather(obj)
 
+    @_collective("allgather_array")
     def allgather_array(self, mine, out):
-        self._enter("allgather_array")
         self.comm.Allgather(mine, out)
         return out
 
+    @_collective("barrier")
     def barrier(self):
-        self._enter("barrier")
         self.comm.Barrier()
 
     def abort(self, code=1):
         self.comm.Abort(code)
 
     # -- the stall watchdog -------------------------------------------------------------------------------
+    def set_watchdog(self, timeout):
+        super().set_watchdog(timeout)
+        if self.watchdog_timeout is not None and self._deadline is None and self.size > 1:
+            self._deadline = threading.Thread(target=self._watch_deadline, name="distnet-watchdog", daemon=True)
+            self._deadline.start()
+
+    def _watch_deadline(self):
+        """A collective that all ranks entered but that does not complete (a peer became unreachable in the
+        middle of it: MPI would wait forever) ends the job after the timeout, naming the ranks this one waits on:
+        its ring neighbours, or every other rank for MPI's own collectives."""
+        while True:
+            time.sleep(0.25)
+            inside, timeout = self._inside, self.watchdog_timeout
+            if inside is None or timeout is None or time.monotonic() - inside[2] <= timeout:
+                continue
+            number, name, _ = inside
+            others = [r for r in range(self.size) if r != self.rank]
+            if len(others) > 2:
+                others = f"{others} (ring neighbours: {(self.rank - 1) % self.size}, {(self.rank + 1) % self.size})"
+            self._stalled(f"collective #{number} ({name}) did not complete within {timeout:g} s; this rank waits "
+                          f"on rank(s) {others}: unreachable, or stalled inside the collective")
+
     def _enter(self, name):
         """Before every collective, when the watchdog is on: every rank reports its arrival (and which
         collective it is in) to rank 0, which names the ranks that do not arrive within the timeout; the others

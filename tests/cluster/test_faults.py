@@ -74,3 +74,44 @@ def test_a_node_losing_its_link_is_named_by_the_watchdog_and_nothing_hangs(tmp_p
                          r"\(allreduce\) within 3 s", log), log[-3000:]
         assert "first failure: rank 0 of 2: raised watchdog: rank(s) [1] did not reach" in log, log[-3000:]
         nothing_left(bed, timeout=30)          # node2's proxy ends once its link is back and mpiexec is gone
+
+
+INSIDE = """
+import sys, time
+import numpy as np
+import distnet
+comm = distnet.distributed.init("mpi", watchdog_timeout=3)
+buf = np.ones(8 << 20, np.float32)                   # 32 MiB: seconds on a 100 Mbit/s link
+comm.barrier()
+if comm.rank == 0:
+    open(sys.argv[1], "w").close()
+comm.allreduce_(buf, algorithm=sys.argv[2])
+print("SHOULD NOT FINISH", flush=True)
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algorithm", ["native", "ring"])
+def test_a_link_lost_inside_a_collective_ends_the_job_naming_the_peer(tmp_path, algorithm):
+    """All ranks entered the allreduce, then the link went down: MPI would wait forever; the watchdog's deadline
+    ends the job after its timeout and names the rank this one waits on."""
+    require_mpi()
+    job = tmp_path / "inside.py"
+    job.write_text(INSIDE)
+    with cluster_of(nodes=2, link="100mbit") as bed:
+        proc = start(bed, tmp_path, "-n", "2", str(job), str(tmp_path / "reached"), algorithm)
+        wait_for(tmp_path / "reached", proc)
+        time.sleep(0.5)
+        t0 = time.time()
+        bed.set_link("node2", up=False)
+        try:
+            rc = proc.wait(60)
+        finally:
+            elapsed = time.time() - t0
+            bed.set_link("node2", up=True)
+        log = (tmp_path / "launch.log").read_text()
+        assert rc != 0 and elapsed < 3 + 5, (rc, elapsed, log[-3000:])
+        assert re.search(r"\[rank 0/2\] distnet watchdog: collective #\d+ \(allreduce\) did not complete within 3 s; "
+                         r"this rank waits on rank\(s\) \[1\]", log), log[-3000:]
+        assert "SHOULD NOT FINISH" not in log
+        nothing_left(bed, timeout=30)

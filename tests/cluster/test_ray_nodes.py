@@ -74,6 +74,7 @@ def test_cnn_on_ray_across_two_nodes_matches_one_process(ray_cluster, tmp_path):
     need = result["gradient_bytes"] * result["steps"]            # the ring: each node sends a gradient per step
     for k in (0, 1):
         assert after[k]["tx"] - before[k]["tx"] > need, (k, after[k], before[k], need)
+    no_actors_left(bed)
 
 
 @pytest.mark.timeout(600)
