@@ -33,6 +33,18 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.05)
 
 
+def without_link(bed, node, proc, log, timeout=60):
+    """Take the node's link down until the job ends (or `timeout` s); (exit code, seconds it took, its log)."""
+    t0 = time.time()
+    bed.set_link(node, up=False)
+    try:
+        rc = proc.wait(timeout)
+    finally:
+        elapsed = time.time() - t0
+        bed.set_link(node, up=True)
+    return rc, elapsed, log.read_text()
+
+
 @pytest.mark.timeout(400)
 def test_a_node_whose_processes_all_die_is_restarted_and_training_resumes(tmp_path):
     require_mpi()
@@ -61,14 +73,7 @@ def test_a_node_losing_its_link_is_named_by_the_watchdog_and_nothing_hangs(tmp_p
         proc = start(bed, tmp_path, "-n", "2", "--threads", "1", JOB, str(tmp_path), *ARGS, "--slow-from", "6",
                      env={"DISTNET_WATCHDOG_TIMEOUT": "3"})
         wait_for(tmp_path / "reached", proc)
-        t0 = time.time()
-        bed.set_link("node2", up=False)
-        try:
-            rc = proc.wait(60)
-        finally:
-            elapsed = time.time() - t0
-            bed.set_link("node2", up=True)
-        log = (tmp_path / "launch.log").read_text()
+        rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
         assert rc != 0 and elapsed < 3 + 10, (rc, elapsed, log[-3000:])
         assert re.search(r"\[rank 0/2\] distnet watchdog: rank\(s\) \[1\] did not reach collective #\d+ "
                          r"\(allreduce\) within 3 s", log), log[-3000:]
@@ -102,14 +107,7 @@ def test_a_link_lost_inside_a_collective_ends_the_job_naming_the_peer(tmp_path, 
         proc = start(bed, tmp_path, "-n", "2", str(job), str(tmp_path / "reached"), algorithm)
         wait_for(tmp_path / "reached", proc)
         time.sleep(0.5)
-        t0 = time.time()
-        bed.set_link("node2", up=False)
-        try:
-            rc = proc.wait(60)
-        finally:
-            elapsed = time.time() - t0
-            bed.set_link("node2", up=True)
-        log = (tmp_path / "launch.log").read_text()
+        rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
         assert rc != 0 and elapsed < 3 + 5, (rc, elapsed, log[-3000:])
         assert re.search(r"\[rank 0/2\] distnet watchdog: collective #\d+ \(allreduce\) did not complete within 3 s; "
                          r"this rank waits on rank\(s\) \[1\]", log), log[-3000:]

@@ -14,6 +14,7 @@ import pytest
 
 from launch.testbed import ray_nodes
 from tests.cluster.conftest import ROOT, cluster_of
+from tests.cluster.test_faults import wait_for, without_link
 from tests.cluster.test_mpi_nodes import JOB, launch, one_process
 
 pytest.importorskip("ray")
@@ -175,7 +176,6 @@ def test_ray_group_survives_losing_every_process_of_a_node(ray_cluster, tmp_path
     proc = drive(bed, head, ref, 0, "none", *args, "--backup", str(ref / "backup"))
     assert proc.wait(300) == 0 and "DONE" in (ref / "driver.log").read_text(), (ref / "driver.log").read_text()
     proc = drive(bed, head, broken, 1, "none", *args, "--backup", str(broken / "backup"), "--slow-from", "8")
-    from tests.cluster.test_faults import wait_for
     wait_for(broken / "reached", proc)
     assert {(broken / f"rank{r}.host").read_text() for r in (0, 1)} == {f"{bed.prefix}-node1",
                                                                           f"{bed.prefix}-node2"}
@@ -193,17 +193,9 @@ def test_ray_group_survives_losing_every_process_of_a_node(ray_cluster, tmp_path
 def test_ray_timeout_names_the_rank_behind_a_dead_link(ray_cluster, tmp_path):
     bed, head = ray_cluster
     proc = drive(bed, head, tmp_path, 0, "5", "--samples", "640", "--epochs", "2", "--slow-from", "6")
-    from tests.cluster.test_faults import wait_for
     wait_for(tmp_path / "reached", proc, timeout=300)
     far = next(r for r in (0, 1) if (tmp_path / f"rank{r}.host").read_text() == f"{bed.prefix}-node2")
-    t0 = time.time()
-    bed.set_link("node2", up=False)
-    try:
-        proc.wait(60)
-    finally:
-        elapsed = time.time() - t0
-        bed.set_link("node2", up=True)
-    log = (tmp_path / "driver.log").read_text()
+    _, elapsed, log = without_link(bed, "node2", proc, tmp_path / "driver.log")
     line = next((ln for ln in log.splitlines() if ln.startswith("FAILED")), None)
     assert line is not None, log[-3000:]
     # the ring's wait gives up after 5 s; asking every actor how far it got takes up to 5 s more
