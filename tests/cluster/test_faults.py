@@ -1,48 +1,16 @@
 """Faults across emulated nodes under MPI: every process of a node killed mid-training (the job restarts and
 resumes: same weights as an uninterrupted run), and a node's link taken down mid-training (the watchdog names the
 unreachable rank within its timeout; nothing hangs, nothing is left)."""
-import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.cluster.conftest import ROOT, cluster_of
-from tests.cluster.test_mpi_nodes import JOB, launch, nothing_left
+from tests.cluster.conftest import JOB, cluster_of, launch, nothing_left, start, wait_for, without_link
 from tests.parallel.mpi_helpers import require_mpi
 
 ARGS = ["--samples", "640", "--epochs", "2"]
-
-
-def start(bed, out, *args, env=None):
-    """distnet-launch on the testbed in the background; returns the process (output in out/launch.log)."""
-    log = open(out / "launch.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "launch", "--testbed", "--testbed-name", bed.prefix, *args],
-                            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
-
-
-def wait_for(path, proc, timeout=120):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"the job ended before {path.name}: {(path.parent / 'launch.log').read_text()}"
-        assert time.time() < deadline, f"no {path} within {timeout} s"
-        time.sleep(0.05)
-
-
-def without_link(bed, node, proc, log, timeout=60):
-    """Take the node's link down until the job ends (or `timeout` s); (exit code, seconds it took, its log)."""
-    t0 = time.time()
-    bed.set_link(node, up=False)
-    try:
-        rc = proc.wait(timeout)
-    finally:
-        elapsed = time.time() - t0
-        bed.set_link(node, up=True)
-    return rc, elapsed, log.read_text()
 
 
 @pytest.mark.timeout(400)

@@ -3,45 +3,13 @@ links (counted), and the result equals one process's."""
 import json
 import os
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from launch import cli, mpi
-from tests.cluster.conftest import ROOT, cluster_of
+from tests.cluster.conftest import JOB, ROOT, cluster_of, launch, nothing_left, one_process
 from tests.parallel.mpi_helpers import require_mpi
-
-JOB = os.path.join(ROOT, "tests", "cluster", "cnn_job.py")
-
-
-def launch(bed, *args, timeout=240):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    try:
-        return subprocess.run([sys.executable, "-m", "launch", "--testbed", "--testbed-name", bed.prefix, *args],
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"distnet-launch {args} did not finish in {timeout}s: {e.stdout} {e.stderr}") from None
-
-
-def one_process(out, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, JOB, str(out), *args], capture_output=True, text=True, env=env,
-                         timeout=240, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return np.load(out / "weights.npy"), json.loads((out / "result.json").read_text())
-
-
-def nothing_left(bed, timeout=15):
-    """Every node runs only its init again (no proxy, rank or daemon left), within `timeout` seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        left = {n["name"]: len(bed.processes(n["name"])) - 1 for n in bed.nodes}
-        if not any(left.values()):
-            return True
-        time.sleep(0.2)
-    raise AssertionError(f"processes left on the nodes: {left}")
 
 
 @pytest.mark.timeout(300)

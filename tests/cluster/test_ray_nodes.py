@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 from launch.testbed import ray_nodes
-from tests.cluster.conftest import ROOT, cluster_of
-from tests.cluster.test_faults import wait_for, without_link
-from tests.cluster.test_mpi_nodes import JOB, launch, one_process
+from tests.cluster.conftest import JOB, ROOT, cluster_of, launch, one_process, wait_for, without_link
 
 pytest.importorskip("ray")
 pytest.importorskip("yaml")
