@@ -252,6 +252,12 @@ def cmd_cluster(args):
         print(report.levers_table(rows))
         best, share = report.recovered(rows)
         print(f"at 1gbit the best lever ({best}) recovers {share:.0%} of the efficiency lost to communication")
+    elif args.what == "hierarchical":
+        model = None
+        if args.model_from:
+            with open(args.model_from) as f:
+                model = json.load(f)["results"]
+        print(report.hierarchical_table(rows, model, memcpy_bandwidth()))
     else:
         print(report.allreduce_table(rows))
     if args.what == "allreduce":
@@ -323,6 +329,8 @@ def main(argv=None):
     cl.add_argument("--repeat", type=int, default=5)
     cl.add_argument("--plot", default=None, metavar="DIR", help="write the PNG plots here")
     cl.add_argument("--from-json", default=None, metavar="FILE", help="tables and plots of saved records; no run")
+    cl.add_argument("--model-from", default=None, metavar="FILE",
+                    help="hierarchical: predict from alpha/beta fitted on this `cluster allreduce --json` output")
     for s in (e, a, sc, m, al, cl):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)

@@ -96,3 +96,28 @@ def recovered(rows, link="1gbit"):
     lost = 1 - eff["none"]
     best = max((k for k in eff if k != "none"), key=eff.get)
     return best, (eff[best] - eff["none"]) / lost if lost > 0 else float("nan")
+
+
+def hierarchical_table(records, model_records=None, local_bw=8e9):
+    """Flat ring, native and hierarchical on 2 nodes x 2 workers by size; with `model_records` (the allreduce
+    measurement, one worker per node, same link rate) the model's predictions for the ring and hierarchical,
+    from alpha/beta fitted there and a local (shared-memory) bandwidth of `local_bw` bytes/s."""
+    ms = medians(records, ("impl", "bytes"), "seconds")
+    link = records[0]["link"]
+    fit = None
+    if model_records:
+        pts = [r for r in model_records if (r["link"], r["backend"], r["impl"]) == (link, "mpi", "ring")]
+        med = medians(pts, ("n", "bytes"), "seconds")
+        fit = costmodel.fit_alpha_beta([{"n": k[0], "bytes": k[1], "seconds": v[0]} for k, v in med.items()])
+    lines = ["| size | flat ring ms | MPI native ms | hierarchical ms | ring / hierarchical |"
+             + (" model: ring ms | model: hierarchical ms |" if fit else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if fit else "")]
+    for size in sorted({k[1] for k in ms}):
+        ring, native, hier = (ms[(impl, size)] for impl in ("ring", "native", "hierarchical"))
+        line = (f"| {_size(size)} | {fmt(ring, 1e3, 1)} | {fmt(native, 1e3, 1)} | {fmt(hier, 1e3, 1)} | "
+                f"{ring[0] / hier[0]:.2f}x |")
+        if fit:
+            line += (f" {costmodel.ring_time(4, size, fit['alpha'], fit['beta']) * 1e3:.1f} | "
+                     f"{costmodel.hierarchical_time(2, 2, size, fit['alpha'], fit['beta'], 1 / local_bw) * 1e3:.1f} |")
+        lines.append(line)
+    return "\n".join(lines)

@@ -25,6 +25,15 @@ def ring_time(n, nbytes, alpha, beta, host_beta=0.0):
     return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes * beta + 2 * (n - 1) * nbytes * host_beta
 
 
+def hierarchical_time(nodes, per_node, nbytes, alpha, beta, local_beta):
+    """Seconds of the hierarchical allreduce: a reduce and a broadcast inside each node (binary trees over shared
+    memory, local_beta seconds per byte per level), and a ring between the `nodes` leaders. Against a flat ring
+    over nodes * per_node ranks, whose slowest (network) hops carry 2(P-1)/P of the buffer in 2(P-1) messages,
+    the network part shrinks to 2(nodes-1)/nodes of the buffer in 2(nodes-1) messages."""
+    levels = int(np.ceil(np.log2(per_node))) if per_node > 1 else 0
+    return 2 * levels * nbytes * local_beta + ring_time(nodes, nbytes, alpha, beta)
+
+
 def _terms(r):
     n, m = r["n"], r["bytes"]
     return [2 * (n - 1), 2 * (n - 1) / n * m, 2 * (n - 1) * m]

@@ -44,6 +44,21 @@ def test_tables():
     assert "| 1gbit | bf16 | 80.0 [80.0-80.0]% | 40.0 [40.0-40.0] | 600,000 |" in cluster_report.levers_table(levers)
 
 
+def test_hierarchical_model_and_table():
+    a, b, local = 50e-6, 1 / 0.12e9, 1 / 8e9
+    m = 1 << 24
+    # 2 nodes x 2: a reduce and a broadcast of one level over shared memory, and a 2-leader ring
+    assert costmodel.hierarchical_time(2, 2, m, a, b, local) == pytest.approx(2 * m * local + 2 * a + m * b)
+    assert costmodel.hierarchical_time(2, 1, m, a, b, local) == costmodel.ring_time(2, m, a, b)
+    model = [{"link": "1gbit", "backend": "mpi", "impl": "ring", "repetition": 0, **r} for r in _records(a, b, 0)]
+    recs = [{"link": "1gbit", "impl": impl, "bytes": m, "repetition": k, "seconds": t}
+            for k in range(2) for impl, t in (("ring", 0.3), ("native", 0.35), ("hierarchical", 0.2))]
+    text = cluster_report.hierarchical_table(recs, model, 8e9)
+    ring_ms = costmodel.ring_time(4, m, a, b) * 1e3
+    assert (f"| 16 MiB | 300.0 [300.0-300.0] | 350.0 [350.0-350.0] | 200.0 [200.0-200.0] | 1.50x | {ring_ms:.1f} |"
+            in text)
+
+
 @pytest.mark.timeout(600)
 def test_distnet_bench_cluster_end_to_end(tmp_path):
     require_testbed()
