@@ -121,6 +121,12 @@ def cluster(rows, what, directory):
         return [_save(fig, os.path.join(directory, "cluster_levers.png"))]
     bw = medians(rows, ("link", "backend", "impl", "nodes", "bytes"), "busbw_GBps")
     links = list(dict.fromkeys(r["link"] for r in rows))
+    model = {}
+    if what == "allreduce":              # the cost model (with the shared-host term), as bus bandwidth
+        from .bench.cluster_report import model_check
+        for p in model_check(rows, host_term=True)[1]:
+            model[(p["link"], p["impl"], p["n"], p["bytes"])] = (p["bytes"] / p["predicted_s"] / 1e9
+                                                                 * 2 * (p["n"] - 1) / p["n"])
     fig, axes = plt.subplots(1, len(links), figsize=(6 * len(links), 4), squeeze=False)
     for ax, link in zip(axes[0], links):
         impls = sorted({k[1:3] for k in bw if k[0] == link})
@@ -134,8 +140,15 @@ def cluster(rows, what, directory):
                 keys = sorted((k for k in bw if k[:3] == (link, backend, impl) and k[4] == size), key=lambda k: k[3])
                 x, xlabel = [k[3] for k in keys], f"nodes ({size // 2**20} MiB buffer)"
             m = [bw[k] for k in keys]
-            ax.errorbar(x, [v[0] for v in m], yerr=[[v[0] - v[1] for v in m], [v[2] - v[0] for v in m]],
-                        marker="o", capsize=3, label=f"{backend} {impl}")
+            line = ax.errorbar(x, [v[0] for v in m], yerr=[[v[0] - v[1] for v in m], [v[2] - v[0] for v in m]],
+                               marker="o", capsize=3, label=f"{backend} {impl}")
+            if model and impl == "ring":
+                ax.plot(x, [model[(link, f"{backend} {impl}", k[3], k[4])] for k in keys], linestyle="--",
+                        color=line[0].get_color(), label=f"{backend} {impl}: model")
+            if what == "allreduce":
+                ax.set_xticks(x)
+        from .bench.cluster_report import _rate
+        ax.axhline(_rate(link) / 8e9, color="grey", lw=0.8, linestyle=":", label="line rate")
         ax.set_title(f"links {link}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("bus bandwidth (GB/s)")
