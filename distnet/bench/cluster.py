@@ -48,13 +48,14 @@ def testbed(nodes, slots=1, ray=False, progress=print):
         tb.down(prefix)
 
 
-def _mpi(bed, nodes, per_node, argv, timeout=1800):
+def _mpi(bed, nodes, per_node, argv, timeout=1800, env=None):
     """Run `python argv` as nodes x per_node MPI ranks on the testbed (Hydra through the testbed's agent)."""
     from launch import mpi
     hosts = [(n["address"], per_node) for n in bed.nodes[:nodes]]
     cmd = mpi.command(mpi.find_mpirun(), "hydra", nodes * per_node, hosts, [sys.executable, *argv],
                       ssh=bed.agent, iface=bed.bridge)
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=timeout, cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})},
+                         timeout=timeout, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
 
@@ -110,33 +111,41 @@ def allreduce(nodes=(2, 3, 4), links=("1gbit", "10gbit"), sizes=(1 << 16, 1 << 1
     return records
 
 
-def scaling_mpi(bed, nodes, per_node, compile_kw, steps, warmup, batch):
-    """One scaling record (weak scaling, `batch` samples per worker) with the bytes node1 sent per update."""
+def scaling_mpi(bed, nodes, per_node, compile_kw, steps, warmup, batch, alone=False):
+    """One scaling record (weak scaling, `batch` samples per worker) with the bytes node1 sent per update.
+    alone: every worker trains by itself (DISTNET_DISABLE=1), side by side: the same machine, no communication."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "record.json")
-        n = nodes * per_node
+        out = os.path.join(tmp, "record{rank}.json")
+        n = 1 if alone else nodes * per_node
         _mpi(bed, nodes, per_node, ["-m", "distnet.bench.scaling", "--worker", "cnn", str(batch * n), str(steps),
-                                    str(warmup), out, json.dumps(compile_kw), "eth0"])
-        with open(out) as f:
+                                    str(warmup), out, json.dumps(compile_kw), "eth0"],
+             env={"DISTNET_DISABLE": "1"} if alone else None)
+        with open(out.format(rank=0)) as f:
             return json.load(f)
 
 
 def levers(links=("1gbit", "10gbit"), names=tuple(LEVERS), repeat=5, steps=30, warmup=5, batch=32, progress=print):
-    """The CNN (32x32x3, `batch` per worker) on 2 nodes x 1 worker with each lever, against 1 worker on one node
-    measured in the same repetition: weak-scaling efficiency and bytes on the link per update."""
+    """The CNN (32x32x3, `batch` per worker) on 2 nodes x 1 worker with each lever, and in the same repetition
+    1 worker alone and 2 workers training side by side without communicating (the same contention for this
+    machine's 2 cores, no gradient exchange). efficiency: against 1 worker (weak scaling); comm_efficiency:
+    against the 2 workers that do not communicate, i.e. what communication alone costs."""
     rows = []
     with testbed(2, progress=progress) as (bed, _):
         for rep in range(repeat):
-            progress(f"cluster levers: repetition {rep + 1}/{repeat}: 1 worker ...")
-            base = scaling_mpi(bed, 1, 1, {}, steps, warmup, batch)
-            rows.append(dict(base, link="-", lever="1 worker", repetition=rep, efficiency=1.0))
+            progress(f"cluster levers: repetition {rep + 1}/{repeat}: 1 worker, 2 workers apart ...")
+            one = scaling_mpi(bed, 1, 1, {}, steps, warmup, batch)
+            apart = scaling_mpi(bed, 2, 1, {}, steps, warmup, batch, alone=True)
+            rows.append(dict(one, link="-", lever="1 worker", repetition=rep, efficiency=1.0))
+            rows.append(dict(apart, link="-", lever="2 workers, no communication", repetition=rep,
+                             efficiency=apart["samples_per_s"] / one["samples_per_s"], comm_efficiency=1.0))
             for link in links:
                 bed.set_rate(link)
                 for name in names:
                     progress(f"cluster levers: repetition {rep + 1}/{repeat}: {link}, {name} ...")
                     r = scaling_mpi(bed, 2, 1, LEVERS[name], steps, warmup, batch)
                     rows.append(dict(r, link=link, lever=name, repetition=rep,
-                                     efficiency=r["samples_per_s"] / (2 * base["samples_per_s"])))
+                                     efficiency=r["samples_per_s"] / (2 * one["samples_per_s"]),
+                                     comm_efficiency=r["samples_per_s"] / (2 * apart["samples_per_s"])))
     return rows
 
 

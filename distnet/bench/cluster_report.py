@@ -77,22 +77,29 @@ def model_points(records, host_term=False, sizes=(MiB, 16 * MiB)):
 
 
 def levers_table(rows):
-    """Per link and lever: efficiency, step time and bytes on node1's link per update (median [min-max])."""
+    """Per link and lever: efficiency against 1 worker and against 2 workers that do not communicate, step
+    time, and bytes on node1's link per update (median [min-max])."""
     keys = ("link", "lever")
     eff, step = medians(rows, keys, "efficiency"), medians(rows, keys, "step_s")
+    comm = medians([r for r in rows if "comm_efficiency" in r], keys, "comm_efficiency")
     sent = medians([r for r in rows if "link_bytes_per_update" in r], keys, "link_bytes_per_update")
-    order = ["1 worker"] + [r["lever"] for r in rows if r["lever"] != "1 worker"]
-    lines = ["| link | lever | efficiency (2 nodes) | step ms | link bytes / update |", "|---|---|---:|---:|---:|"]
+    order = list(dict.fromkeys(r["lever"] for r in rows))
+    lines = ["| link | lever | efficiency vs 1 worker | vs 2 workers apart | step ms | link bytes / update |",
+             "|---|---|---:|---:|---:|---:|"]
     for link, lever in sorted(eff, key=lambda k: (_rate(k[0]) if k[0] != "-" else 0, order.index(k[1]))):
         k = (link, lever)
         sent_text = f"{sent[k][0]:,.0f}" if k in sent else "-"
-        lines.append(f"| {link} | {lever} | {fmt(eff[k], 100, 1)}% | {fmt(step[k], 1e3, 1)} | {sent_text} |")
+        comm_text = f"{fmt(comm[k], 100, 1)}%" if k in comm else "-"
+        lines.append(f"| {link} | {lever} | {fmt(eff[k], 100, 1)}% | {comm_text} | {fmt(step[k], 1e3, 1)} | "
+                     f"{sent_text} |")
     return "\n".join(lines)
 
 
 def recovered(rows, link="1gbit"):
-    """How much of the efficiency lost to communication the best lever wins back: (best lever, fraction)."""
-    eff = {k[1]: v[0] for k, v in medians(rows, ("link", "lever"), "efficiency").items() if k[0] == link}
+    """How much of the efficiency lost to communication (against 2 workers that do not communicate) the best
+    lever wins back: (best lever, fraction)."""
+    eff = {k[1]: v[0] for k, v in medians([r for r in rows if "comm_efficiency" in r], ("link", "lever"),
+                                          "comm_efficiency").items() if k[0] == link}
     lost = 1 - eff["none"]
     best = max((k for k in eff if k != "none"), key=eff.get)
     return best, (eff[best] - eff["none"]) / lost if lost > 0 else float("nan")

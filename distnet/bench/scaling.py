@@ -69,9 +69,12 @@ def measure(model_name, global_batch, steps, warmup, compile_kw=None, link=None)
 
 
 def worker(model_name, global_batch, steps, warmup, out_path, compile_kw=None, link=None):
+    """out_path may hold '{rank}' (the launcher's rank): processes that each train alone (DISTNET_DISABLE=1)
+    then write one record each."""
+    from ..parallel import protocol
     record = measure(model_name, global_batch, steps, warmup, compile_kw, link)
     if record is not None:
-        with open(out_path, "w") as f:
+        with open(out_path.format(rank=protocol.rank_from_env()), "w") as f:
             json.dump(record, f)
 
 
