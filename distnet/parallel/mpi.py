@@ -21,11 +21,12 @@ from .communicator import Communicator
 RING_MIN_BYTES = 8 * 2**20
 # Several ranks per node on several nodes: 'auto' sums inside each node first from this size up (measured on the
 # emulated cluster, 2 nodes x 2 ranks at 1 Gbit/s: BENCHMARKS.md, "Many nodes").
-HIERARCHICAL_MIN_BYTES = 0
+HIERARCHICAL_MIN_BYTES = 8 * 2**20
 
 # The collectives the watchdog tells apart in its message (sent as a code with each arrival).
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "allgather_array", "barrier")
 _ARRIVE = 77
+_READY = 78
 
 
 def _collective(name):
@@ -78,6 +79,7 @@ class MPICommunicator(Communicator):
         self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
         self.num_nodes = self.comm.allreduce(1 if self.local_rank == 0 else 0)
         self.leader_transport = MPIRingTransport(self.leader_comm) if self.leader_comm is not None else None
+        self._ready = np.zeros(1, np.int8)
         self.transport = MPIRingTransport(self.comm)
         self.scratch = ring.Scratch()
         self.arrivals = 0                # collectives entered so far (the watchdog's sequence number)
@@ -125,6 +127,13 @@ class MPICommunicator(Communicator):
             self._flat(buf, "ring" if buf.nbytes >= RING_MIN_BYTES else "native", self.leader_comm,
                        self.leader_transport)
         if self.local_size > 1:
+            # While the leader talks to the other nodes the others only wait: they sleep until it says the sum is
+            # there (MPI would spin, taking cores from the leader's network stack when cores are few)
+            if self.local_rank == 0:
+                for peer in range(1, self.local_size):
+                    node.Send(self._ready, dest=peer, tag=_READY)
+            else:
+                _wait(node.Irecv(self._ready, source=0, tag=_READY).Test, float("inf"), max_pause=0.001)
             node.Bcast(buf, root=0)
         return buf
 
@@ -214,9 +223,9 @@ class MPICommunicator(Communicator):
         os._exit(3)
 
 
-def _wait(done, timeout):
+def _wait(done, timeout, max_pause=0.01):
     """Poll done() until it is true (return True) or `timeout` seconds pass (return False): spin briefly, then
-    sleep in growing steps, so a healthy step pays microseconds and a stalled one costs no CPU."""
+    sleep in growing steps (up to max_pause), so a healthy step pays microseconds and a stalled one no CPU."""
     start = time.perf_counter()
     pause = 0.0
     while not done():
@@ -224,6 +233,6 @@ def _wait(done, timeout):
         if waited > timeout:
             return False
         if waited > 1e-4:
-            pause = min(max(pause * 2, 1e-5), 0.01)
+            pause = min(max(pause * 2, 1e-5), max_pause)
             time.sleep(pause)
     return True
