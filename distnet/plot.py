@@ -106,7 +106,7 @@ def cluster(rows, what, directory):
     if what == "levers":
         eff = medians(rows, ("link", "lever"), "efficiency")
         links = [k for k in dict.fromkeys(r["link"] for r in rows) if k != "-"]
-        levers = [k for k in dict.fromkeys(r["lever"] for r in rows) if k != "1 worker"]
+        levers = list(dict.fromkeys(r["lever"] for r in rows if r["link"] != "-"))
         fig, ax = plt.subplots(figsize=(8, 4))
         width = 0.8 / len(links)
         for i, link in enumerate(links):

@@ -247,6 +247,9 @@ def cmd_cluster(args):
     else:
         rows = cluster.hierarchical(args.links.split(",")[0], [allreduce.parse_size(s) for s in args.sizes.split(",")],
                                     args.repeat, say)
+    if args.json:                        # saved first: a table or plot that fails must not lose a long run
+        with open(args.json, "w") as f:
+            json.dump({"results": rows}, f, indent=1)
     print("(a shared 2-core machine: medians [min-max] over repetitions run side by side)")
     if args.what == "levers":
         print(report.levers_table(rows))

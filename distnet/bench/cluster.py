@@ -143,7 +143,9 @@ def levers(links=("1gbit", "10gbit"), names=tuple(LEVERS), repeat=5, steps=30, w
                 for name in names:
                     progress(f"cluster levers: repetition {rep + 1}/{repeat}: {link}, {name} ...")
                     r = scaling_mpi(bed, 2, 1, LEVERS[name], steps, warmup, batch)
+                    b = r["breakdown_s"]      # per update, this run: waiting for the other worker + allreduce
                     rows.append(dict(r, link=link, lever=name, repetition=rep,
+                                     comm_share=(b.get("wait", 0.0) + b.get("allreduce", 0.0)) / r["step_s"],
                                      efficiency=r["samples_per_s"] / (2 * one["samples_per_s"]),
                                      comm_efficiency=r["samples_per_s"] / (2 * apart["samples_per_s"])))
     return rows

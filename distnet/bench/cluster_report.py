@@ -81,32 +81,32 @@ def model_points(records, host_term=False, sizes=(MiB, 16 * MiB)):
 
 
 def levers_table(rows):
-    """Per link and lever: efficiency against 1 worker and against 2 workers that do not communicate, step
-    time, and bytes on node1's link per update (median [min-max])."""
+    """Per link and lever: efficiency against 1 worker and against 2 workers that do not communicate, the share
+    of each update spent communicating (waiting for the other worker + allreduce, measured in the same run),
+    step time, and bytes on node1's link per update (median [min-max])."""
     keys = ("link", "lever")
     eff, step = medians(rows, keys, "efficiency"), medians(rows, keys, "step_s")
-    comm = medians([r for r in rows if "comm_efficiency" in r], keys, "comm_efficiency")
+    apart = medians([r for r in rows if "comm_efficiency" in r], keys, "comm_efficiency")
+    share = medians([r for r in rows if "comm_share" in r], keys, "comm_share")
     sent = medians([r for r in rows if "link_bytes_per_update" in r], keys, "link_bytes_per_update")
     order = list(dict.fromkeys(r["lever"] for r in rows))
-    lines = ["| link | lever | efficiency vs 1 worker | vs 2 workers apart | step ms | link bytes / update |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| link | lever | efficiency vs 1 worker | vs 2 workers apart | communicating (same run) | step ms | "
+             "link bytes / update |", "|---|---|---:|---:|---:|---:|---:|"]
     for link, lever in sorted(eff, key=lambda k: (_rate(k[0]) if k[0] != "-" else 0, order.index(k[1]))):
         k = (link, lever)
+        cells = [f"{fmt(m[k], 100, 1)}%" if k in m else "-" for m in (eff, apart, share)]
         sent_text = f"{sent[k][0]:,.0f}" if k in sent else "-"
-        comm_text = f"{fmt(comm[k], 100, 1)}%" if k in comm else "-"
-        lines.append(f"| {link} | {lever} | {fmt(eff[k], 100, 1)}% | {comm_text} | {fmt(step[k], 1e3, 1)} | "
-                     f"{sent_text} |")
+        lines.append(f"| {link} | {lever} | {' | '.join(cells)} | {fmt(step[k], 1e3, 1)} | {sent_text} |")
     return "\n".join(lines)
 
 
 def recovered(rows, link="1gbit"):
-    """How much of the efficiency lost to communication (against 2 workers that do not communicate) the best
-    lever wins back: (best lever, fraction)."""
-    eff = {k[1]: v[0] for k, v in medians([r for r in rows if "comm_efficiency" in r], ("link", "lever"),
-                                          "comm_efficiency").items() if k[0] == link}
-    lost = 1 - eff["none"]
-    best = max((k for k in eff if k != "none"), key=eff.get)
-    return best, (eff[best] - eff["none"]) / lost if lost > 0 else float("nan")
+    """How much of the time lost to communication (its share of each update, measured in the same run) the
+    best lever wins back: (best lever, fraction)."""
+    share = {k[1]: v[0] for k, v in medians([r for r in rows if "comm_share" in r], ("link", "lever"),
+                                            "comm_share").items() if k[0] == link}
+    best = min((k for k in share if k != "none"), key=share.get)
+    return best, (share["none"] - share[best]) / share["none"] if share["none"] > 0 else float("nan")
 
 
 def hierarchical_table(records, model_records=None, local_bw=8e9):

@@ -38,10 +38,10 @@ def test_tables():
     assert all(abs(r["error"]) < 1e-6 for r in rows)
     assert "9/9 |" in cluster_report.model_table(recs, host_term=True)
     levers = [{"link": "-", "lever": "1 worker", "efficiency": 1.0, "step_s": 0.03}] + [
-        {"link": "1gbit", "lever": lev, "efficiency": e / 2, "comm_efficiency": e, "step_s": 0.04,
-         "link_bytes_per_update": 6e5} for lev, e in (("none", 0.6), ("bf16", 0.8), ("topk 1%", 0.9))]
+        {"link": "1gbit", "lever": lev, "efficiency": e / 2, "comm_efficiency": e, "comm_share": 1 - e,
+         "step_s": 0.04, "link_bytes_per_update": 6e5} for lev, e in (("none", 0.6), ("bf16", 0.8), ("topk 1%", 0.9))]
     assert cluster_report.recovered(levers) == ("topk 1%", pytest.approx(0.75))
-    assert ("| 1gbit | bf16 | 40.0 [40.0-40.0]% | 80.0 [80.0-80.0]% | 40.0 [40.0-40.0] | 600,000 |"
+    assert ("| 1gbit | bf16 | 40.0 [40.0-40.0]% | 80.0 [80.0-80.0]% | 20.0 [20.0-20.0]% | 40.0 [40.0-40.0] | 600,000 |"
             in cluster_report.levers_table(levers))
 
 
