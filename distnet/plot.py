@@ -104,20 +104,23 @@ def cluster(rows, what, directory):
     from .bench.cluster import medians
     plt = _pyplot()
     if what == "levers":
-        eff = medians(rows, ("link", "lever"), "efficiency")
         links = [k for k in dict.fromkeys(r["link"] for r in rows) if k != "-"]
         levers = list(dict.fromkeys(r["lever"] for r in rows if r["link"] != "-"))
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         width = 0.8 / len(links)
-        for i, link in enumerate(links):
-            m = [eff[(link, lev)] for lev in levers]
-            xs = [j + i * width for j in range(len(levers))]
-            ax.bar(xs, [v[0] * 100 for v in m], width, label=link,
-                   yerr=[[(v[0] - v[1]) * 100 for v in m], [(v[2] - v[0]) * 100 for v in m]], capsize=3)
-        ax.set_xticks([j + width * (len(links) - 1) / 2 for j in range(len(levers))], levers, rotation=20)
-        ax.set_ylabel("weak-scaling efficiency, 2 nodes (%)")
-        ax.axhline(100, color="grey", lw=0.5)
-        ax.legend()
+        for ax, key, label in ((axes[0], "comm_share", "share of each update spent communicating (%)"),
+                               (axes[1], "efficiency", "weak-scaling efficiency vs 1 worker (%)")):
+            m = medians([r for r in rows if key in r and r["link"] != "-"], ("link", "lever"), key)
+            for i, link in enumerate(links):
+                v = [m[(link, lev)] for lev in levers]
+                ax.bar([j + i * width for j in range(len(levers))], [x[0] * 100 for x in v], width, label=link,
+                       yerr=[[(x[0] - x[1]) * 100 for x in v], [(x[2] - x[0]) * 100 for x in v]], capsize=3)
+            ax.set_xticks([j + width * (len(links) - 1) / 2 for j in range(len(levers))], levers, rotation=20)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend()
+        fig.suptitle("CNN on 2 emulated nodes (medians, bars: min-max over repetitions)")
+        fig.tight_layout()
         return [_save(fig, os.path.join(directory, "cluster_levers.png"))]
     bw = medians(rows, ("link", "backend", "impl", "nodes", "bytes"), "busbw_GBps")
     links = list(dict.fromkeys(r["link"] for r in rows))
