@@ -88,7 +88,7 @@ for alg in ("ring", "hierarchical"):
     comm.barrier()
     link[alg] = (sent() - before) / 5
 out = comm.allgather({"bad": bad, "local": [comm.local_rank, comm.local_size], "nodes": comm.num_nodes,
-                      "link": link, "auto": [comm.auto_algorithm(1 << 20), comm.auto_algorithm(16 << 20)]})
+                      "link": link, "auto": [comm.auto_algorithm(n) for n in (256 << 10, 1 << 20, 16 << 20)]})
 if comm.rank == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """
@@ -107,7 +107,7 @@ def test_hierarchical_allreduce_on_two_nodes_of_two_ranks(tmp_path):
         ranks = json.loads((tmp_path / "out.json").read_text())
         assert all(r["bad"] == [] for r in ranks), ranks
         assert [r["local"] for r in ranks] == [[0, 2], [1, 2], [0, 2], [1, 2]] and {r["nodes"] for r in ranks} == {2}
-        assert all(r["auto"] == ["native", "hierarchical"] for r in ranks)      # 1 MiB, 16 MiB
+        assert all(r["auto"] == ["hierarchical", "native", "ring"] for r in ranks)      # 256 KiB, 1 MiB, 16 MiB
         for r in ranks:
             mib = 4 * 2**20
             assert 1.4 * mib < r["link"]["ring"] < 1.7 * mib, r          # payload + TCP/IP headers
