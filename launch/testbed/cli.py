@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import nodes as tb
+from . import lifecycle, nodes as tb
 
 
 def parser():
@@ -67,13 +67,13 @@ def main(argv=None):
 
 def run(args):
     if args.command == "up":
-        bed = tb.up(args.nodes, args.link, args.prefix, args.subnet, args.slots, args.owner)
+        bed = lifecycle.up(args.nodes, args.link, args.prefix, args.subnet, args.slots, args.owner)
         print(describe(bed))
         return 0
     if args.command == "down":
         if args.when_gone and not _wait_for_owner(args.prefix, args.when_gone, args.id):
             return 0
-        removed = tb.down(args.prefix)
+        removed = lifecycle.down(args.prefix)
         print(f"removed: {', '.join(removed)}" if removed else f"nothing of testbed {args.prefix!r} was left")
         return 0
     bed = tb.Testbed.load(args.prefix)
