@@ -11,8 +11,8 @@ import sys
 import time
 
 from . import agent
-from .nodes import (_PREFIX, DEFAULT_PREFIX, DEFAULT_SUBNET, STATE_ROOT, TOOLS, Testbed, TestbedError,
-                    _kill_until_gone, _run, _state, rate_bits)
+from .nodes import (DEFAULT_PREFIX, DEFAULT_SUBNET, PREFIX_RE, STATE_ROOT, TOOLS, Testbed, TestbedError,
+                    kill_until_gone, process_state, rate_bits, run_tool)
 
 
 def problems():
@@ -36,14 +36,15 @@ def check_requirements():
 
 
 def _names_in_use():
-    links = {ln.split()[1].split("@")[0].rstrip(":") for ln in _run(["ip", "-o", "link"]).stdout.splitlines()}
-    spaces = {ln.split()[0] for ln in _run(["ip", "netns", "list"]).stdout.splitlines() if ln.strip()}
+    links = {ln.split()[1].split("@")[0].rstrip(":") for ln in run_tool(["ip", "-o", "link"]).stdout.splitlines()}
+    spaces = {ln.split()[0] for ln in run_tool(["ip", "netns", "list"]).stdout.splitlines() if ln.strip()}
     return links, spaces
 
 
 def _check_subnet(net):
     """Refuse a subnet that overlaps an address or route this machine already has."""
-    for line in _run(["ip", "-o", "addr"]).stdout.splitlines() + _run(["ip", "-o", "route"]).stdout.splitlines():
+    lines = run_tool(["ip", "-o", "addr"]).stdout.splitlines() + run_tool(["ip", "-o", "route"]).stdout.splitlines()
+    for line in lines:
         for word in line.split():
             try:
                 other = ipaddress.ip_network(word, strict=False)
@@ -57,7 +58,7 @@ def _check_subnet(net):
 def up(nodes=2, link="1gbit", prefix=DEFAULT_PREFIX, subnet=DEFAULT_SUBNET, slots=None, owner=None):
     """Create the testbed and return it; on any failure remove what was created and raise TestbedError."""
     check_requirements()
-    if not _PREFIX.match(str(prefix)):
+    if not PREFIX_RE.match(str(prefix)):
         raise TestbedError(f"prefix must be 1-8 lower-case letters or digits starting with a letter, received "
                            f"{prefix!r}")
     if not isinstance(nodes, int) or not 1 <= nodes <= 200:
@@ -95,18 +96,18 @@ def up(nodes=2, link="1gbit", prefix=DEFAULT_PREFIX, subnet=DEFAULT_SUBNET, slot
 
 
 def _create(bed, bits):
-    _run(["ip", "link", "add", bed.bridge, "type", "bridge"])
-    _run(["ip", "addr", "add", f"{bed.bridge_address}/{bed.prefixlen}", "dev", bed.bridge])
-    _run(["ip", "link", "set", bed.bridge, "up"])
+    run_tool(["ip", "link", "add", bed.bridge, "type", "bridge"])
+    run_tool(["ip", "addr", "add", f"{bed.bridge_address}/{bed.prefixlen}", "dev", bed.bridge])
+    run_tool(["ip", "link", "set", bed.bridge, "up"])
     here = os.path.dirname(os.path.abspath(__file__))
     for n in bed.nodes:
         ns = n["netns"]
-        _run(["ip", "netns", "add", ns])
-        _run(["ip", "link", "add", n["host_link"], "type", "veth", "peer", "name", "eth0", "netns", ns])
-        _run(["ip", "link", "set", n["host_link"], "master", bed.bridge, "up"])
-        _run(["ip", "-n", ns, "addr", "add", f"{n['address']}/{bed.prefixlen}", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run_tool(["ip", "netns", "add", ns])
+        run_tool(["ip", "link", "add", n["host_link"], "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run_tool(["ip", "link", "set", n["host_link"], "master", bed.bridge, "up"])
+        run_tool(["ip", "-n", ns, "addr", "add", f"{n['address']}/{bed.prefixlen}", "dev", "eth0"])
+        run_tool(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        run_tool(["ip", "-n", ns, "link", "set", "lo", "up"])
         node_dir = os.path.join(bed.state_dir, n["name"])
         home = os.path.join(node_dir, "home")
         os.makedirs(home)
@@ -155,7 +156,7 @@ def _reap_when_gone(bed, owner):
 def down(prefix=DEFAULT_PREFIX):
     """Remove testbed `prefix`: kill every process in its nodes, delete its links, namespaces, bridge and state.
     Works from the names alone when the state is lost. Returns what was removed."""
-    if not _PREFIX.match(str(prefix)):
+    if not PREFIX_RE.match(str(prefix)):
         raise TestbedError(f"no testbed can be named {prefix!r}")
     removed = []
     links, spaces = _names_in_use()
@@ -170,13 +171,13 @@ def down(prefix=DEFAULT_PREFIX):
     if killed:
         removed.append(f"{killed} process(es)")
     for link in sorted(v for v in links if re.fullmatch(rf"{prefix}-v\d+", v)):
-        _run(["ip", "link", "del", link], check=False)
+        run_tool(["ip", "link", "del", link], check=False)
         removed.append(link)
     for ns in ours:
-        _run(["ip", "netns", "del", ns], check=False)
+        run_tool(["ip", "netns", "del", ns], check=False)
         removed.append(ns)
     if f"{prefix}-br0" in links:
-        _run(["ip", "link", "del", f"{prefix}-br0"], check=False)
+        run_tool(["ip", "link", "del", f"{prefix}-br0"], check=False)
         removed.append(f"{prefix}-br0")
     state = os.path.join(STATE_ROOT, prefix)
     if os.path.isdir(state):
@@ -193,9 +194,9 @@ def _kill_in_netns(inodes):
         for p in os.listdir("/proc"):
             if p.isdigit() and int(p) != os.getpid():
                 try:
-                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes and _state(p) not in "ZX":
+                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes and process_state(p) not in "ZX":
                         out.append(int(p))
                 except OSError:
                     continue
         return out
-    return _kill_until_gone(found) if inodes else 0
+    return kill_until_gone(found) if inodes else 0

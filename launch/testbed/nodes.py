@@ -23,7 +23,7 @@ import uuid
 STATE_ROOT = os.environ.get("DISTNET_TESTBED_DIR", "/run/distnet-cluster")
 DEFAULT_PREFIX = "distnet"
 DEFAULT_SUBNET = "10.77.0.0/24"
-_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|tbit)$")
 _UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 TOOLS = ("ip", "tc", "unshare", "nsenter", "mount")
@@ -43,7 +43,7 @@ def rate_bits(rate):
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _run(argv, check=True):
+def run_tool(argv, check=True):
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and res.returncode != 0:
         raise TestbedError(f"`{' '.join(argv)}` failed (exit {res.returncode}): {res.stderr.strip()[-500:]}")
@@ -143,7 +143,7 @@ class Testbed:
         for p in os.listdir("/proc"):
             if p.isdigit():
                 try:
-                    if os.readlink(f"/proc/{p}/ns/pid") == mine and _state(p) not in "ZX":
+                    if os.readlink(f"/proc/{p}/ns/pid") == mine and process_state(p) not in "ZX":
                         out.append(int(p))
                 except OSError:
                     continue
@@ -153,25 +153,25 @@ class Testbed:
         """SIGKILL every process of the node except its init (a node whose processes all died, still up).
         Returns how many were killed."""
         init = self.init_pid(node)
-        return _kill_until_gone(lambda: [p for p in self.processes(node) if p != init])
+        return kill_until_gone(lambda: [p for p in self.processes(node) if p != init])
 
     def set_link(self, node, up):
         """Take the node's link down (carrier lost: nothing passes either way) or bring it back up."""
-        _run(["ip", "link", "set", self.node(node)["host_link"], "up" if up else "down"])
+        run_tool(["ip", "link", "set", self.node(node)["host_link"], "up" if up else "down"])
 
     def set_rate(self, rate):
         """Change the rate of every link (both directions), e.g. '10gbit', or 'none' for no shaping."""
         bits = rate_bits(rate)
         for n in self.nodes:
             for prefix, dev in ((["ip", "netns", "exec", n["netns"]], "eth0"), ([], n["host_link"])):
-                _run(prefix + ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+                run_tool(prefix + ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
                 if bits:
-                    _run(prefix + ["tc", "qdisc", "add", "dev", dev, "root", *_tbf(bits)])
+                    run_tool(prefix + ["tc", "qdisc", "add", "dev", dev, "root", *_tbf(bits)])
         self.link = rate
         self.save()
 
 
-def _state(pid):
+def process_state(pid):
     """A process's state letter (R, S, Z: zombie, ...); '' when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -191,7 +191,7 @@ def _tbf(bits):
     return ["tbf", "rate", f"{int(bits)}bit", "burst", str(burst), "latency", "20ms"]
 
 
-def _kill_until_gone(find, timeout=10):
+def kill_until_gone(find, timeout=10):
     """SIGKILL the pids find() returns until it returns none (or `timeout` s pass); how many were killed."""
     deadline, killed = time.monotonic() + timeout, set()
     while time.monotonic() < deadline:
