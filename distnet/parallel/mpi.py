@@ -19,6 +19,10 @@ from .communicator import Communicator
 # below ~4-8 MB; from 6 MB up our preallocated ring wins (1.2-1.4x at 16 MB, 2.3-2.5x at 64 MB, where native
 # allocates temporaries per call). auto = ring from 8 MB.
 RING_MIN_BYTES = 8 * 2**20
+# Across nodes with a worker count that is not a power of two, MPICH's Allreduce first exchanges whole buffers to
+# reach one (measured on 3 emulated nodes at 1 Gbit/s: 2.1x the ring's time at 1 MiB, 2.4x at 16 MiB, 1.6x at
+# 256 KiB; a tie at 64 KiB): the ring from this size.
+RING_ACROSS_NODES_MIN_BYTES = 256 * 2**10
 # Several ranks per node on several nodes: 'auto' sums inside each node first below this size. Measured on the
 # emulated cluster (2 nodes x 2 ranks, 1 Gbit/s links, 5 repetitions; BENCHMARKS.md, "Many nodes"): 1.6-2.3x
 # faster than the flat ring (1.3-1.6x than MPI's own) at 64-256 KiB, where 2 network messages replace 6; from
@@ -106,6 +110,8 @@ class MPICommunicator(Communicator):
         """What 'auto' runs for a buffer of nbytes (the same answer on every rank)."""
         if self.num_nodes > 1 and self.local_size > 1 and nbytes < HIERARCHICAL_MAX_BYTES:
             return "hierarchical"
+        if self.num_nodes > 1 and self.size & (self.size - 1) and nbytes >= RING_ACROSS_NODES_MIN_BYTES:
+            return "ring"
         return "ring" if nbytes >= RING_MIN_BYTES else "native"
 
     def _flat(self, buf, algorithm, comm, transport):

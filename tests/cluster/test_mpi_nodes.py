@@ -113,3 +113,19 @@ def test_hierarchical_allreduce_on_two_nodes_of_two_ranks(tmp_path):
             assert 1.4 * mib < r["link"]["ring"] < 1.7 * mib, r          # payload + TCP/IP headers
             assert 0.95 * mib < r["link"]["hierarchical"] < 1.15 * mib, r
         nothing_left(bed)
+
+
+@pytest.mark.timeout(120)
+def test_auto_takes_the_ring_across_three_nodes(tmp_path):
+    """MPICH's own allreduce on a worker count that is not a power of two moves whole buffers first: across
+    nodes, auto prefers the ring from 256 KiB (and stays native on one node, and below)."""
+    require_mpi()
+    job = tmp_path / "auto.py"
+    job.write_text("import json, sys\nimport distnet\nc = distnet.distributed.init('mpi')\n"
+                   "out = [c.num_nodes, [c.auto_algorithm(n) for n in (64 << 10, 1 << 20)]]\n"
+                   "json.dump(out, open(sys.argv[1] + f'/{c.rank}.json', 'w'))\n")
+    with cluster_of(nodes=3) as bed:
+        res = launch(bed, "-n", "3", str(job), str(tmp_path))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert all(json.loads((tmp_path / f"{r}.json").read_text()) == [3, ["native", "ring"]] for r in range(3))
+        nothing_left(bed)
