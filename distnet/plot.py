@@ -98,6 +98,68 @@ def allreduce(records, path):
     return _save(fig, path)
 
 
+def cluster(rows, what, directory):
+    """Plots of `distnet-bench cluster` (medians, bars from min to max over repetitions): bus bandwidth vs nodes
+    (allreduce, with the cost model's line), efficiency per lever (levers), bandwidth vs size (hierarchical)."""
+    from .bench.cluster import medians
+    plt = _pyplot()
+    if what == "levers":
+        links = [k for k in dict.fromkeys(r["link"] for r in rows) if k != "-"]
+        levers = list(dict.fromkeys(r["lever"] for r in rows if r["link"] != "-"))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        width = 0.8 / len(links)
+        for ax, key, label in ((axes[0], "comm_share", "share of each update spent communicating (%)"),
+                               (axes[1], "efficiency", "weak-scaling efficiency vs 1 worker (%)")):
+            m = medians([r for r in rows if key in r and r["link"] != "-"], ("link", "lever"), key)
+            for i, link in enumerate(links):
+                v = [m[(link, lev)] for lev in levers]
+                ax.bar([j + i * width for j in range(len(levers))], [x[0] * 100 for x in v], width, label=link,
+                       yerr=[[(x[0] - x[1]) * 100 for x in v], [(x[2] - x[0]) * 100 for x in v]], capsize=3)
+            ax.set_xticks([j + width * (len(links) - 1) / 2 for j in range(len(levers))], levers, rotation=20)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend()
+        fig.suptitle("CNN on 2 emulated nodes (medians, bars: min-max over repetitions)")
+        fig.tight_layout()
+        return [_save(fig, os.path.join(directory, "cluster_levers.png"))]
+    bw = medians(rows, ("link", "backend", "impl", "nodes", "bytes"), "busbw_GBps")
+    links = list(dict.fromkeys(r["link"] for r in rows))
+    model = {}
+    if what == "allreduce":              # the cost model (with the shared-host term), as bus bandwidth
+        from .bench.cluster_report import model_check
+        for p in model_check(rows, host_term=True)[1]:
+            model[(p["link"], p["impl"], p["n"], p["bytes"])] = (p["bytes"] / p["predicted_s"] / 1e9
+                                                                 * 2 * (p["n"] - 1) / p["n"])
+    fig, axes = plt.subplots(1, len(links), figsize=(6 * len(links), 4), squeeze=False)
+    for ax, link in zip(axes[0], links):
+        impls = sorted({k[1:3] for k in bw if k[0] == link})
+        for backend, impl in impls:
+            if what == "hierarchical":
+                keys = sorted((k for k in bw if k[:3] == (link, backend, impl)), key=lambda k: k[4])
+                x, xlabel = [k[4] for k in keys], "buffer bytes"
+                ax.set_xscale("log", base=2)
+            else:
+                size = max(k[4] for k in bw)
+                keys = sorted((k for k in bw if k[:3] == (link, backend, impl) and k[4] == size), key=lambda k: k[3])
+                x, xlabel = [k[3] for k in keys], f"nodes ({size // 2**20} MiB buffer)"
+            m = [bw[k] for k in keys]
+            line = ax.errorbar(x, [v[0] for v in m], yerr=[[v[0] - v[1] for v in m], [v[2] - v[0] for v in m]],
+                               marker="o", capsize=3, label=f"{backend} {impl}")
+            if model and impl == "ring":
+                ax.plot(x, [model[(link, f"{backend} {impl}", k[3], k[4])] for k in keys], linestyle="--",
+                        color=line[0].get_color(), label=f"{backend} {impl}: model")
+            if what == "allreduce":
+                ax.set_xticks(x)
+        from .bench.cluster_report import _rate
+        ax.axhline(_rate(link) / 8e9, color="grey", lw=0.8, linestyle=":", label="line rate")
+        ax.set_title(f"links {link}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("bus bandwidth (GB/s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return [_save(fig, os.path.join(directory, f"cluster_{what}.png"))]
+
+
 def _save(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,14 +1,24 @@
 """distnet-launch command line."""
 import argparse
 import os
+import re
 import shlex
 import sys
+import tempfile
 
 from distnet.parallel import protocol
 
 from . import hosts as hosts_mod
 from . import mpi
 from .run import Job, run_once, run_with_restarts, say
+from .testbed import Testbed, TestbedError
+
+
+def _testbed(name):
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", name):
+        raise mpi.LaunchError(f"--testbed-name takes a testbed name (as in distnet-cluster up --prefix NAME), "
+                              f"received {name!r}")
+    return Testbed.load(name)
 
 
 def parser():
@@ -23,6 +33,17 @@ def parser():
     where.add_argument("--hosts", help="comma-separated host:slots, e.g. a:4,b:4")
     where.add_argument("--hostfile", help="Open MPI-style hostfile: one 'host slots=N' per line")
     where.add_argument("--cluster", help="a Ray cluster.yaml (provider.type local): its head_ip and worker_ips")
+    where.add_argument("--testbed", action="store_true",
+                       help="the emulated cluster of `distnet-cluster up`: its hostfile, ssh stand-in and bridge; "
+                            "with --backend ray, its Ray head (distnet-cluster ray-up)")
+    p.add_argument("--testbed-name", default="distnet", metavar="NAME",
+                   help="which testbed (distnet-cluster up --prefix NAME); default distnet")
+    p.add_argument("--ssh", default=None, metavar="COMMAND",
+                   help="how to reach the hosts (MPI), e.g. 'ssh -p 2222' or a path (default: ssh)")
+    p.add_argument("--iface", default=None, help="network interface between the hosts, e.g. eth1 (MPI)")
+    p.add_argument("--network", choices=mpi.NETWORKS, default="auto",
+                   help="MPI transports: auto; tcp (TCP between hosts, e.g. to measure a TCP network); tcp-only "
+                        "(TCP between co-located ranks too)")
     p.add_argument("--slots-per-host", type=int, default=None, help="slots of each cluster.yaml host")
     p.add_argument("--backend", choices=["mpi", "ray"], default="mpi",
                    help="mpi (mpirun) or ray (workers as Ray actors); default mpi")
@@ -46,7 +67,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         return launch(args)
-    except (mpi.LaunchError, hosts_mod.HostSpecError) as e:
+    except (mpi.LaunchError, hosts_mod.HostSpecError, TestbedError) as e:
         print(f"distnet-launch: error: {e}", file=sys.stderr)
         return 2
     except protocol.Interrupted as e:      # Ctrl-C, SIGTERM, SIGHUP: the job is stopped and cleaned up
@@ -55,6 +76,10 @@ def main(argv=None):
 
 
 def resolve_hosts(args):
+    if args.testbed and args.backend == "mpi":
+        bed = _testbed(args.testbed_name)
+        args.ssh, args.iface = args.ssh or bed.agent, args.iface or bed.bridge
+        return hosts_mod.parse_hostfile(bed.hostfile)
     if args.hosts:
         return hosts_mod.parse_hosts(args.hosts)
     if args.hostfile:
@@ -77,8 +102,8 @@ def program(args):
 def launch(args):
     hosts = resolve_hosts(args)
     slots = hosts_mod.total_slots(hosts) if hosts else None
-    if args.backend == "ray" and args.cluster and args.n is None:
-        raise mpi.LaunchError("with --backend ray and --cluster, give the number of workers with -n")
+    if args.backend == "ray" and (args.cluster or args.testbed) and args.n is None:
+        raise mpi.LaunchError("with --backend ray and --cluster/--testbed, give the number of workers with -n")
     n = args.n if args.n is not None else (slots or 1)
     if n < 1:
         raise mpi.LaunchError(f"-n must be at least 1, received {n}")
@@ -101,13 +126,18 @@ def launch(args):
     launch_dir_placeholder = "<temporary status directory>"
     env_preview = mpi.worker_env(os.environ, kind, threads, launch_dir_placeholder, 0)
     supervised = [args.python, "-m", "launch.supervise", "--", *prog]      # one supervisor per rank
-    cmd = mpi.command(mpirun, kind, n, hosts, supervised, env_names=sorted(env_preview))
-    if args.dry_run:
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
-                               if k not in (protocol.LAUNCH_DIR, protocol.RESTART_COUNT))
-        print(f"{assignments} {shlex.join(cmd)}")
-        return 0
-    return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)
+    with tempfile.TemporaryDirectory(prefix="distnet-launch-ssh-") as tmp:
+        ssh = mpi.ssh_wrapper(args.ssh, tmp) if args.ssh and kind == "hydra" else args.ssh
+        cmd = mpi.command(mpirun, kind, n, hosts, supervised, env_names=sorted(env_preview), ssh=ssh,
+                          iface=args.iface, network=args.network)
+        if args.dry_run:
+            assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
+                                   if k not in (protocol.LAUNCH_DIR, protocol.RESTART_COUNT))
+            print(f"{assignments} {shlex.join(cmd)}")
+            if ssh != args.ssh:
+                print(f"# {ssh}: a script that runs {args.ssh} \"$@\"")
+            return 0
+        return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)
 
 
 def launch_ray(args, n, prog):
@@ -120,16 +150,22 @@ def launch_ray(args, n, prog):
         raise mpi.LaunchError("--backend ray runs script files; -m module is not supported there")
     cmd = [args.python, "-m", "distnet.parallel.ray.job", "-n", str(n), "--max-failures", str(args.max_restarts)]
     address = args.address or (hosts_mod.cluster_head_address(args.cluster) if args.cluster else None)
+    head = None
+    if args.testbed:
+        # the driver runs on the head node (as under `ray job submit`): Ray wants a raylet on the driver's node
+        head = _testbed(args.testbed_name).node(1)["address"]
+        address = address or f"{head}:6379"
     if address:
         cmd += ["--address", address]
     if args.threads:
         cmd += ["--cpus-per-worker", str(args.threads)]
     cmd += prog[1:]
+    if head:
+        cmd = [_testbed(args.testbed_name).agent, head, shlex.join(cmd)]
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
     import signal
-    import tempfile
     with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
         env = {"PYTHONUNBUFFERED": "1", protocol.LAUNCH_DIR: launch_dir}
         # the driver stops the group, the actors and its private Ray instance on SIGINT (within a few seconds)

@@ -50,11 +50,8 @@ def parse_hostfile(path):
     return _merge(hosts)
 
 
-def parse_cluster_yaml(path, slots_per_host=None):
-    """Hosts of a Ray cluster-launcher config with the local provider: head_ip then worker_ips.
-
-    Slots per host: `slots_per_host` if given, else the CPU count the file declares for its nodes
-    (available_node_types.<type>.resources.CPU), else 1."""
+def load_cluster_yaml(path):
+    """The mapping a Ray cluster config holds; HostSpecError naming the file when it cannot be read."""
     try:
         import yaml
     except ImportError as e:
@@ -68,6 +65,15 @@ def parse_cluster_yaml(path, slots_per_host=None):
             raise HostSpecError(f"cluster file {path!r} is not valid YAML: {e}") from e
     if not isinstance(config, dict):
         raise HostSpecError(f"cluster file {path!r} must hold a mapping, found {type(config).__name__}")
+    return config
+
+
+def parse_cluster_yaml(path, slots_per_host=None):
+    """Hosts of a Ray cluster-launcher config with the local provider: head_ip then worker_ips.
+
+    Slots per host: `slots_per_host` if given, else the CPU count the file declares for its nodes
+    (available_node_types.<type>.resources.CPU), else 1."""
+    config = load_cluster_yaml(path)
     provider = config.get("provider")
     if not isinstance(provider, dict) or provider.get("type") != "local":
         raise HostSpecError(f"cluster file {path!r}: distnet-launch reads clusters with provider.type 'local' "
@@ -89,11 +95,8 @@ def parse_cluster_yaml(path, slots_per_host=None):
 
 def cluster_head_address(path):
     """host:port of the Ray head a cluster.yaml describes (the --port of its head start command, else 6379)."""
-    import re
-    import yaml
     head = parse_cluster_yaml(path)[0][0]
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    config = load_cluster_yaml(path)
     commands = " ".join(str(c) for c in config.get("head_start_ray_commands") or [])
     port = re.search(r"--port[= ](\d+)", commands)
     return f"{head}:{port.group(1) if port else 6379}"

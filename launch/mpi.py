@@ -53,14 +53,60 @@ def worker_env(base, kind, threads, launch_dir, restart):
     return env
 
 
-def command(mpirun, kind, n, hosts, program, env_names=()):
-    """The mpirun argv for n workers on `hosts` ([(host, slots)] or None for this machine)."""
+NETWORKS = ("auto", "tcp", "tcp-only")
+
+
+def command(mpirun, kind, n, hosts, program, env_names=(), ssh=None, iface=None, network="auto"):
+    """The mpirun argv for n workers on `hosts` ([(host, slots)] or None for this machine).
+
+    ssh: the program that reaches the hosts (one executable path; see ssh_wrapper for a command with options).
+    iface: the network interface the launcher and the workers use between hosts.
+    network: 'auto' (MPI's choice), 'tcp' (between hosts over TCP sockets, not RDMA or UCX's shared-memory
+    transports; co-located ranks still use shared memory), 'tcp-only' (every pair over TCP, co-located too)."""
+    if network not in NETWORKS:
+        raise LaunchError(f"--network must be one of {', '.join(NETWORKS)}, received {network!r}")
     cmd = [mpirun, "-n", str(n)]
     if hosts:
         spec = ",".join(f"{h}:{s}" for h, s in hosts)
         cmd += ["-hosts", spec] if kind == "hydra" else ["--host", spec]
-    if kind == "openmpi":
+    if kind == "hydra":
+        cmd += ["-launcher", "ssh", "-launcher-exec", ssh] if ssh else []
+        cmd += ["-iface", iface] if iface else []
+        for name, value in network_env(network).items():
+            cmd += ["-genv", name, value]
+    else:
+        cmd += ["--mca", "plm_rsh_agent", ssh] if ssh else []
+        cmd += ["--mca", "btl_tcp_if_include", iface, "--mca", "oob_tcp_if_include", iface] if iface else []
+        if network != "auto":
+            cmd += ["--mca", "pml", "ob1", "--mca", "btl", "tcp,self" if network == "tcp-only" else "tcp,self,vader"]
         cmd += ["--oversubscribe"] if not hosts else []
         for name in env_names:                # Open MPI forwards only the variables named with -x
             cmd += ["-x", name]
     return cmd + list(program)
+
+
+def network_env(network):
+    """MPICH's settings for --network: UCX (the mpich wheel's netmod) over TCP only; NOLOCAL: no shared memory
+    between co-located ranks either."""
+    env = {}
+    if network in ("tcp", "tcp-only"):
+        env["UCX_TLS"] = "tcp,self"
+    if network == "tcp-only":
+        env["MPIR_CVAR_NOLOCAL"] = "1"
+    return env
+
+
+def ssh_wrapper(ssh, directory):
+    """`ssh` as one executable: itself when it is one word, else a script in `directory` that runs the command
+    with its options (Hydra's -launcher-exec takes a path, not a command line)."""
+    import shlex
+    words = shlex.split(ssh)
+    if not words:
+        raise LaunchError("--ssh needs a command, e.g. --ssh 'ssh -p 2222', received an empty string")
+    if len(words) == 1:
+        return words[0]
+    path = os.path.join(directory, "ssh")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\n# distnet-launch --ssh {shlex.quote(ssh)}\nexec {shlex.join(words)} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path

@@ -3,6 +3,7 @@
     distnet-bench engine    [--model mlp,cnn] [--batch 32] [--threads 1]
     distnet-bench allreduce -n 2,4 [--sizes 4K,1M,16M,64M]
     distnet-bench data      --size-mb 200 -n 2 --rank 0 [--batch 256] [--steps 50] [--io-threads 1,4]
+    distnet-bench cluster allreduce|levers|hierarchical [--repeat 5]    (across emulated nodes; root)
 All subcommands take --json FILE to write the records as {"results": [...]}.
 """
 import argparse
@@ -261,6 +262,51 @@ def cmd_all(args):
     return rows
 
 
+def cmd_cluster(args):
+    """Across emulated nodes (a testbed of its own): see distnet/bench/cluster.py."""
+    from . import cluster, cluster_report as report
+
+    def say(message):
+        print(message, file=sys.stderr)
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)["results"]
+    elif args.what == "allreduce":
+        rows = cluster.allreduce(args.nodes, args.links.split(","), [allreduce.parse_size(s) for s in
+                                 args.sizes.split(",")], args.backend.split(","), args.repeat, say)
+    elif args.what == "levers":
+        rows = cluster.levers(args.links.split(","), repeat=args.repeat, steps=args.steps, progress=say)
+    else:
+        rows = cluster.hierarchical(args.links.split(",")[0], [allreduce.parse_size(s) for s in args.sizes.split(",")],
+                                    args.repeat, say)
+    if args.json:                        # saved first: a table or plot that fails must not lose a long run
+        with open(args.json, "w") as f:
+            json.dump({"results": rows}, f, indent=1)
+    print("(a shared 2-core machine: medians [min-max] over repetitions run side by side)")
+    if args.what == "levers":
+        print(report.levers_table(rows))
+        best, share = report.recovered(rows)
+        print(f"at 1gbit the best lever ({best}) recovers {share:.0%} of the efficiency lost to communication")
+    elif args.what == "hierarchical":
+        model = None
+        if args.model_from:
+            with open(args.model_from) as f:
+                model = json.load(f)["results"]
+        print(report.hierarchical_table(rows, model, memcpy_bandwidth()))
+    else:
+        print(report.allreduce_table(rows))
+    if args.what == "allreduce":
+        for host in (False, True):
+            print(f"\ncost model{' with the shared-host term' if host else ''}:")
+            print(report.model_table(rows, host))
+            print(report.model_points(rows, host))
+    if args.plot:
+        from .. import plot
+        for path in plot.cluster(rows, args.what, args.plot):
+            print(f"wrote {path}")
+    return rows
+
+
 def _has_ray():
     try:
         import ray  # noqa: F401
@@ -323,11 +369,25 @@ def main(argv=None):
     al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
     al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
     al.add_argument("--steps", type=int, default=20)
-    for s in (e, a, sc, m, d, el, al):
+    cl = sub.add_parser("cluster", help="across emulated nodes (root, network namespaces): allreduce, levers, "
+                                         "hierarchical")
+    cl.add_argument("what", choices=["allreduce", "levers", "hierarchical"])
+    cl.add_argument("--nodes", type=_ints, default=[2, 3, 4], help="node counts (allreduce)")
+    cl.add_argument("--links", default="1gbit,10gbit", help="link rates (hierarchical: the first)")
+    cl.add_argument("--sizes", default="64K,256K,1M,4M,16M")
+    cl.add_argument("--backend", default="mpi,ray", help="allreduce: mpi, ray or both")
+    cl.add_argument("--steps", type=int, default=30, help="levers: timed steps per run")
+    cl.add_argument("--repeat", type=int, default=5)
+    cl.add_argument("--plot", default=None, metavar="DIR", help="write the PNG plots here")
+    cl.add_argument("--from-json", default=None, metavar="FILE", help="tables and plots of saved records; no run")
+    cl.add_argument("--model-from", default=None, metavar="FILE",
+                    help="hierarchical: predict from alpha/beta fitted on this `cluster allreduce --json` output")
+    for s in (e, a, sc, m, d, el, al, cl):
         s.add_argument("--json", default=None, help="write the records to this file")
     args = p.parse_args(argv)
     rows = {"engine": cmd_engine, "allreduce": cmd_allreduce, "scaling": cmd_scaling,
-            "memory": cmd_memory, "data": cmd_data, "elastic": cmd_elastic, "all": cmd_all}[args.command](args)
+            "memory": cmd_memory, "data": cmd_data, "elastic": cmd_elastic, "all": cmd_all,
+            "cluster": cmd_cluster}[args.command](args)
     if args.command == "all" and not args.json:
         args.json = os.path.join(args.out, "results.json")
     if args.json:

@@ -16,21 +16,62 @@ NETWORKS = {
 COMPRESSION = {None: 1.0, "none": 1.0, "fp16": 0.5, "bf16": 0.5}
 
 
-def ring_time(n, nbytes, alpha, beta):
+def ring_time(n, nbytes, alpha, beta, host_beta=0.0):
+    """Seconds of a ring allreduce. host_beta: seconds per byte that ALL workers together send, for workers that
+    share one machine's CPUs for their network stack (the emulated cluster: 2(n-1)*m bytes cross its links per
+    allreduce); 0 for real nodes, whose network stacks run side by side."""
     if n <= 1:
         return 0.0
-    return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes * beta
+    return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes * beta + 2 * (n - 1) * nbytes * host_beta
+
+
+def hierarchical_time(nodes, per_node, nbytes, alpha, beta, local_beta):
+    """Seconds of the hierarchical allreduce: a reduce and a broadcast inside each node (binary trees over shared
+    memory, local_beta seconds per byte per level), and a ring between the `nodes` leaders. Against a flat ring
+    over nodes * per_node ranks, whose slowest (network) hops carry 2(P-1)/P of the buffer in 2(P-1) messages,
+    the network part shrinks to 2(nodes-1)/nodes of the buffer in 2(nodes-1) messages."""
+    levels = int(np.ceil(np.log2(per_node))) if per_node > 1 else 0
+    return 2 * levels * nbytes * local_beta + ring_time(nodes, nbytes, alpha, beta)
+
+
+def _terms(r):
+    n, m = r["n"], r["bytes"]
+    return [2 * (n - 1), 2 * (n - 1) / n * m, 2 * (n - 1) * m]
+
+
+def _nonnegative_fit(rows, columns):
+    """Least squares over `columns` of the terms with every coefficient >= 0 (the best over column subsets)."""
+    import itertools
+    t = np.array([r["seconds"] for r in rows])
+    best = None
+    for k in range(len(columns), 0, -1):
+        for subset in itertools.combinations(columns, k):
+            a = np.array([[_terms(r)[c] for c in subset] for r in rows])
+            coef, *_ = np.linalg.lstsq(a, t, rcond=None)
+            if (coef < 0).any():
+                continue
+            err = float(np.sum(((a @ coef) - t) ** 2 / t ** 2))      # relative: small and large buffers alike
+            if best is None or err < best[0]:
+                best = (err, dict(zip(subset, map(float, coef))))
+    return [best[1].get(c, 0.0) for c in range(3)]
 
 
 def fit_alpha_beta(records):
-    """Least-squares alpha, beta from allreduce records (n, bytes, seconds) of one implementation."""
-    rows = [(2 * (r["n"] - 1), 2 * (r["n"] - 1) / r["n"] * r["bytes"], r["seconds"]) for r in records if r["n"] > 1]
+    """Least-squares alpha, beta (>= 0) from allreduce records (n, bytes, seconds) of one implementation."""
+    rows = [r for r in records if r["n"] > 1]
     if len(rows) < 2:
         raise ValueError(f"fitting alpha and beta needs allreduce measurements at 2+ sizes, received {len(rows)}")
-    a = np.array([[x, y] for x, y, _ in rows])
-    t = np.array([s for _, _, s in rows])
-    (alpha, beta), *_ = np.linalg.lstsq(a, t, rcond=None)
-    return {"alpha": max(float(alpha), 0.0), "beta": max(float(beta), 1e-15)}
+    alpha, beta, _ = _nonnegative_fit(rows, (0, 1))
+    return {"alpha": alpha, "beta": max(beta, 1e-15)}
+
+
+def fit_alpha_beta_host(records):
+    """alpha, beta and host_beta (see ring_time) from records at 2+ worker counts and 2+ sizes."""
+    rows = [r for r in records if r["n"] > 1]
+    if len({r["n"] for r in rows}) < 2 or len({r["bytes"] for r in rows}) < 2:
+        raise ValueError("fitting the shared-host term needs allreduce measurements at 2+ worker counts and sizes")
+    alpha, beta, host_beta = _nonnegative_fit(rows, (0, 1, 2))
+    return {"alpha": alpha, "beta": max(beta, 1e-15), "host_beta": host_beta}
 
 
 def parse_network(spec):

@@ -12,11 +12,32 @@ import subprocess
 import sys
 import tempfile
 
+from .. import callbacks
 from .allreduce import mpirun
 
 
-def measure(model_name, global_batch, steps, warmup, compile_kw=None):
-    """Inside a worker (MPI rank or Ray actor): fit one epoch on synthetic data, return rank 0's record."""
+class LinkBytes(callbacks.Callback):
+    """Bytes this machine (node) sends on network interface `iface` from batch `start` to the end of fit."""
+
+    def __init__(self, iface, start):
+        super().__init__()
+        self.iface, self.start, self.first, self.last = iface, start, None, None
+
+    def read(self):
+        with open(f"/sys/class/net/{self.iface}/statistics/tx_bytes") as f:
+            return int(f.read())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.start:
+            self.first = self.read()
+
+    def on_train_end(self, logs=None):
+        self.last = self.read()
+
+
+def measure(model_name, global_batch, steps, warmup, compile_kw=None, link=None):
+    """Inside a worker (MPI rank or Ray actor): fit one epoch on synthetic data, return rank 0's record.
+    link: a network interface whose sent bytes per update (during the timed steps) the record reports."""
     from .. import distributed
     from ..timeline import Timeline
     from . import engine
@@ -27,7 +48,9 @@ def measure(model_name, global_batch, steps, warmup, compile_kw=None):
     x, y = engine.synthetic_data(model_name, global_batch * (steps + warmup) * k, seed=1)
     model.timeline = Timeline(measure_wait=True)
     timer = engine.StepTimer()
-    model.fit(x, y, batch_size=global_batch, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
+    counter = LinkBytes(link, warmup * k) if link else None
+    model.fit(x, y, batch_size=global_batch, epochs=1, verbose=0, shuffle=True,
+              callbacks=[timer] + ([counter] if counter else []))
     from .stats import summarize
     # with steps_per_sync=K an update is K micro-steps: time per update = sum of K consecutive micro-steps
     d = timer.durations[warmup * k:]
@@ -40,13 +63,18 @@ def measure(model_name, global_batch, steps, warmup, compile_kw=None):
               "wire_bytes_per_update": model.distribute_strategy.wire_bytes // max(model.optimizer.iterations, 1),
               "breakdown_s": model.timeline.step_breakdown(skip=warmup // k),
               "gradient_bytes": int(model.flat_state.buffer.nbytes)}
+    if counter is not None:
+        record["link_bytes_per_update"] = (counter.last - counter.first) / steps
     return record if comm.rank == 0 else None
 
 
-def worker(model_name, global_batch, steps, warmup, out_path, compile_kw=None):
-    record = measure(model_name, global_batch, steps, warmup, compile_kw)
+def worker(model_name, global_batch, steps, warmup, out_path, compile_kw=None, link=None):
+    """out_path may hold '{rank}' (the launcher's rank): processes that each train alone (DISTNET_DISABLE=1)
+    then write one record each."""
+    from ..parallel import protocol
+    record = measure(model_name, global_batch, steps, warmup, compile_kw, link)
     if record is not None:
-        with open(out_path, "w") as f:
+        with open(out_path.format(rank=protocol.rank_from_env()), "w") as f:
             json.dump(record, f)
 
 
@@ -102,4 +130,5 @@ def run(ns, model_name="cnn", mode="weak", batch=32, steps=30, warmup=5, threads
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-    worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], json.loads(sys.argv[7]))
+    worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], json.loads(sys.argv[7]),
+           sys.argv[8] if len(sys.argv) > 8 else None)

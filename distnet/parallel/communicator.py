@@ -27,7 +27,8 @@ class Communicator:
 
     def allreduce_(self, buf, algorithm="auto", codec=None):
         """Sum `buf` (a contiguous 1-D NumPy array) over all workers, in place.
-        algorithm: 'auto' | 'ring' | 'native' (the transport's own collective, where it has one).
+        algorithm: 'auto' | 'ring' | 'native' (the transport's own collective, where it has one) | 'hierarchical'
+        (MPI: sum inside each node, allreduce between the nodes' leaders, broadcast inside each node).
         codec: a ring codec (distnet.parallel.ring.CODECS) that encodes chunks on the wire (implies 'ring')."""
         raise NotImplementedError  # abstract
 

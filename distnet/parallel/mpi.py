@@ -5,11 +5,13 @@ and nothing else; the worker runtime (output prefixes, abort on exception, BLAS 
 `world.join`.
 """
 import fcntl
+import functools
 import os
 import stat
 import struct
 import sys
 import termios
+import threading
 import time
 
 import numpy as np
@@ -21,10 +23,35 @@ from .communicator import Communicator
 # below ~4-8 MB; from 6 MB up our preallocated ring wins (1.2-1.4x at 16 MB, 2.3-2.5x at 64 MB, where native
 # allocates temporaries per call). auto = ring from 8 MB.
 RING_MIN_BYTES = 8 * 2**20
+# Across nodes with a worker count that is not a power of two, MPICH's Allreduce first exchanges whole buffers to
+# reach one (measured on 3 emulated nodes at 1 Gbit/s: 2.1x the ring's time at 1 MiB, 2.4x at 16 MiB, 1.6x at
+# 256 KiB; a tie at 64 KiB): the ring from this size.
+RING_ACROSS_NODES_MIN_BYTES = 256 * 2**10
+# Several ranks per node on several nodes: 'auto' sums inside each node first below this size. Measured on the
+# emulated cluster (2 nodes x 2 ranks, 1 Gbit/s links, 5 repetitions; BENCHMARKS.md, "Many nodes"): 1.6-2.3x
+# faster than the flat ring (1.3-1.6x than MPI's own) at 64-256 KiB, where 2 network messages replace 6; from
+# 1 MiB a tie within the noise (0.87-1.11x), the intra-node copies taking the same 2 cores as the network stack.
+HIERARCHICAL_MAX_BYTES = 2**20
 
 # The collectives the watchdog tells apart in its message (sent as a code with each arrival).
 COLLECTIVES = ("allreduce", "broadcast", "allgather", "allgather_array", "barrier")
 _ARRIVE = 77
+_READY = 78
+
+
+def _collective(name):
+    """Method decorator for a collective: the watchdog's arrival check before it, and its deadline during it."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            self._enter(name)
+            self._inside = (self.arrivals, name, time.monotonic())
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._inside = None
+        return run
+    return wrap
 
 
 def _mpi():
@@ -55,45 +82,89 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
+        # this node's ranks (shared memory between them), and the nodes' leaders (local rank 0 of each node)
+        self.node_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = self.node_comm.Get_rank(), self.node_comm.Get_size()
+        leaders = self.comm.Split(0 if self.local_rank == 0 else MPI.UNDEFINED, key=self.rank)
+        self.leader_comm = None if leaders == MPI.COMM_NULL else leaders
+        self.num_nodes = self.comm.allreduce(1 if self.local_rank == 0 else 0)
+        self.leader_transport = MPIRingTransport(self.leader_comm) if self.leader_comm is not None else None
+        self._ready = np.zeros(1, np.int8)
         self.transport = MPIRingTransport(self.comm)
         self.scratch = ring.Scratch()
         self.arrivals = 0                # collectives entered so far (the watchdog's sequence number)
+        self._inside, self._deadline = None, None     # (number, name, start) of the collective under way
         self.set_watchdog(watchdog_timeout)
         protocol.write_status(protocol.PID, self.rank, {"pid": os.getpid(), "host": MPI.Get_processor_name()})
 
     # -- collectives --------------------------------------------------------------------------------------
+    @_collective("allreduce")
     def allreduce_(self, buf, algorithm="auto", codec=None):
         if self.size == 1 or buf.size == 0:
             return buf
-        self._enter("allreduce")
         if codec is not None:
             return ring.ring_allreduce(buf, self.transport, self.scratch.get(buf, self.size), codec)
         if algorithm == "auto":
-            algorithm = "ring" if buf.nbytes >= RING_MIN_BYTES else "native"
-        if algorithm == "native":
-            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-            return buf
-        return ring.ring_allreduce(buf, self.transport, self.scratch.get(buf, self.size))
+            algorithm = self.auto_algorithm(buf.nbytes)
+        if algorithm == "hierarchical":
+            return self._hierarchical(buf)
+        return self._flat(buf, algorithm, self.comm, self.transport)
 
+    def auto_algorithm(self, nbytes):
+        """What 'auto' runs for a buffer of nbytes (the same answer on every rank)."""
+        if self.num_nodes > 1 and self.local_size > 1 and nbytes < HIERARCHICAL_MAX_BYTES:
+            return "hierarchical"
+        if self.num_nodes > 1 and self.size & (self.size - 1) and nbytes >= RING_ACROSS_NODES_MIN_BYTES:
+            return "ring"
+        return "ring" if nbytes >= RING_MIN_BYTES else "native"
+
+    def _flat(self, buf, algorithm, comm, transport):
+        if algorithm == "native":
+            comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            return buf
+        if algorithm != "ring":
+            raise ValueError(f"allreduce algorithm must be 'auto', 'ring', 'native' or 'hierarchical', received "
+                             f"{algorithm!r}")
+        return ring.ring_allreduce(buf, transport, self.scratch.get(buf, comm.Get_size()))
+
+    def _hierarchical(self, buf):
+        """Horovod's hierarchical allreduce: sum onto each node's leader through shared memory, allreduce between
+        the leaders over the network (one rank per node: each node's link carries one ring's traffic, with
+        2(nodes-1) messages instead of 2(ranks-1)), then broadcast inside each node."""
+        MPI, node = self.MPI, self.node_comm
+        if self.local_size > 1:
+            node.Reduce(MPI.IN_PLACE if self.local_rank == 0 else buf, buf if self.local_rank == 0 else None,
+                        op=MPI.SUM, root=0)
+        if self.leader_comm is not None and self.num_nodes > 1:
+            self._flat(buf, "ring" if buf.nbytes >= RING_MIN_BYTES else "native", self.leader_comm,
+                       self.leader_transport)
+        if self.local_size > 1:
+            # While the leader talks to the other nodes the others only wait: they sleep until it says the sum is
+            # there (MPI would spin, taking cores from the leader's network stack when cores are few)
+            if self.local_rank == 0:
+                for peer in range(1, self.local_size):
+                    node.Send(self._ready, dest=peer, tag=_READY)
+            else:
+                _wait(node.Irecv(self._ready, source=0, tag=_READY).Test, float("inf"), max_pause=0.001)
+            node.Bcast(buf, root=0)
+        return buf
+
+    @_collective("broadcast")
     def broadcast_(self, buf, root=0):
-        self._enter("broadcast")
         self.comm.Bcast(buf, root=root)
         return buf
 
+    @_collective("allgather")
     def allgather(self, obj):
-        self._enter("allgather")
         return self.comm.allgather(obj)
 
+    @_collective("allgather_array")
     def allgather_array(self, mine, out):
-        self._enter("allgather_array")
         self.comm.Allgather(mine, out)
         return out
 
+    @_collective("barrier")
     def barrier(self):
-        self._enter("barrier")
         self.comm.Barrier()
 
     def abort(self, code=1):
@@ -105,6 +176,28 @@ class MPICommunicator(Communicator):
         self.comm.Abort(code)
 
     # -- the stall watchdog -------------------------------------------------------------------------------
+    def set_watchdog(self, timeout):
+        super().set_watchdog(timeout)
+        if self.watchdog_timeout is not None and self._deadline is None and self.size > 1:
+            self._deadline = threading.Thread(target=self._watch_deadline, name="distnet-watchdog", daemon=True)
+            self._deadline.start()
+
+    def _watch_deadline(self):
+        """A collective that all ranks entered but that does not complete (a peer became unreachable in the
+        middle of it: MPI would wait forever) ends the job after the timeout, naming the ranks this one waits on:
+        its ring neighbours, or every other rank for MPI's own collectives."""
+        while True:
+            time.sleep(0.25)
+            inside, timeout = self._inside, self.watchdog_timeout
+            if inside is None or timeout is None or time.monotonic() - inside[2] <= timeout:
+                continue
+            number, name, _ = inside
+            others = [r for r in range(self.size) if r != self.rank]
+            if len(others) > 2:
+                others = f"{others} (ring neighbours: {(self.rank - 1) % self.size}, {(self.rank + 1) % self.size})"
+            self._stalled(f"collective #{number} ({name}) did not complete within {timeout:g} s; this rank waits "
+                          f"on rank(s) {others}: unreachable, or stalled inside the collective")
+
     def _enter(self, name):
         """Before every collective, when the watchdog is on: every rank reports its arrival (and which
         collective it is in) to rank 0, which names the ranks that do not arrive within the timeout; the others
@@ -142,6 +235,9 @@ class MPICommunicator(Communicator):
         sys.__stderr__.flush()
         protocol.write_status(protocol.ERROR, self.rank, {"error": f"watchdog: {message}"})
         self.abort(3)
+        # MPI_Abort returns when the launcher cannot reach every node (a link is down): the job must end anyway,
+        # and this rank must not go on to report a second, misleading reason
+        os._exit(3)
 
 
 SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
@@ -179,9 +275,9 @@ def wait_for_output_read(timeout=1.0, fds=(1, 2)):
     _wait(lambda: all(unread(fd) == 0 for fd in pipes), timeout)
 
 
-def _wait(done, timeout):
+def _wait(done, timeout, max_pause=0.01):
     """Poll done() until it is true (return True) or `timeout` seconds pass (return False): spin briefly, then
-    sleep in growing steps, so a healthy step pays microseconds and a stalled one costs no CPU."""
+    sleep in growing steps (up to max_pause), so a healthy step pays microseconds and a stalled one no CPU."""
     start = time.perf_counter()
     pause = 0.0
     while not done():
@@ -189,6 +285,6 @@ def _wait(done, timeout):
         if waited > timeout:
             return False
         if waited > 1e-4:
-            pause = min(max(pause * 2, 1e-5), 0.01)
+            pause = min(max(pause * 2, 1e-5), max_pause)
             time.sleep(pause)
     return True

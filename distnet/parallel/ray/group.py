@@ -70,20 +70,45 @@ class WorkerGroup:
             try:
                 results[rank] = ray.get(done[0])
             except Exception as e:
-                stalled = self._stalled_ranks() if "TimeoutError" in str(e) else None
+                if "ConnectionError" in str(e):      # a peer hung up: if its actor died, that is the failure
+                    rank, e = self._dead_peer(refs, pending) or (rank, e)
+                stalled, how = self._stalled_ranks() if "TimeoutError" in str(e) else (None, None)
                 self.shutdown()
-                raise WorkerFailure(rank, len(refs), e, stalled) from e
+                raise WorkerFailure(rank, len(refs), e, stalled, how) from e
         return [results[r] for r in range(len(refs))]
 
-    def _stalled_ranks(self):
-        """After a timeout: the ranks that entered the fewest collectives are the ones the others waited for."""
+    def _dead_peer(self, refs, pending, grace=3):
+        """(rank, error) of a rank whose actor died, among those still running, if one is found within `grace`
+        seconds (Ray reports a death a moment after the neighbours see the connection close); else None."""
         ray = _ray()
-        try:
-            counts = ray.get([a.progress.remote() for a in self.actors], timeout=10)
-        except Exception:
-            return None
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=grace)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as e:
+                if type(e).__name__ in WorkerFailure.DEAD:
+                    return refs.index(ref), e
+        return None
+
+    def _stalled_ranks(self, timeout=5):
+        """After a timeout, the ranks the others waited for: those whose actor does not answer (its node is
+        unreachable, or it is gone), else those that entered the fewest collectives. (ranks, how) or (None, None)."""
+        ray = _ray()
+        refs = [a.progress.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        counts = []
+        for ref in refs:
+            try:
+                counts.append(ray.get(ref) if ref in ready else None)
+            except Exception:
+                counts.append(None)
+        silent = [r for r, c in enumerate(counts) if c is None]
+        if silent:
+            return silent, f"did not answer within {timeout:g} s (node unreachable, or the worker is gone)"
         low = min(counts)
-        return [r for r, c in enumerate(counts) if c == low] if low < max(counts) else None
+        if low < max(counts):
+            return [r for r, c in enumerate(counts) if c == low], "stopped at an earlier collective than the others"
+        return None, None
 
     def shutdown(self):
         """Kill the actors, remove the placement group and this group's shared-memory files (idempotent)."""
@@ -125,14 +150,14 @@ class WorkerGroup:
 
 class WorkerFailure(RuntimeError):
     """A rank raised or its actor died; `rank` names it, `stalled` the ranks it timed out waiting for."""
+    DEAD = ("RayActorError", "ActorDiedError", "ActorUnavailableError")     # how Ray reports a dead actor
 
-    def __init__(self, rank, size, cause, stalled=None):
+    def __init__(self, rank, size, cause, stalled=None, how="stopped at an earlier collective than the others"):
         self.rank, self.size, self.cause, self.stalled = rank, size, cause, stalled
-        dead = type(cause).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError")
+        dead = type(cause).__name__ in self.DEAD
         what = "its actor died (process killed or node lost)" if dead else f"it raised:\n{cause}"
         if stalled:
-            what = (f"it timed out waiting for its peers; stalled: rank(s) {stalled} stopped at an earlier "
-                    f"collective than the others\n{cause}")
+            what = f"it timed out waiting for its peers; stalled: rank(s) {stalled} {how}\n{cause}"
         super().__init__(f"distnet worker rank {rank} of {size} failed: {what}")
 
 

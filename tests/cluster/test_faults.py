@@ -1,0 +1,83 @@
+"""Faults across emulated nodes under MPI: every process of a node killed mid-training (the job restarts and
+resumes: same weights as an uninterrupted run), and a node's link taken down mid-training (the watchdog names the
+unreachable rank within its timeout; nothing hangs, nothing is left)."""
+import re
+import time
+
+import numpy as np
+import pytest
+
+from tests.cluster.conftest import JOB, cluster_of, launch, nothing_left, start, wait_for, without_link
+from tests.parallel.mpi_helpers import require_mpi
+
+ARGS = ["--samples", "640", "--epochs", "2"]
+
+
+@pytest.mark.timeout(400)
+def test_a_node_whose_processes_all_die_is_restarted_and_training_resumes(tmp_path):
+    require_mpi()
+    with cluster_of(nodes=2) as bed:
+        ref, broken = tmp_path / "ref", tmp_path / "broken"
+        ref.mkdir()
+        broken.mkdir()
+        res = launch(bed, "-n", "2", "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        proc = start(bed, broken, "-n", "2", "--threads", "1", "--max-restarts", "1", JOB, str(broken), *ARGS,
+                     "--backup", str(broken / "backup"), "--slow-from", "8")
+        wait_for(broken / "reached", proc)
+        killed = bed.kill_processes("node2")              # rank 1, its Hydra proxy, the agent's shell
+        assert killed >= 2
+        assert proc.wait(240) == 0, (broken / "launch.log").read_text()[-3000:]
+        log = (broken / "launch.log").read_text()
+        assert "restarting the job (1 of 1 restarts)" in log, log[-3000:]
+        np.testing.assert_array_equal(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"))
+        nothing_left(bed)
+
+
+@pytest.mark.timeout(300)
+def test_a_node_losing_its_link_is_named_by_the_watchdog_and_nothing_hangs(tmp_path):
+    require_mpi()
+    with cluster_of(nodes=2) as bed:
+        proc = start(bed, tmp_path, "-n", "2", "--threads", "1", JOB, str(tmp_path), *ARGS, "--slow-from", "6",
+                     env={"DISTNET_WATCHDOG_TIMEOUT": "3"})
+        wait_for(tmp_path / "reached", proc)
+        rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
+        assert rc != 0 and elapsed < 3 + 10, (rc, elapsed, log[-3000:])
+        assert re.search(r"\[rank 0/2\] distnet watchdog: rank\(s\) \[1\] did not reach collective #\d+ "
+                         r"\(allreduce\) within 3 s", log), log[-3000:]
+        assert "first failure: rank 0 of 2: raised watchdog: rank(s) [1] did not reach" in log, log[-3000:]
+        nothing_left(bed, timeout=30)          # node2's proxy ends once its link is back and mpiexec is gone
+
+
+INSIDE = """
+import sys, time
+import numpy as np
+import distnet
+comm = distnet.distributed.init("mpi", watchdog_timeout=3)
+buf = np.ones(8 << 20, np.float32)                   # 32 MiB: seconds on a 100 Mbit/s link
+comm.barrier()
+if comm.rank == 0:
+    open(sys.argv[1], "w").close()
+comm.allreduce_(buf, algorithm=sys.argv[2])
+print("SHOULD NOT FINISH", flush=True)
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algorithm", ["native", "ring"])
+def test_a_link_lost_inside_a_collective_ends_the_job_naming_the_peer(tmp_path, algorithm):
+    """All ranks entered the allreduce, then the link went down: MPI would wait forever; the watchdog's deadline
+    ends the job after its timeout and names the rank this one waits on."""
+    require_mpi()
+    job = tmp_path / "inside.py"
+    job.write_text(INSIDE)
+    with cluster_of(nodes=2, link="100mbit") as bed:
+        proc = start(bed, tmp_path, "-n", "2", str(job), str(tmp_path / "reached"), algorithm)
+        wait_for(tmp_path / "reached", proc)
+        time.sleep(0.5)
+        rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
+        assert rc != 0 and elapsed < 3 + 5, (rc, elapsed, log[-3000:])
+        assert re.search(r"\[rank 0/2\] distnet watchdog: collective #\d+ \(allreduce\) did not complete within 3 s; "
+                         r"this rank waits on rank\(s\) \[1\]", log), log[-3000:]
+        assert "SHOULD NOT FINISH" not in log
+        nothing_left(bed, timeout=30)
