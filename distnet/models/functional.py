@@ -107,6 +107,8 @@ class Model(BaseModel):
             first_trainable[id(la)] = seen
             seen = seen or bool(la.trainable_weights)
         self.upstream_trainable = first_trainable
+        self.body = self.order[len(self.inputs):]
+        self.chain = self._is_chain()
 
     def ensure_built(self, xs, what):
         if not self.built:                  # a Sequential without a declared input shape builds on first data
@@ -143,8 +145,22 @@ class Model(BaseModel):
         return out
 
     # -- running ------------------------------------------------------------------------------------------
+    def _is_chain(self):
+        """True when every layer reads the one before it (a Sequential, or a graph shaped like one): forward and
+        backward then take a plain loop, with no per-step bookkeeping of tensors."""
+        body = self.order[len(self.inputs):]
+        if self.multiple_inputs or self.multiple_outputs or not body or self.outputs[0].layer is not body[-1]:
+            return False
+        prev = self.order[:len(self.inputs)] + body
+        return all(not la.multi_input and not la.multi_output and isinstance(la.inbound, SymbolicTensor)
+                   and la.inbound.layer is prev[i] for i, la in enumerate(body))
+
     def forward(self, x, training=False):
         """x: one array, or a list with one array per input -> one array, or a list per output."""
+        if self.chain:
+            for la in self.body:
+                x = la.call(x, training=training)
+            return x
         xs = x if self.multiple_inputs else [x]
         values = {}
         for t, v in zip(self.inputs, xs):
@@ -162,6 +178,9 @@ class Model(BaseModel):
     def backward(self, grad, fused=False, ready=None):
         """grad: d(loss)/d(output) (a list per output for several); fused: per output, whether the gradient
         enters at the output layer's logits."""
+        if self.chain:
+            self._chain_backward(grad, fused, ready)
+            return
         grads = grad if self.multiple_outputs else [grad]
         fused = fused if isinstance(fused, (list, tuple)) else [fused] * len(grads)
         pending, entry = {}, {}
@@ -193,6 +212,21 @@ class Model(BaseModel):
                 if g is not None and not isinstance(t.layer, InputLayer):
                     # a merge layer may hand the same array to several inputs; each producer may overwrite it
                     _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
+
+    def _chain_backward(self, grad, fused, ready):
+        offsets, body, first = self.flat_state.layer_offsets, self.body, len(self.inputs)
+        last = len(body) - 1
+        for j in range(last, -1, -1):
+            la = body[j]
+            need = self.upstream_trainable[id(la)]
+            if j == last and fused:
+                grad = la.backward_preactivation(grad, need)
+            else:
+                grad = la.backward(grad, need)
+            if ready is not None and j + first in offsets:
+                ready(offsets[j + first])
+            if not need:
+                return
 
     # -- description --------------------------------------------------------------------------------------
     def layers_by_depth(self):

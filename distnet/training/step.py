@@ -134,8 +134,9 @@ class Step:
         self.steps_per_sync = steps_per_sync
         self.many = len(heads) > 1
         self.flat = model.flat_state
-        self.metric_refs = [(h, m, w) for h in heads for m, w in zip(h.metrics, h.weighted)]
-        self.stats = StepStats([(f"{h.name}_{m.name}" if self.many else m.name) for h, m, _ in self.metric_refs],
+        self.metric_refs = [(k, m, w) for k, h in enumerate(heads) for m, w in zip(h.metrics, h.weighted)]
+        self.sample_id_layers = [la for la in model.layers if la.uses_sample_ids]
+        self.stats = StepStats([(f"{heads[k].name}_{m.name}" if self.many else m.name) for k, m, _ in self.metric_refs],
                                [f"{h.name}_loss" for h in heads] if self.many else (), control=strategy.elastic)
         self.buffer = self.flat.gradient_buffer(self.stats.size)
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
@@ -162,9 +163,8 @@ class Step:
                 weight = self.heads[k].weight
                 slots[self.stats.output_loss(k)] = value / weight if weight else 0.0
         slots[StepStats.LOSS] = total
-        index = {id(h): k for k, h in enumerate(self.heads)}
-        for i, (h, m, weighted) in enumerate(self.metric_refs):
-            v = m.values(ys[index[id(h)]], outs[index[id(h)]])
+        for i, (k, m, weighted) in enumerate(self.metric_refs):
+            v = m.values(ys[k], outs[k])
             use = w if weighted else None
             slots[self.stats.metric_sum(i)] = v.sum() if use is None else np.dot(v, use)
             slots[self.stats.metric_weight(i)] = v.shape[0] if use is None else use.sum()

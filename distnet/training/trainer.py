@@ -138,9 +138,8 @@ class Trainer:
     def set_batch_context(self, epoch, sample_ids):
         """Tell the layers whose randomness follows the samples (preprocessing augmentation) which global samples
         the next training forward holds, so the augmented stream is the same for any number of workers."""
-        for layer in self.layers:
-            if layer.uses_sample_ids:
-                layer.set_batch_context(epoch, sample_ids)
+        for layer in self.step.sample_id_layers if self.step is not None else ():
+            layer.set_batch_context(epoch, sample_ids)
 
     def input_arrays(self, x, what):
         """x as a list of checked arrays, one per model input (a list in input order or a dict by name)."""
