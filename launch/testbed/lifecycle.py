@@ -167,7 +167,7 @@ def down(prefix=DEFAULT_PREFIX):
             inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
         except OSError:
             pass
-    killed = _kill_in_netns(inodes)
+    killed = _kill_nodes(inodes, prefix)
     if killed:
         removed.append(f"{killed} process(es)")
     for link in sorted(v for v in links if re.fullmatch(rf"{prefix}-v\d+", v)):
@@ -186,17 +186,26 @@ def down(prefix=DEFAULT_PREFIX):
     return removed
 
 
-def _kill_in_netns(inodes):
-    """SIGKILL every process whose network namespace is one of `inodes` (a node's init among them: the kernel
-    then ends its whole PID namespace); wait until they are gone."""
+def _kill_nodes(inodes, prefix):
+    """SIGKILL every process whose network namespace is one of `inodes`, and every init of a node of `prefix`
+    (even one whose namespace lost its name: the kernel ends a PID namespace with its init); wait until they are
+    gone. Returns how many were killed."""
+    init = re.compile(rf"node_init\.py\x00{prefix}-node\d+\x00".encode())
+
     def found():
         out = []
         for p in os.listdir("/proc"):
             if p.isdigit() and int(p) != os.getpid():
                 try:
-                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes and process_state(p) not in "ZX":
+                    if process_state(p) in "ZX":
+                        continue
+                    if os.stat(f"/proc/{p}/ns/net").st_ino in inodes:
                         out.append(int(p))
+                    else:
+                        with open(f"/proc/{p}/cmdline", "rb") as f:
+                            if init.search(f.read()):
+                                out.append(int(p))
                 except OSError:
                     continue
         return out
-    return kill_until_gone(found) if inodes else 0
+    return kill_until_gone(found)

@@ -78,9 +78,17 @@ def up(bed, config_path="cluster.yaml"):
     return f"{head}:{head_port(config)}"
 
 
-def join(bed, node, config_path="cluster.yaml"):
-    """(Re)join a node to the head with the config's worker_start_ray_commands (e.g. after its processes died)."""
-    _run_commands(bed, node, _config(config_path)["worker_start_ray_commands"], bed.node(1)["address"])
+def join(bed, node, config_path="cluster.yaml", attempts=3):
+    """(Re)join a node to the head with the config's worker_start_ray_commands (e.g. after its processes died).
+    A start that fails is run again (the commands begin with `ray stop`), as `ray up` retries a node: on a
+    loaded machine `ray start` can miss its deadline for reaching the head."""
+    for attempt in range(attempts):
+        try:
+            return _run_commands(bed, node, _config(config_path)["worker_start_ray_commands"],
+                                 bed.node(1)["address"])
+        except (TestbedError, subprocess.TimeoutExpired):
+            if attempt == attempts - 1:
+                raise
 
 
 def down(bed):

@@ -43,9 +43,10 @@ def test_a_node_losing_its_link_is_named_by_the_watchdog_and_nothing_hangs(tmp_p
         wait_for(tmp_path / "reached", proc)
         rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
         assert rc != 0 and elapsed < 3 + 10, (rc, elapsed, log[-3000:])
-        assert re.search(r"\[rank 0/2\] distnet watchdog: rank\(s\) \[1\] did not reach collective #\d+ "
-                         r"\(allreduce\) within 3 s", log), log[-3000:]
-        assert "first failure: rank 0 of 2: raised watchdog: rank(s) [1] did not reach" in log, log[-3000:]
+        # the launcher's summary (from rank 0's status note); rank 0's own stderr line usually comes too, unless
+        # MPI_Abort ends the forwarding first
+        assert re.search(r"first failure: rank 0 of 2: raised watchdog: rank\(s\) \[1\] did not reach collective "
+                         r"#\d+ \(allreduce\) within 3 s", log), log[-3000:]
         nothing_left(bed, timeout=30)          # node2's proxy ends once its link is back and mpiexec is gone
 
 
@@ -77,7 +78,9 @@ def test_a_link_lost_inside_a_collective_ends_the_job_naming_the_peer(tmp_path, 
         time.sleep(0.5)
         rc, elapsed, log = without_link(bed, "node2", proc, tmp_path / "launch.log")
         assert rc != 0 and elapsed < 3 + 5, (rc, elapsed, log[-3000:])
-        assert re.search(r"\[rank 0/2\] distnet watchdog: collective #\d+ \(allreduce\) did not complete within 3 s; "
-                         r"this rank waits on rank\(s\) \[1\]", log), log[-3000:]
+        # both sides time out together: each names the other (on its stderr line, or in the launcher's summary)
+        said = re.findall(r"(?:\[rank (\d)/2\] distnet watchdog: |rank (\d) of 2: raised watchdog: )collective #\d+ "
+                          r"\(allreduce\) did not complete within 3 s; this rank waits on rank\(s\) \[(\d)\]", log)
+        assert said and all({int(a or b), int(c)} == {0, 1} for a, b, c in said), log[-3000:]
         assert "SHOULD NOT FINISH" not in log
         nothing_left(bed, timeout=30)

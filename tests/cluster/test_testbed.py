@@ -183,3 +183,18 @@ def test_ray_bootstrap_config_and_bad_cluster_files(tmp_path):
         ray_nodes._config(str(bad))
     with pytest.raises(testbed.TestbedError, match="does not exist"):
         ray_nodes._config(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.timeout(60)
+def test_down_ends_a_node_whose_namespace_lost_its_name():
+    """A node init left in a namespace that no longer has a name (e.g. deleted under a starting testbed) is still
+    found and ended by `down`, by its command line."""
+    with cluster_of(nodes=1) as bed:
+        init = bed.init_pid("node1")
+        subprocess.run(["ip", "netns", "del", bed.node(1)["netns"]], check=True)
+        assert os.path.exists(f"/proc/{init}")
+        testbed.down(bed.prefix)
+        deadline = time.time() + 10
+        while os.path.exists(f"/proc/{init}") and nodes.process_state(init) not in "ZX" and time.time() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{init}") or nodes.process_state(init) in "ZX"
