@@ -22,8 +22,8 @@ COMPRESSIONS = (None, "none", "fp16", "bf16", "topk")
 class Reducer:
     def __init__(self, comm, algorithm="auto", bucket_bytes=None, compression=None, topk_ratio=0.01,
                  overlap=False):
-        if algorithm not in ("auto", "ring", "native"):
-            raise ValueError(f"allreduce must be 'auto', 'ring' or 'native', received {algorithm!r}")
+        if algorithm not in ("auto", "ring", "native", "hierarchical"):
+            raise ValueError(f"allreduce must be 'auto', 'ring', 'native' or 'hierarchical', received {algorithm!r}")
         if bucket_bytes is not None and (not isinstance(bucket_bytes, int) or bucket_bytes <= 0):
             raise ValueError(f"bucket_bytes must be a positive int or None, received {bucket_bytes!r}")
         if compression not in COMPRESSIONS:
