@@ -31,7 +31,8 @@ class Trainer:
                 allreduce="auto", bucket_bytes=None, compression=None, topk_ratio=0.01, overlap=False,
                 steps_per_sync=1):
         """Keras's compile, plus how gradients are combined when training data-parallel:
-        allreduce: 'auto' | 'ring' | 'native' | 'hierarchical' (MPI, several nodes); bucket_bytes: sum the gradient in slices of this size;
+        allreduce: 'auto' | 'ring' | 'native' | 'hierarchical' (MPI, several nodes);
+        bucket_bytes: sum the gradient in slices of this size;
         compression: None | 'fp16' | 'bf16' | 'topk' (with topk_ratio, error feedback);
         overlap: sum the last layers' gradients while backward continues on the earlier ones;
         steps_per_sync=K: accumulate K micro-batches per update (an update then covers K * batch_size samples).

@@ -197,6 +197,7 @@ def test_ray_timeout_names_the_rank_behind_a_dead_link(ray_cluster, tmp_path):
     line = next((ln for ln in log.splitlines() if ln.startswith("FAILED")), None)
     assert line is not None, log[-3000:]
     # the ring's wait gives up after 5 s; asking every actor how far it got takes up to 5 s more
-    assert elapsed < 5 + 5 + 40, (elapsed, line)      # the 5 s timeout, the progress query, and slack for a loaded CI machine
+    # the 5 s timeout, the progress query, and slack for a loaded CI machine
+    assert elapsed < 5 + 5 + 40, (elapsed, line)
     assert f"stalled: rank(s) [{far}] did not answer" in line, line
     no_actors_left(bed, timeout=60)
