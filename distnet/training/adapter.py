@@ -182,12 +182,12 @@ class ArrayData(IndexedData):
 
     def inputs(self, idx, what):
         """The rows `idx` of every input as the model's float type, checked for NaN/inf."""
-        out = [self._rows(x, idx, what) for x in self.xs]
-        return out if self.many_inputs else out[0]
+        if not self.many_inputs:
+            return self._rows(0, idx, what)
+        return [self._rows(k, idx, what) for k in range(len(self.xs))]
 
-    def _rows(self, x, idx, what):
-        k = next(i for i, v in enumerate(self.xs) if v is x)
-        reader = self.row_readers[k]
+    def _rows(self, k, idx, what):
+        x, reader = self.xs[k], self.row_readers[k]
         xb = reader.take(idx)[0] if reader is not None else np.take(x, idx, axis=0)
         if self.keep_integers[k] and xb.dtype.kind in "iu":
             return xb
