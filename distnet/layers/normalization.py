@@ -72,7 +72,8 @@ class BatchNormalization(Layer):
         c = x.shape[-1]
         sums = np.empty(2 * c + 1, dtype=np.float64)
         sums[:c] = x.sum(axis=axes, dtype=np.float64)
-        sums[c:2 * c] = np.square(x, dtype=np.float64).sum(axis=axes)
+        sq = np.multiply(x, x, out=self.workspace("sq", x.shape, x.dtype))     # no float64 copy of x per step
+        sums[c:2 * c] = sq.sum(axis=axes, dtype=np.float64)
         sums[-1] = x.size // c
         self._sum(sums)
         self._count = sums[-1]
