@@ -10,6 +10,7 @@ from distnet.parallel import protocol
 
 from . import hosts as hosts_mod
 from . import mpi
+from .elastic import HostPool
 from .run import Job, run_once, run_with_restarts, say
 from .testbed import Testbed, TestbedError
 
@@ -19,6 +20,9 @@ def _testbed(name):
         raise mpi.LaunchError(f"--testbed-name takes a testbed name (as in distnet-cluster up --prefix NAME), "
                               f"received {name!r}")
     return Testbed.load(name)
+
+
+DEFAULT_WATCHDOG = 60.0       # seconds, for elastic MPI jobs
 
 
 def parser():
@@ -55,6 +59,13 @@ def parser():
                    help="allow more workers than the listed hosts have slots")
     p.add_argument("--max-restarts", type=int, default=0,
                    help="restart the whole job up to K times when a worker fails (resume from checkpoints)")
+    p.add_argument("--min-workers", type=int, default=None, metavar="M",
+                   help="MPI with hosts: relaunch on the healthy hosts only (unreachable ones, and a host that held "
+                        "the first failure twice, are left out), with as few as M workers; needs --max-restarts")
+    p.add_argument("--watchdog-timeout", type=float, default=None, metavar="SECONDS",
+                   help="end the job when a rank waits longer than this at a collective, naming the rank it waits "
+                        f"for (MPI; default: off, {DEFAULT_WATCHDOG:g} s with --min-workers: a crashed host sends "
+                        "nothing, and MPI would wait for it forever)")
     p.add_argument("--rank0-only", action="store_true", help="hide the output of ranks other than 0")
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
     p.add_argument("--python", default=sys.executable, help="the Python that runs the script on every worker")
@@ -115,8 +126,12 @@ def launch(args):
         spec = ",".join(f"{h}:{s}" for h, s in hosts)
         raise mpi.LaunchError(f"asked for {n} workers, but the hosts ({spec}) have {slots} slots in total; "
                               "lower -n, add slots, or pass --oversubscribe")
+    pool = elastic_pool(args, hosts, n)
     prog = program(args)
     if args.backend == "ray":
+        if args.watchdog_timeout is not None:
+            raise mpi.LaunchError("--watchdog-timeout is for MPI jobs; Ray workers bound their collectives with "
+                                  "distributed.init(watchdog_timeout=...) or distnet.ray.run(..., timeout=...)")
         return launch_ray(args, n, prog)
     mpirun = mpi.find_mpirun()
     kind = mpi.flavor(mpirun)
@@ -124,12 +139,21 @@ def launch(args):
     threads = args.threads if args.threads is not None else (
         protocol.blas_threads(local_workers) if local_workers else None)
     launch_dir_placeholder = "<temporary status directory>"
-    env_preview = mpi.worker_env(os.environ, kind, threads, launch_dir_placeholder, 0)
+    if args.watchdog_timeout is not None and args.watchdog_timeout <= 0:
+        raise mpi.LaunchError(f"--watchdog-timeout must be a positive number of seconds, received "
+                              f"{args.watchdog_timeout:g}")
+    watchdog = args.watchdog_timeout or (DEFAULT_WATCHDOG if pool else None)
+
+    def env_for(launch_dir, restart):
+        return mpi.worker_env(os.environ, kind, threads, launch_dir, restart, watchdog)
+    env_preview = env_for(launch_dir_placeholder, 0)
     supervised = [args.python, "-m", "launch.supervise", "--", *prog]      # one supervisor per rank
     with tempfile.TemporaryDirectory(prefix="distnet-launch-ssh-") as tmp:
         ssh = mpi.ssh_wrapper(args.ssh, tmp) if args.ssh and kind == "hydra" else args.ssh
-        cmd = mpi.command(mpirun, kind, n, hosts, supervised, env_names=sorted(env_preview), ssh=ssh,
-                          iface=args.iface, network=args.network)
+        def command(hosts, n):
+            return mpi.command(mpirun, kind, n, hosts, supervised, env_names=sorted(env_preview), ssh=ssh,
+                               iface=args.iface, network=args.network)
+        cmd = command(hosts, n)
         if args.dry_run:
             assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env_preview.items())
                                    if k not in (protocol.LAUNCH_DIR, protocol.RESTART_COUNT))
@@ -137,7 +161,24 @@ def launch(args):
             if ssh != args.ssh:
                 print(f"# {ssh}: a script that runs {args.ssh} \"$@\"")
             return 0
-        return run_with_restarts(cmd, n, kind, threads, args.max_restarts, args.rank0_only)
+        return run_with_restarts(command, hosts, n, env_for, args.max_restarts, args.rank0_only, pool)
+
+
+def elastic_pool(args, hosts, n):
+    """The HostPool of an elastic MPI job (--min-workers), or None."""
+    if args.min_workers is None:
+        return None
+    if args.backend == "ray":
+        raise mpi.LaunchError("--min-workers is for MPI jobs; with Ray, elastic training is "
+                              "distnet.ray.run(train_fn, num_workers=N, min_workers=M)")
+    if not hosts:
+        raise mpi.LaunchError("--min-workers needs hosts (--hosts, --hostfile, --cluster or --testbed): on this "
+                              "machine alone a relaunch has the same cores; use --max-restarts")
+    if args.max_restarts < 1:
+        raise mpi.LaunchError(f"--min-workers {args.min_workers} relaunches the job after a failure: give how many "
+                              "times with --max-restarts K (K >= 1)")
+    import shlex
+    return HostPool(hosts, n, args.min_workers, ssh=shlex.split(args.ssh or "ssh"), oversubscribe=args.oversubscribe)
 
 
 def launch_ray(args, n, prog):

@@ -36,10 +36,13 @@ def flavor(mpirun):
     raise LaunchError(f"{mpirun} is neither MPICH/Hydra nor Open MPI (its --version says: {text[:200]!r})")
 
 
-def worker_env(base, kind, threads, launch_dir, restart):
+def worker_env(base, kind, threads, launch_dir, restart, watchdog=None):
     """Environment changes for the workers: BLAS threads (unless the user set any), MPI's settings for root and
-    oversubscription, and the launcher's status directory."""
+    oversubscription, the launcher's status directory, and the collectives' watchdog (seconds; unless the user
+    set DISTNET_WATCHDOG_TIMEOUT)."""
     env = {}
+    if watchdog is not None and protocol.WATCHDOG_TIMEOUT not in base:
+        env[protocol.WATCHDOG_TIMEOUT] = f"{watchdog:g}"
     if threads is not None and not protocol.user_chose_threads(base):
         for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[v] = str(threads)

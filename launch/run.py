@@ -12,7 +12,8 @@ import time
 
 from distnet.parallel import protocol
 
-from . import cleanup, mpi
+from . import cleanup
+from .elastic import NotEnoughWorkers
 from .supervise import die_with_parent
 
 _HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
@@ -122,7 +123,8 @@ def recorded_failures(launch_dir):
 
 
 def failure_summary(job, rc, launch_dir, n):
-    """Which rank failed first, how (exception, exit code, signal), and its last lines of output."""
+    """(rank, text): which rank failed first (None when it cannot be told), how (exception, exit code, signal),
+    and its last lines of output (those of the most talkative rank when the rank is not known)."""
     pids = {int(info["pid"]): info for info in protocol.read_statuses(launch_dir, protocol.PID) if "pid" in info}
     failures = recorded_failures(launch_dir)
     text = "\n".join(job.launcher_lines)
@@ -150,14 +152,15 @@ def failure_summary(job, rc, launch_dir, n):
     lines = [f"distnet-launch: the job failed (exit code {rc})."]
     if os.environ.get("DISTNET_LAUNCH_DEBUG"):
         lines.append(f"  recorded failures: {failures}")
+    shown = rank
     if rank is None:
         lines.append("  the failing rank could not be determined from mpirun's report")
-        rank = max(job.tails, key=lambda r: len(job.tails[r]), default=0)
+        shown = max(job.tails, key=lambda r: len(job.tails[r]), default=0)
     else:
         lines.append(f"  first failure: rank {rank} of {n}: {how}")
-    tail = list(job.tails.get(rank, []))
+    tail = list(job.tails.get(shown, []))
     if tail:
-        lines.append(f"  last {len(tail)} line(s) of rank {rank}:")
+        lines.append(f"  last {len(tail)} line(s) of rank {shown}:")
         lines += [f"    | {ln}" for ln in tail]
     return rank, "\n".join(lines)
 
@@ -207,12 +210,17 @@ class Stopper:
             raise protocol.Interrupted(self.signum)
 
 
-def run_with_restarts(cmd, n, kind, threads, max_restarts, rank0_only):
+def run_with_restarts(command, hosts, n, env_for, max_restarts, rank0_only, pool=None):
+    """Run the job (command(hosts, n) -> mpirun argv; env_for(status directory, restart count) -> the workers'
+    environment), restarting it up to max_restarts times after a failure. With a HostPool (--min-workers), each
+    relaunch runs on the pool's healthy hosts only."""
+    where = {"hosts": hosts, "n": n}
+
     def attempt(k):
         stopper.check()
         with tempfile.TemporaryDirectory(prefix="distnet-launch-") as launch_dir:
-            env = mpi.worker_env(os.environ, kind, threads, launch_dir, k)
-            job = Job(cmd, env, rank0_only, launch_dir)
+            env = env_for(launch_dir, k)
+            job = Job(command(where["hosts"], where["n"]), env, rank0_only, launch_dir)
             before = cleanup.snapshot()
             rc = stopper.run(job)
             if rc != 0:
@@ -220,11 +228,31 @@ def run_with_restarts(cmd, n, kind, threads, max_restarts, rank0_only):
             stopper.check()
             if rc == 0:
                 return True, 0, None
-            return False, rc, failure_summary(job, rc, launch_dir, n)[1]
+            rank, summary = failure_summary(job, rc, launch_dir, where["n"])
+        if pool is not None and k < max_restarts:
+            say(summary)
+            try:
+                where["hosts"], where["n"], lines = pool.after_failure(rank)
+            except NotEnoughWorkers as e:
+                raise _GiveUp(rc, str(e)) from None
+            for line in lines:
+                say(line)
+            summary = None
+        return False, rc, summary
 
     with Stopper() as stopper:
-        rc = protocol.with_restarts(attempt, max_restarts, say)
+        try:
+            rc = protocol.with_restarts(attempt, max_restarts, say)
+        except _GiveUp as e:
+            say(e.message)
+            rc = e.rc
     return rc if rc >= 0 else 128 - rc
+
+
+class _GiveUp(Exception):
+    def __init__(self, rc, message):
+        super().__init__(message)
+        self.rc, self.message = rc, message
 
 
 def run_once(job):

@@ -62,7 +62,7 @@ class FitLoop:
             elastic.recover(model, state.epoch, state.step, tl)
             start = elastic.share_state(state)
         elif state.pending is not None:                # a BackupAndRestore found a checkpoint
-            start = state.restore()
+            start = state.restore(tl)
         logs = {}
         for epoch in range(start[0], self.epochs):
             logs = self._epoch(epoch, start, data, val, steps, step, state, cbs, tl)

@@ -6,6 +6,8 @@ BackupAndRestore (or any callback) uses through `model.fit_state`.
     arrays, meta = state.capture(exclude=(self,))       # collective: every rank calls it
     state.resume_from(arrays, meta, path)               # in on_train_begin: fit continues from there
 """
+import time
+
 import numpy as np
 
 from ..checkpoint import CheckpointError
@@ -60,6 +62,7 @@ class FitState:
                 "iterations": model.optimizer.iterations, "architecture": model.architecture(),
                 "learning_rate": lr if isinstance(lr, float) else None,
                 "history": history, "history_epochs": epochs_seen,
+                "membership": list(model.history.membership),
                 "rng": rng, "world_size": self.strategy.num_workers,
                 "callbacks": [[type(cb).__name__, cb.get_state(),
                                len(cb.get_arrays()) if hasattr(cb, "get_arrays") else 0] for cb in stateful]}
@@ -74,8 +77,11 @@ class FitState:
         the arrays and meta, the others may pass None)."""
         self.pending = (arrays, meta, path)
 
-    def restore(self):
-        """Apply the state given to resume_from and share it with every rank; return (epoch, step, totals)."""
+    def restore(self, timeline=None):
+        """Apply the state given to resume_from and share it with every rank; return (epoch, step, totals).
+        A backup written by another number of workers (a job relaunched on fewer hosts) is a change of
+        membership: rank 0 says so, and History.membership and the timeline (phase `membership`) record it."""
+        t0 = time.perf_counter()
         arrays, meta, path = self.pending
         self.pending = None
         model, strategy, flat = self.model, self.strategy, self.model.flat_state
@@ -107,6 +113,19 @@ class FitState:
                 totals[...] = arrays["totals"]
             strategy.broadcast_(totals)
         self.seed = meta["seed"]
+        model.history.membership = list(meta.get("membership", []))
+        saved = meta.get("world_size", strategy.num_workers)
+        if saved != strategy.num_workers:
+            t1 = time.perf_counter()
+            if timeline is not None and hasattr(timeline, "record"):
+                timeline.record("membership", t0, t1)
+            workers = strategy.num_workers
+            model.history.membership.append(
+                {"epoch": meta["epoch"], "step": step, "event": f"restarted from a backup saved by {saved} workers",
+                 "workers": workers, "seconds": round(t1 - t0, 3)})
+            if strategy.is_main:
+                print(f"distnet: restarted from a backup at step {step} of epoch {meta['epoch'] + 1} (saved by "
+                      f"{saved} workers; continuing on {workers} worker{'s' if workers != 1 else ''})", flush=True)
         return meta["epoch"], step, totals
 
     def _translate_step(self, meta, path):

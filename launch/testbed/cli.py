@@ -45,6 +45,8 @@ def parser():
     e.add_argument("argv", nargs=argparse.REMAINDER)
     k = add("kill", "SIGKILL every process of a node (the node stays up)")
     k.add_argument("node")
+    c = add("crash", "the node fails: its link goes down and all its processes die, its init too (no restart)")
+    c.add_argument("node")
     ln = add("link", "link NODE down | up, or link all rate RATE")
     ln.add_argument("node", help="a node, or 'all' with rate")
     ln.add_argument("action", choices=["down", "up", "rate"])
@@ -91,6 +93,8 @@ def run(args):
         os.execvp(cmd[0], cmd)
     elif args.command == "kill":
         print(f"killed {bed.kill_processes(args.node)} process(es) on {bed.node(args.node)['name']}")
+    elif args.command == "crash":
+        print(f"{bed.node(args.node)['name']} crashed: link down, {bed.crash(args.node)} process(es) killed")
     elif args.command == "link":
         if args.action == "rate":
             if args.node != "all" or not args.rate:

@@ -155,6 +155,20 @@ class Testbed:
         init = self.init_pid(node)
         return kill_until_gone(lambda: [p for p in self.processes(node) if p != init])
 
+    def crash(self, node):
+        """The node fails as a machine does: its link goes down and every process of it dies, its init included
+        (the kernel ends a PID namespace with its init), so the ssh stand-in answers 'node ... is down' as ssh
+        answers for a dead host. `distnet-cluster down` removes what is left. Returns how many processes died."""
+        victims = self.processes(node)
+        self.set_link(node, False)
+        init = self.init_pid(node)
+        if init is not None:
+            try:
+                os.kill(init, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return kill_until_gone(lambda: [p for p in victims if process_state(p) not in ("", "Z", "X")])
+
     def set_link(self, node, up):
         """Take the node's link down (carrier lost: nothing passes either way) or bring it back up."""
         run_tool(["ip", "link", "set", self.node(node)["host_link"], "up" if up else "down"])

@@ -95,7 +95,8 @@ def nothing_left(bed, timeout=15):
     """Every node runs only its init again (no proxy, rank or daemon left), within `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        left = {n["name"]: len(bed.processes(n["name"])) - 1 for n in bed.nodes}
+        left = {n["name"]: len(bed.processes(n["name"])) - 1 for n in bed.nodes
+                if bed.init_pid(n["name"]) is not None}            # a crashed node has none
         if not any(left.values()):
             return True
         time.sleep(0.2)

@@ -1,6 +1,7 @@
 """Faults across emulated nodes under MPI: every process of a node killed mid-training (the job restarts and
 resumes: same weights as an uninterrupted run), and a node's link taken down mid-training (the watchdog names the
 unreachable rank within its timeout; nothing hangs, nothing is left)."""
+import json
 import re
 import time
 
@@ -31,6 +32,37 @@ def test_a_node_whose_processes_all_die_is_restarted_and_training_resumes(tmp_pa
         log = (broken / "launch.log").read_text()
         assert "restarting the job (1 of 1 restarts)" in log, log[-3000:]
         np.testing.assert_array_equal(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"))
+        nothing_left(bed)
+
+
+@pytest.mark.timeout(500)
+def test_a_crashed_node_is_left_out_and_the_job_continues_on_the_others_with_the_same_result(tmp_path):
+    """distnet-launch --min-workers: node3 crashes (link down, every process gone, the ssh stand-in answers that
+    it is down); the job is relaunched on node1 and node2 only and resumes from its backup: 3 workers, then 2,
+    with the weights of an uninterrupted 3-worker run."""
+    require_mpi()
+    with cluster_of(nodes=3) as bed:
+        ref, broken = tmp_path / "ref", tmp_path / "broken"
+        ref.mkdir()
+        broken.mkdir()
+        res = launch(bed, "-n", "3", "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        proc = start(bed, broken, "-n", "3", "--threads", "1", "--max-restarts", "2", "--min-workers", "2",
+                     "--watchdog-timeout", "5", JOB,
+                     str(broken), *ARGS, "--backup", str(broken / "backup"), "--slow-from", "8")
+        wait_for(broken / "reached", proc)
+        t0 = time.monotonic()
+        assert bed.crash("node3") >= 2                    # rank 2, its Hydra proxy
+        assert proc.wait(300) == 0, (broken / "launch.log").read_text()[-3000:]
+        log = (broken / "launch.log").read_text()
+        node3 = bed.node("node3")["address"]
+        assert f"host {node3} is unreachable (" in log and "is down" in log, log[-3000:]
+        assert "relaunching on 2 worker(s) (was 3)" in log, log[-3000:]
+        assert "saved by 3 workers; continuing on 2 workers" in log, log[-3000:]
+        result = json.loads((broken / "result.json").read_text())
+        assert result["workers"] == 2 and len(set(result["hosts"])) == 2, result
+        np.testing.assert_allclose(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"), rtol=0, atol=1e-5)
+        print(f"crash -> job done in {time.monotonic() - t0:.1f} s")
         nothing_left(bed)
 
 
