@@ -14,15 +14,21 @@ from tests.parallel.mpi_helpers import require_mpi
 ARGS = ["--samples", "640", "--epochs", "2"]
 
 
+def reference_run(bed, tmp_path, n):
+    """An uninterrupted run on n nodes in tmp_path/ref; returns (ref, broken): its directory and an empty one."""
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    ref.mkdir()
+    broken.mkdir()
+    res = launch(bed, "-n", str(n), "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return ref, broken
+
+
 @pytest.mark.timeout(400)
 def test_a_node_whose_processes_all_die_is_restarted_and_training_resumes(tmp_path):
     require_mpi()
     with cluster_of(nodes=2) as bed:
-        ref, broken = tmp_path / "ref", tmp_path / "broken"
-        ref.mkdir()
-        broken.mkdir()
-        res = launch(bed, "-n", "2", "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
-        assert res.returncode == 0, res.stderr[-3000:]
+        ref, broken = reference_run(bed, tmp_path, 2)
         proc = start(bed, broken, "-n", "2", "--threads", "1", "--max-restarts", "1", JOB, str(broken), *ARGS,
                      "--backup", str(broken / "backup"), "--slow-from", "8")
         wait_for(broken / "reached", proc)
@@ -42,11 +48,7 @@ def test_a_crashed_node_is_left_out_and_the_job_continues_on_the_others_with_the
     with the weights of an uninterrupted 3-worker run."""
     require_mpi()
     with cluster_of(nodes=3) as bed:
-        ref, broken = tmp_path / "ref", tmp_path / "broken"
-        ref.mkdir()
-        broken.mkdir()
-        res = launch(bed, "-n", "3", "--threads", "1", JOB, str(ref), *ARGS, "--backup", str(ref / "backup"))
-        assert res.returncode == 0, res.stderr[-3000:]
+        ref, broken = reference_run(bed, tmp_path, 3)
         proc = start(bed, broken, "-n", "3", "--threads", "1", "--max-restarts", "2", "--min-workers", "2",
                      "--watchdog-timeout", "5", JOB,
                      str(broken), *ARGS, "--backup", str(broken / "backup"), "--slow-from", "8")
