@@ -69,7 +69,9 @@ def parser():
     p.add_argument("--rank0-only", action="store_true", help="hide the output of ranks other than 0")
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
     p.add_argument("--python", default=sys.executable, help="the Python that runs the script on every worker")
-    p.add_argument("script", help="the training script (or -m module)")
+    p.add_argument("-m", "--module", action="store_true",
+                   help="run the training code as a module (python -m SCRIPT), as torchrun's -m")
+    p.add_argument("script", help="the training script (with -m: the module)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     return p
 
@@ -101,7 +103,9 @@ def resolve_hosts(args):
 
 
 def program(args):
-    if args.script == "-m":
+    if args.module:
+        return [args.python, "-m", args.script, *args.args]
+    if args.script == "-m":             # distnet-launch -n 2 -- -m module
         if not args.args:
             raise mpi.LaunchError("-m needs a module name, e.g. distnet-launch -n 2 -m mypackage.train")
         return [args.python, "-m", *args.args]

@@ -245,7 +245,7 @@ def cmd_data(args):
 
 def cmd_elastic(args):
     from . import elastic
-    return elastic.main(args.repeat, args.workers)
+    return elastic.main(args.repeat, args.workers, args.modes.split(","))
 
 
 def cmd_all(args):
@@ -363,9 +363,11 @@ def main(argv=None):
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--row-align", default="none,page", help="shard layouts to pack and read: none, page or both")
     d.add_argument("--io-threads", type=_ints, default=[1, 4], help="reader threads, e.g. 1,4")
-    el = sub.add_parser("elastic", help="time from a worker's death to the next step: elastic vs restart (Ray)")
+    el = sub.add_parser("elastic", help="time from a worker's death to the next step: elastic vs restart (Ray) "
+                                        "vs relaunch on the healthy hosts (MPI)")
     el.add_argument("--repeat", type=int, default=5)
     el.add_argument("--workers", type=int, default=3)
+    el.add_argument("--modes", default="elastic,restart,mpi-relaunch", help="which of them, comma-separated")
     al = sub.add_parser("all", help="allreduce + scaling on both backends, cost model, plots (a few minutes)")
     al.add_argument("--out", default="bench-results", help="directory for the PNG plots and results.json")
     al.add_argument("--steps", type=int, default=20)

@@ -7,25 +7,12 @@ the command here, or fails as ssh does ('No route to host', exit 255) once the t
 import numpy as np
 import pytest
 
+from distnet.bench.elastic import local_ssh
 from launch import elastic
 from launch.mpi import LaunchError
 from tests.launch.test_launcher import launch
 from tests.parallel.mpi_helpers import require_mpi
 
-FAKE_SSH = r"""#!/bin/sh
-# ssh stand-in: [ssh options] HOST COMMAND... runs COMMAND here, unless $DIR/dead-HOST exists
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -[BbcDEeFIiJLlmOoPpQRSWw]) shift 2 ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-host=$1; shift
-echo "$host" >> "@DIR@/contacted"
-if [ -e "@DIR@/dead-$host" ]; then echo "ssh: connect to host $host port 22: No route to host" >&2; exit 255; fi
-exec /bin/sh -c "$*"
-"""
 
 JOB = """
 import os, signal, sys
@@ -63,12 +50,9 @@ if comm.rank == 0:
 
 
 def _setup(tmp_path):
-    ssh = tmp_path / "ssh"
-    ssh.write_text(FAKE_SSH.replace("@DIR@", str(tmp_path)))
-    ssh.chmod(0o755)
     job = tmp_path / "job.py"
     job.write_text(JOB)
-    return str(ssh), str(job)
+    return local_ssh(str(tmp_path)), str(job)
 
 
 def _run(tmp_path, mode, *extra):
@@ -173,3 +157,14 @@ def test_probe_reports_what_ssh_said(tmp_path):
     slow.write_text("#!/bin/sh\nexec sleep 30\n")
     slow.chmod(0o755)
     assert elastic.probe("h", [str(slow)], timeout=0.5).startswith("no answer within")
+
+
+@pytest.mark.timeout(300)
+def test_bench_elastic_times_an_mpi_relaunch(capsys):
+    require_mpi()
+    from distnet.bench import elastic as bench
+    rows = bench.main(repeat=1, workers=3, modes=["mpi-relaunch"])
+    assert [r["mode"] for r in rows] == ["mpi-relaunch"] and 0 < rows[0]["median_s"] < 120, rows
+    assert "mpi-relaunch death -> next completed step" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="modes are elastic, restart, mpi-relaunch"):
+        bench.main(modes=["bogus"])

@@ -102,6 +102,9 @@ def test_dry_run_prints_the_exact_mpirun_command(capsys):
     out = capsys.readouterr().out
     assert "-n 4" in out and ("-hosts a:2,b:2" in out or "--host a:2,b:2" in out)
     assert "OMP_NUM_THREADS" not in out       # remote cores unknown: each worker sets its own
+    for argv in (["-m", "pkg.train", "--epochs", "1"], ["--", "-m", "pkg.train", "--epochs", "1"]):
+        assert cli.main(["--dry-run", "-n", "2", *argv]) == 0       # a module, as torchrun -m
+        assert capsys.readouterr().out.strip().endswith(f"-- {sys.executable} -m pkg.train --epochs 1")
 
 
 def test_ray_backend_takes_the_head_address_from_cluster_yaml(capsys):
