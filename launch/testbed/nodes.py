@@ -158,7 +158,8 @@ class Testbed:
     def crash(self, node):
         """The node fails as a machine does: its link goes down and every process of it dies, its init included
         (the kernel ends a PID namespace with its init), so the ssh stand-in answers 'node ... is down' as ssh
-        answers for a dead host. `distnet-cluster down` removes what is left. Returns how many processes died."""
+        answers for a dead host. `distnet-cluster down` removes what is left. Returns how many processes the node had
+        (all gone on return)."""
         victims = self.processes(node)
         self.set_link(node, False)
         init = self.init_pid(node)
@@ -167,7 +168,8 @@ class Testbed:
                 os.kill(init, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return kill_until_gone(lambda: [p for p in victims if process_state(p) not in ("", "Z", "X")])
+        kill_until_gone(lambda: [p for p in victims if process_state(p) not in ("", "Z", "X")])
+        return len(victims)
 
     def set_link(self, node, up):
         """Take the node's link down (carrier lost: nothing passes either way) or bring it back up."""

@@ -107,6 +107,13 @@ def test_kill_and_link_faults():
                 break
             time.sleep(0.5)
         assert "Connection refused" in res.stderr, res.stderr
+        sleeper = subprocess.Popen(bed.exec_argv("node2", ["sh", "-c", "sleep 300 & sleep 300"]))
+        time.sleep(0.3)
+        assert cli.main(["--prefix", bed.prefix, "crash", "node2"]) == 0      # the whole node fails
+        assert sleeper.wait(10) != 0 and bed.init_pid("node2") is None and bed.processes("node2") == []
+        res = subprocess.run([bed.agent, bed.node(2)["address"], "true"], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 255 and "node node2 is down" in res.stderr, res.stderr
+        assert cli.main(["--prefix", bed.prefix, "status"]) == 0
 
 
 def test_bad_input_is_refused_with_what_was_received(monkeypatch):
