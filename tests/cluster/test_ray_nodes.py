@@ -3,6 +3,7 @@ its worker command; distnet's workers placed on both nodes, the ring's bytes on 
 one process, and what Ray listens on."""
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -126,19 +127,20 @@ def train(job, out, args):
 job, head, out, max_failures, timeout, *args = sys.argv[1:]
 try:
     distnet.ray.run(train, num_workers=2, address=head, max_failures=int(max_failures),
-                    timeout=float(timeout) if timeout != "none" else None, args=(job, out, args))
+                    timeout=float(timeout) if timeout != "none" else None, args=(job, out, args),
+                    min_workers=int(os.environ.get("MIN_WORKERS", "0")) or None, wait_for_workers=5)
     print("DONE")
 except distnet.ray.WorkerFailure as e:
     print("FAILED", e.rank, e.stalled, "|", str(e).splitlines()[0], "|", str(e).splitlines()[-1])
 """
 
 
-def drive(bed, head, out, max_failures=0, timeout="none", *args):
+def drive(bed, head, out, max_failures=0, timeout="none", *args, min_workers=None):
     """The driver on the head node (Ray wants a raylet on the driver's node); returns the process."""
     script = out / "driver.py"
     script.write_text(DRIVER)
     log = open(out / "driver.log", "w")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT, "MIN_WORKERS": str(min_workers or 0)}
     return subprocess.Popen(bed.exec_argv("node1", [sys.executable, str(script), JOB, head, str(out),
                                                     str(max_failures), str(timeout), *args]),
                             stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
@@ -183,6 +185,30 @@ def test_ray_group_survives_losing_every_process_of_a_node(ray_cluster, tmp_path
     assert "failed: its actor died" in log and "restarting the worker group (1 of 1 restarts)" in log, log[-3000:]
     assert "DONE" in log, log[-3000:]
     np.testing.assert_array_equal(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"))
+    no_actors_left(bed)
+    ray_nodes.join(bed, "node2", os.path.join(ROOT, "cluster.yaml"))      # node2 back for the next test
+
+
+@pytest.mark.timeout(600)
+def test_ray_elastic_training_goes_on_on_the_node_left_when_a_node_fails(ray_cluster, tmp_path):
+    """min_workers=1: every process of node2 dies mid-run (its raylet, agents and distnet worker); the worker on
+    node1 goes on alone, without a restart, and ends with the weights of an uninterrupted 2-node run."""
+    bed, head = ray_cluster
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    ref.mkdir()
+    broken.mkdir()
+    args = ["--samples", "640", "--epochs", "2"]
+    proc = drive(bed, head, ref, 0, "none", *args)
+    assert proc.wait(300) == 0 and "DONE" in (ref / "driver.log").read_text(), (ref / "driver.log").read_text()
+    proc = drive(bed, head, broken, 0, "none", *args, "--slow-from", "8", min_workers=1)
+    wait_for(broken / "reached", proc)
+    far = next(r for r in (0, 1) if (broken / f"rank{r}.host").read_text() == f"{bed.prefix}-node2")
+    assert bed.kill_processes("node2") >= 3
+    assert proc.wait(400) == 0
+    log = (broken / "driver.log").read_text()
+    assert re.search(rf"rank {far} left at step \d+ of epoch \d; continuing on 1 worker\b", log), log[-3000:]
+    assert "DONE" in log and "restarting" not in log, log[-3000:]
+    np.testing.assert_allclose(np.load(broken / "weights.npy"), np.load(ref / "weights.npy"), rtol=0, atol=1e-5)
     no_actors_left(bed)
     ray_nodes.join(bed, "node2", os.path.join(ROOT, "cluster.yaml"))      # node2 back for the next test
 

@@ -30,6 +30,10 @@ class NotEnoughWorkers(WorkerFailure):
         self.rank, self.size, self.cause, self.stalled = None, size, None, None
 
 
+JOIN_START_TIMEOUT = 60.0   # seconds a new worker may take to start and listen
+GROWTH_BACKOFF = 5.0        # seconds to wait after a new worker failed to start
+
+
 def _died(error):
     return type(error).__name__ in _DEATHS or any(type(c).__name__ in _DEATHS for c in (error.__cause__,) if c)
 
@@ -101,8 +105,9 @@ class ElasticGroup:
         """Below min_workers: start workers as capacity returns, for up to wait_for_workers seconds."""
         joiners, deadline = [], time.monotonic() + self.wait_for_workers
         while have + len(joiners) < self.min_workers and time.monotonic() < deadline:
-            if self._room():
-                joiners.append(self._start_joiner())
+            joiner = self._start_joiner() if self._room() else None
+            if joiner is not None:
+                joiners.append(joiner)
             else:
                 time.sleep(0.5)
         if have + len(joiners) < self.min_workers:
@@ -122,8 +127,19 @@ class ElasticGroup:
         return free.get("CPU", 0) >= self.cpus and all(free.get(k, 0) >= v for k, v in (self.resources or {}).items())
 
     def _start_joiner(self):
+        """A new worker, ready to join; None when it could not start (Ray placed it on a node that has just died
+        and that Ray does not know is dead yet: its CPUs still look free until the node misses its heartbeats)."""
         actor = self._new_actor(len(self.members), len(self.members) + 1)
-        self.ray.get(actor.prepare_join.remote(self.timeout))
+        try:
+            self.ray.get(actor.prepare_join.remote(self.timeout), timeout=JOIN_START_TIMEOUT)
+        except Exception as e:
+            if not (_died(e) or type(e).__name__ == "GetTimeoutError"):
+                raise
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+            return None
         self.refs[actor.run_function.remote(self.fn, self.args, self.kwargs)] = actor
         return actor
 
@@ -135,6 +151,9 @@ class ElasticGroup:
         if not self._room():
             return
         joiner = self._start_joiner()
+        if joiner is None:
+            self.last_growth_check = now + GROWTH_BACKOFF      # try again later
+            return
         self._rewire(self.members + [joiner], joined=1)
         self.joining.append((joiner, self.generation))
         for a in self.members[:-1]:
