@@ -37,6 +37,7 @@ class Job:
         self.proc = None
         self.stopped = None        # the signal that asked the job to stop
         self._kill_at = None
+        self._failed = False
 
     def _pump(self, stream, sink):
         for line in iter(stream.readline, ""):
@@ -48,13 +49,21 @@ class Job:
                 self.tails[rank].append(text.rstrip("\n"))
             else:
                 self.launcher_lines.append(line.rstrip("\n"))
-            if (self.rank0_only and rank != 0) or (self.stopped and not ours):
-                continue               # a stopped job's teardown noise from mpirun is not the user's business
+            if (self.rank0_only and rank != 0) or (not ours and (self.stopped or self._failing())):
+                continue               # mpirun's teardown noise of a stopped or failed job: the summary says it
             try:
                 sink.write(line)
                 sink.flush()
             except (OSError, ValueError):   # the terminal is gone (SIGHUP): keep draining the pipe
                 pass
+
+    def _failing(self):
+        """True once a rank's failure is on record (the launcher's summary will name it; mpirun's own report of
+        the teardown -- its banner, its proxies' asserts -- is then held back: DISTNET_LAUNCH_DEBUG=1 shows it)."""
+        if self._failed or os.environ.get("DISTNET_LAUNCH_DEBUG"):
+            return self._failed
+        self._failed = any(True for _ in _failures_on_record(self.launch_dir))
+        return self._failed
 
     def start(self):
         # its own session (the terminal's Ctrl-C reaches the launcher alone, which decides), but it dies with the
@@ -107,16 +116,22 @@ class Job:
 TIE = 0.005     # seconds: failures recorded closer together than this cannot be ordered with confidence
 
 
-def recorded_failures(launch_dir):
-    """The failures that the workers (their uncaught exceptions) and their supervisors (deaths not requested
-    by a stop) recorded, earliest first: [(seconds, rank, how)]. Times are on each host's monotonic clock when
-    all records come from one host, else on the wall clock."""
-    events = [(e, f"raised {e['error']}") for e in protocol.read_statuses(launch_dir, protocol.ERROR)]
+def _failures_on_record(launch_dir):
+    """(note, how) for each failure the workers and their supervisors recorded, in no particular order."""
+    for e in protocol.read_statuses(launch_dir, protocol.ERROR):
+        yield e, f"raised {e['error']}"
     for d in protocol.read_statuses(launch_dir, protocol.EXIT):
         if d.get("requested") or d.get("code") == 0:
             continue
         how = _signal_text(d["signal"]) if d.get("signal") else f"exited with code {d.get('code')}"
-        events.append((d, f"{how} (pid {d.get('pid')})"))
+        yield d, f"{how} (pid {d.get('pid')})"
+
+
+def recorded_failures(launch_dir):
+    """The failures that the workers (their uncaught exceptions) and their supervisors (deaths not requested
+    by a stop) recorded, earliest first: [(seconds, rank, how)]. Times are on each host's monotonic clock when
+    all records come from one host, else on the wall clock."""
+    events = list(_failures_on_record(launch_dir))
     one_host = len({e.get("host") for e, _ in events}) == 1 and all("monotonic" in e for e, _ in events)
     clock = "monotonic" if one_host else "time"
     return sorted((e[clock], e["rank"], how) for e, how in events)
@@ -155,6 +170,9 @@ def failure_summary(job, rc, launch_dir, n):
     shown = rank
     if rank is None:
         lines.append("  the failing rank could not be determined from mpirun's report")
+        if job._failed and job.launcher_lines:      # held back while the job ended: show what mpirun said
+            lines.append(f"  mpirun's last {min(TAIL, len(job.launcher_lines))} line(s):")
+            lines += [f"    | {ln}" for ln in job.launcher_lines[-TAIL:]]
         shown = max(job.tails, key=lambda r: len(job.tails[r]), default=0)
     else:
         lines.append(f"  first failure: rank {rank} of {n}: {how}")
