@@ -6,9 +6,6 @@ A segment is removed only if it appeared while our job ran and no live process h
 other jobs on the machine are never touched. A process is ours when its environment carries our launch's
 status directory."""
 import glob
-import os
-import signal
-import time
 
 from distnet.parallel import protocol
 
@@ -48,32 +45,10 @@ def processes_of(launch_dir):
 
 def processes_with_env(name, value):
     """Pids of this machine's processes (other than this one) started with name=value in their environment."""
-    mark = f"{name}={value}".encode()
-    me, found = os.getpid(), []
-    for environ in glob.glob("/proc/[0-9]*/environ"):
-        pid = int(environ.split("/")[2])
-        if pid == me:
-            continue
-        try:
-            with open(environ, "rb") as f:
-                if mark in f.read().split(b"\0"):
-                    found.append(pid)
-        except OSError:         # gone, or another user's
-            continue
-    return found
+    return protocol.processes_matching("environ", f"\0{name}={value}\0".encode())
 
 
 def kill_processes_of(launch_dir, wait=2.0):
     """SIGKILL every process left from that launch on this machine and wait (up to `wait` s) until they are
     gone, so that their shared memory is unmapped; return how many were signalled."""
-    pids = processes_of(launch_dir)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    deadline = time.monotonic() + wait
-    while pids and time.monotonic() < deadline and any(protocol.process_running(pid) for pid in pids):
-        time.sleep(0.01)
-    return len(pids)
-
+    return protocol.kill_and_wait(processes_of(launch_dir), wait)

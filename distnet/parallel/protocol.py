@@ -134,6 +134,36 @@ def remove_files(paths):
     return removed
 
 
+def processes_matching(field, needle):
+    """Pids of this machine's processes (other than this one) whose /proc/PID/<field> ('environ', 'cmdline':
+    NUL-separated) contains the bytes `needle`; the content is read as NUL + content + NUL, so b'\0NAME=v\0'
+    matches one whole environment entry."""
+    me, found = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/{field}", "rb") as f:
+                if needle in b"\0" + f.read() + b"\0":
+                    found.append(int(name))
+        except OSError:         # gone, or another user's
+            continue
+    return found
+
+
+def kill_and_wait(pids, wait=2.0):
+    """SIGKILL `pids` and wait (up to `wait` s) until they are gone; return how many were signalled."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline and any(process_running(pid) for pid in pids):
+        time.sleep(0.01)
+    return len(pids)
+
+
 def process_running(pid):
     """True while process `pid` of this machine exists and is not a zombie (a zombie holds no memory)."""
     try:

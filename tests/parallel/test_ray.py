@@ -462,3 +462,54 @@ except ConnectionError as e:
     assert time.monotonic() - t0 < 3
     for q in queued + [server]:
         q.close()
+
+
+def test_a_private_ray_instance_that_times_out_at_startup_is_started_afresh_once(monkeypatch, capsys):
+    """Ray waits a fixed 30 s for its raylet; on a machine whose cores are all busy that can fail. The private
+    instance is started afresh once (its daemons from the failed try killed, its directory removed); a second
+    failure, or any other error, is raised."""
+    from distnet.parallel.ray import cluster
+    daemons = []
+
+    class FakeRay:
+        def __init__(self, failures, message="The current node timed out during startup."):
+            self.failures, self.message, self.calls = failures, message, []
+
+        def is_initialized(self):
+            return False
+
+        def init(self, **kw):
+            self.calls.append(kw["_temp_dir"])
+            # a daemon whose command line names the session directory, as Ray's GCS and raylet do
+            daemons.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                             f"--session-dir={kw['_temp_dir']}/session_1"]))
+            deadline = time.monotonic() + 10       # Popen returns while execve runs: /proc shows no argv yet
+            while b"--session-dir" not in open(f"/proc/{daemons[-1].pid}/cmdline", "rb").read():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            if len(self.calls) <= self.failures:
+                raise Exception(self.message)
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fake = FakeRay(failures=1)
+    monkeypatch.setattr(cluster, "ray_module", lambda: fake)
+    try:
+        assert cluster.init_ray(num_workers=2) is fake
+        assert len(fake.calls) == 2 and not os.path.exists(fake.calls[0])
+        assert daemons[0].wait(10) == -signal.SIGKILL and daemons[1].poll() is None
+        assert "did not start in time" in capsys.readouterr().err
+        cluster.shutdown_private()
+        assert daemons[1].wait(10) == -signal.SIGKILL and not os.path.exists(fake.calls[1])
+        for failures, message in ((2, "The current node timed out during startup."), (1, "bad num_cpus")):
+            fake = FakeRay(failures, message)
+            with pytest.raises(Exception, match=message):
+                cluster.init_ray(num_workers=2)
+            assert len(fake.calls) == (2 if failures == 2 else 1) and cluster._PRIVATE_DIR is None
+            assert not any(os.path.exists(c) for c in fake.calls)
+    finally:
+        for d in daemons:
+            d.kill()
+            d.wait()

@@ -45,15 +45,28 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
         # address="local": a new instance even when a `ray start` cluster left /tmp/ray/ray_current_cluster.
         # Its files (sessions: logs, sockets) go to a directory of its own, not the shared /tmp/ray, and are
         # removed when it stops (shutdown_private, at exit at the latest).
-        _PRIVATE_DIR = tempfile.mkdtemp(prefix=f"distnet-ray-{os.getpid()}-")
         atexit.unregister(shutdown_private)
         atexit.register(shutdown_private)
-        ray.init(address="local", num_cpus=need, include_dashboard=False, log_to_driver=True,
-                 _temp_dir=_PRIVATE_DIR)
+        for attempt in range(STARTUP_ATTEMPTS):
+            _PRIVATE_DIR = tempfile.mkdtemp(prefix=f"distnet-ray-{os.getpid()}-")
+            try:
+                ray.init(address="local", num_cpus=need, include_dashboard=False, log_to_driver=True,
+                         _temp_dir=_PRIVATE_DIR)
+                break
+            except Exception as e:
+                # Ray waits a fixed 30 s for its raylet to register; a machine whose cores are all busy can take
+                # longer (seen at load average 10 on 2 cores): start afresh, once
+                if "timed out during startup" not in str(e) or attempt + 1 == STARTUP_ATTEMPTS:
+                    shutdown_private()
+                    raise
+                print(f"distnet.ray: the local Ray instance did not start in time ({e}); trying again",
+                      file=sys.stderr, flush=True)
+                shutdown_private()
         _PRIVATE_CPUS = need
     return ray
 
 
+STARTUP_ATTEMPTS = 2      # tries to start a private local Ray instance
 CONNECT_TIMEOUT = 10.0    # seconds to reach a cluster's address before giving up (Ray itself retries for minutes)
 
 
@@ -87,6 +100,10 @@ def shutdown_private():
         ray_module().shutdown()
         _PRIVATE_CPUS = None
     if _PRIVATE_DIR is not None:
+        # a ray.init that failed leaves the daemons it started (GCS, raylet, ...) unowned: their command lines
+        # name the session directory
+        from .. import protocol
+        protocol.kill_and_wait(protocol.processes_matching("cmdline", _PRIVATE_DIR.encode() + b"/"))
         shutil.rmtree(_PRIVATE_DIR, ignore_errors=True)
         _PRIVATE_DIR = None
 
