@@ -75,6 +75,7 @@ class Optimizer:
 
     def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, name=None):
+        self._learning_rate = None
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set, received "
                              f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
@@ -91,10 +92,23 @@ class Optimizer:
 
     @property
     def learning_rate(self):
-        return self._learning_rate
+        """The learning rate of the next update, as Keras 3 gives it: the schedule's value at `iterations` when
+        the optimizer was created with a LearningRateSchedule (see `schedule`)."""
+        return self.current_learning_rate()
+
+    @property
+    def schedule(self):
+        """The LearningRateSchedule this optimizer was created with, or None for a constant learning rate."""
+        lr = self._learning_rate
+        return lr if isinstance(lr, LearningRateSchedule) else None
 
     @learning_rate.setter
     def learning_rate(self, value):
+        if not isinstance(value, LearningRateSchedule) and self.schedule is not None:
+            raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` "
+                            "constructor argument, hence its learning rate is not settable. If you need the "
+                            "learning rate to be settable, you should instantiate the optimizer with a float "
+                            f"`learning_rate` argument (received {value!r}).")
         if not isinstance(value, LearningRateSchedule):
             if not isinstance(value, (int, float, np.floating, np.integer)) or not value >= 0:
                 raise ValueError(f"{type(self).__name__} expects learning_rate to be a float >= 0 or a "

@@ -121,6 +121,11 @@ def test_schedules():
     for _ in range(10):
         opt.apply(w, np.zeros(3))
     assert math.isclose(opt.current_learning_rate(), 0.05)
+    # as in Keras 3: learning_rate is the schedule's current value; the schedule is not replaced by a float
+    assert math.isclose(opt.learning_rate, 0.05) and opt.schedule is s
+    with pytest.raises(TypeError, match="created with a `LearningRateSchedule`.*not settable.*received 0.3"):
+        opt.learning_rate = 0.3
+    assert optimizers.SGD(0.1).schedule is None
 
 
 def test_unknown_optimizer_lists_valid_names():

@@ -308,8 +308,8 @@ def optimizer_from_keras(value):
 
 def optimizer_to_keras(opt):
     config = opt.get_config()
-    lr = opt.learning_rate
-    if isinstance(lr, optimizers.LearningRateSchedule):
+    lr = opt.schedule
+    if lr is not None:
         config["learning_rate"] = {"module": "keras.optimizers.schedules", "class_name": type(lr).__name__,
                                    "config": lr.get_config(), "registered_name": None}
     return {"module": "keras.optimizers", "class_name": type(opt).__name__, "config": config,

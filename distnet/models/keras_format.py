@@ -197,7 +197,7 @@ def _slot_layout(model):
 
 
 def _has_lr_variable(opt):
-    return not isinstance(opt.learning_rate, keras_config.optimizers.LearningRateSchedule)
+    return opt.schedule is None
 
 
 def _optimizer_variables(model):

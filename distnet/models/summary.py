@@ -83,8 +83,7 @@ def optimizer_variables(model):
     opt = getattr(model, "optimizer", None)
     if not getattr(model, "compiled", False) or opt is None or not model.built or not opt.iterations:
         return 0, 0
-    from ..optimizers import LearningRateSchedule
-    extra = 1 + (not isinstance(opt.learning_rate, LearningRateSchedule))
+    extra = 1 + (opt.schedule is None)
     slots = sum(s.size for s in opt.slots.values())
     return extra + slots, 4 * extra + sum(s.nbytes for s in opt.slots.values())
 

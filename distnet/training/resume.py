@@ -57,10 +57,10 @@ class FitState:
         for k, cb in enumerate(stateful):
             for j, a in enumerate(cb.get_arrays() if hasattr(cb, "get_arrays") else []):
                 arrays[f"callback{k:02d}/{j:04d}"] = a
-        lr = model.optimizer.learning_rate
+        lr = None if model.optimizer.schedule is not None else model.optimizer.learning_rate
         meta = {"epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size,
                 "iterations": model.optimizer.iterations, "architecture": model.architecture(),
-                "learning_rate": lr if isinstance(lr, float) else None,
+                "learning_rate": lr,
                 "history": history, "history_epochs": epochs_seen,
                 "membership": list(model.history.membership),
                 "rng": rng, "world_size": self.strategy.num_workers,

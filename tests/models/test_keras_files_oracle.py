@@ -107,7 +107,7 @@ def test_compile_objects_travel_both_ways(tmp_path):
     k.save(tmp_path / "k.keras")
     d = distnet.models.load_model(tmp_path / "k.keras")
     assert d.loss.from_logits and type(d.loss).__name__ == "SparseCategoricalCrossentropy"
-    assert isinstance(d.optimizer.learning_rate, optimizers.ExponentialDecay) and d.optimizer.iterations == 2
+    assert isinstance(d.optimizer.schedule, optimizers.ExponentialDecay) and d.optimizer.iterations == 2
     ours, theirs = d.evaluate(x, y, verbose=0, return_dict=True), k.evaluate(x, y, verbose=0, return_dict=True)
     assert set(ours) == set(theirs) == {"loss", "acc"}
     for key in ours:
