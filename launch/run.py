@@ -37,7 +37,7 @@ class Job:
         self.proc = None
         self.stopped = None        # the signal that asked the job to stop
         self._kill_at = None
-        self._failed = False
+        self.held_back = False     # mpirun's lines are no longer shown (a rank's failure is on record)
 
     def _pump(self, stream, sink):
         for line in iter(stream.readline, ""):
@@ -60,10 +60,10 @@ class Job:
     def _failing(self):
         """True once a rank's failure is on record (the launcher's summary will name it; mpirun's own report of
         the teardown -- its banner, its proxies' asserts -- is then held back: DISTNET_LAUNCH_DEBUG=1 shows it)."""
-        if self._failed or os.environ.get("DISTNET_LAUNCH_DEBUG"):
-            return self._failed
-        self._failed = any(True for _ in _failures_on_record(self.launch_dir))
-        return self._failed
+        if self.held_back or os.environ.get("DISTNET_LAUNCH_DEBUG"):
+            return self.held_back
+        self.held_back = any(True for _ in _failures_on_record(self.launch_dir))
+        return self.held_back
 
     def start(self):
         # its own session (the terminal's Ctrl-C reaches the launcher alone, which decides), but it dies with the
@@ -170,7 +170,7 @@ def failure_summary(job, rc, launch_dir, n):
     shown = rank
     if rank is None:
         lines.append("  the failing rank could not be determined from mpirun's report")
-        if job._failed and job.launcher_lines:      # held back while the job ended: show what mpirun said
+        if job.held_back and job.launcher_lines:      # held back while the job ended: show what mpirun said
             lines.append(f"  mpirun's last {min(TAIL, len(job.launcher_lines))} line(s):")
             lines += [f"    | {ln}" for ln in job.launcher_lines[-TAIL:]]
         shown = max(job.tails, key=lambda r: len(job.tails[r]), default=0)
