@@ -79,7 +79,7 @@ class GRU(RNNBase):
         pass
 
     def _back_step(self, t, rows, dh, need_prev):
-        u, tmp, rk, rec = self.units, self._tmp[rows], self.recurrent_kernel.value, self._rec[t, rows]
+        u, tmp, rec = self.units, self._tmp[rows], self._rec[t, rows]
         h_prev = self._h[t, rows]
         a, dz = self._zx[t, rows], self._dzx[t, rows]
         zg, r, hh = a[:, :u], a[:, u:2 * u], a[:, 2 * u:]
@@ -94,7 +94,7 @@ class GRU(RNNBase):
             np.multiply(dhh, rec[:, 2 * u:], out=dr)               # d/dr = d(hh pre) * (h_{t-1} @ U_h + b'_h)
         else:
             d_rh = tmp[:, 2 * u:]                                  # d/d(r * h_{t-1})
-            np.matmul(dhh, rk[:, 2 * u:].T, out=d_rh)
+            np.matmul(dhh, self._rk_t[2 * u:], out=d_rh)
             np.multiply(d_rh, h_prev, out=dr)
         activation_grad(self.recurrent_activation, None if pre is None else pre[:, :2 * u], a[:, :2 * u],
                         dz[:, :2 * u], tmp[:, :2 * u])
@@ -107,11 +107,11 @@ class GRU(RNNBase):
         direct = tmp[:, :u]
         np.multiply(dh, zg, out=direct)                            # through h_t = z * h_{t-1} + ...
         if self.reset_after:
-            np.matmul(dzh, rk.T, out=dh)
+            np.matmul(dzh, self._rk_t, out=dh)
         else:
             np.multiply(d_rh, r, out=tmp[:, u:2 * u])
             direct += tmp[:, u:2 * u]
-            np.matmul(dz[:, :2 * u], rk[:, :2 * u].T, out=dh)
+            np.matmul(dz[:, :2 * u], self._rk_t[:2 * u], out=dh)
         dh += direct
 
     def _recurrent_kernel_grad(self, h_prev, out):

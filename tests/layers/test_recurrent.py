@@ -130,6 +130,44 @@ def test_lstm_step_by_step_matches_the_equations():
     np.testing.assert_allclose(c, c_t, rtol=1e-5, atol=1e-6)
 
 
+class GateByGateLSTM(layers.LSTM):
+    fused = False                       # the general path, one activation call per gate block
+
+
+def run_once(layer, x, grads):
+    out = layer.call(x, training=True)
+    outs = [np.array(o) for o in (out if isinstance(out, list) else [out])]
+    dx = layer.backward([g.copy() for g in grads] if isinstance(out, list) else grads[0].copy())
+    return outs + [np.array(dx)] + [np.array(w.grad) for w in layer.weights]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True, "go_backwards": True},
+                                   {"use_bias": False, "return_sequences": True}], ids=flag_id)
+def test_lstm_fused_gates_match_the_gate_by_gate_path_in_float32(flags, threads):
+    """Default activations take the fused path (one tanh for the four gates, backward factors over all steps at
+    once); it must give the general path's results to float32 rounding."""
+    fused, plain = layers.LSTM(6, **flags), GateByGateLSTM(6, **flags)
+    assert fused.fused and not plain.fused and not layers.LSTM(6, activation="relu").fused
+    x = rng.normal(size=(5, 7, 3)).astype(np.float32)
+    fused.build_for(x.shape[1:])
+    plain.build_for(x.shape[1:])
+    weights = [rng.normal(scale=0.6, size=w.shape).astype(np.float32) for w in fused.get_weights()]
+    fused.set_weights(weights)
+    plain.set_weights(weights)
+    shapes = fused.compute_output_shape(x.shape[1:])
+    shapes = shapes if isinstance(shapes, list) else [shapes]
+    grads = [rng.normal(size=(5,) + tuple(s)).astype(np.float32) for s in shapes]
+    backend.set_num_threads(threads)
+    try:
+        got, want = run_once(fused, x, grads), run_once(plain, x, grads)
+    finally:
+        backend.set_num_threads(1)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True}])
 @pytest.mark.parametrize("kind", sorted(RNNS))
 def test_empty_batch(kind, flags):
