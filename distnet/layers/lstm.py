@@ -37,38 +37,7 @@ class LSTM(RNNBase):
         return forget_gate_ones
 
     # -- forward ------------------------------------------------------------------------------------------
-    @property
-    def fused(self):
-        """Keras's default activations (sigmoid gates, tanh): a step's four gate nonlinearities are then ONE
-        tanh over the (batch, 4 * units) block, as sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5: the kernels are
-        scaled by [0.5 | 0.5 | 1 | 0.5] per gate block once per call (exact: a power of two), the tanh output is
-        mapped back with `* [0.5 | 0.5 | 1 | 0.5] + [0.5 | 0.5 | 0 | 0.5]`. The results are bit for bit those of
-        the gate-by-gate path; backward then takes every step's gate derivatives in a few operations over all
-        steps at once instead of a dozen small ones per step."""
-        return self.recurrent_activation.name == "sigmoid" and self.activation.name == "tanh"
-
-    def _gate_scale(self):
-        """(scale, shift): the per-column [0.5 | 0.5 | 1 | 0.5] and [0.5 | 0.5 | 0 | 0.5] of the fused path."""
-        ws = self.__dict__.get("_gate_consts")
-        if ws is None or ws[0].dtype != self.dtype:
-            u = self.units
-            scale = np.full(4 * u, 0.5, self.dtype)
-            scale[2 * u:3 * u] = 1
-            shift = scale.copy()
-            shift[2 * u:3 * u] = 0
-            ws = self._gate_consts = (scale, shift)
-        return ws
-
-    def _input_kernel(self):
-        if not self.fused:
-            return self.kernel.value
-        return np.multiply(self.kernel.value, self._gate_scale()[0], out=self.workspace("kernel_s",
-                                                                                         self.kernel.value.shape))
-
-    def _input_bias(self):
-        if self.bias is None or not self.fused:
-            return super()._input_bias()
-        return np.multiply(self.bias.value, self._gate_scale()[0], out=self.workspace("bias_s", self.bias.value.shape))
+    sigmoid_gates = (0, 1, 3)       # i, f, o: on the fused path one tanh covers the four blocks of a step
 
     def _start(self, n, T):
         u = self.units
@@ -78,8 +47,7 @@ class LSTM(RNNBase):
         self._tmp = self.workspace("tmp", (n, 4 * u))
         self._pre = self.workspace("pre", (T, n, 4 * u)) if self._keep_pre else None
         if self.fused:
-            rk = self.recurrent_kernel.value
-            np.multiply(rk, self._gate_scale()[0], out=self.workspace("rk_s", rk.shape))
+            self._rk_s = self._scaled("rk_s", self.recurrent_kernel.value)
 
     def _scan(self, rows, T):
         if not self.fused:
@@ -88,7 +56,7 @@ class LSTM(RNNBase):
         zx, h, c, act_c = self._zx[:, rows], self._h[:, rows], self._c[:, rows], self._act_c[:, rows]
         i, f, g, o = zx[..., :u], zx[..., u:2 * u], zx[..., 2 * u:3 * u], zx[..., 3 * u:]
         tmp, ig = self._tmp[rows], self.workspace("ig", self._c[0].shape)[rows]
-        rk_s, (scale, shift) = self.workspace("rk_s", self.recurrent_kernel.value.shape), self._gate_scale()
+        rk_s, (scale, shift) = self._rk_s, self.gate_scale()
         for t in range(T):
             z = zx[t]                                             # 0.5 * z_i, 0.5 * z_f, z_g, 0.5 * z_o
             if t:                                                 # h_0 = 0: no recurrent term at the first step
@@ -135,8 +103,9 @@ class LSTM(RNNBase):
             self._fused_factors()
 
     def _fused_factors(self):
-        """The step-independent factors of backward, over all steps at once (a few large operations instead of
-        many small ones per step). With s' = s * (1 - s) (sigmoid), tanh' = 1 - tanh^2 and a = tanh(c_t):
+        """The step-independent factors of backward on the fused path, over all steps at once (a few large
+        operations instead of a dozen small ones per step). With s' = s * (1 - s) (sigmoid), tanh' = 1 - tanh^2
+        and a = tanh(c_t):
             d/dz_o = dh * [a * o']                   (P)
             dc    += dh * [o * (1 - a^2)]            (Q)
             d/d[z_i | z_f | z_g] = dc * [g * i' | c_{t-1} * f' | i * (1 - g^2)]   (W)

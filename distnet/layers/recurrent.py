@@ -127,9 +127,45 @@ class RNNBase(Layer):
     def _bias_init(self):
         return self.bias_initializer
 
-    def _input_bias(self):
+    def _input_bias_value(self):
         """The bias added to the input projection of every step (None without bias)."""
         return None if self.bias is None else self.bias.value
+
+    # -- fused gates --------------------------------------------------------------------------------------
+    sigmoid_gates = ()      # the gate blocks that take recurrent_activation (LSTM: i, f, o; GRU: z, r)
+
+    @property
+    def fused(self):
+        """Keras's default activations (sigmoid gates, tanh): the gate nonlinearities of a step are then taken
+        with tanh alone, as sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5, the 0.5 being folded into the kernels and
+        biases once per call (scaled copies: exact, a power of two), so a step's results are bit for bit those of
+        the gate-by-gate path with fewer, larger operations. Subclasses then run their own scan loops."""
+        return (bool(self.sigmoid_gates) and self.recurrent_activation.name == "sigmoid"
+                and self.activation.name == "tanh")
+
+    def gate_scale(self):
+        """(scale, shift) per kernel column on the fused path: 0.5 and 0.5 in the sigmoid gate blocks, 1 and 0
+        elsewhere; tanh(z * scale) * scale + shift is then sigmoid or tanh by block."""
+        consts = self.__dict__.get("_gate_consts")
+        if consts is None or consts[0].dtype != self.dtype:
+            u = self.units
+            scale = np.ones(self.gates * u, self.dtype)
+            for k in self.sigmoid_gates:
+                scale[k * u:(k + 1) * u] = 0.5
+            consts = self._gate_consts = (scale, np.where(scale == 1, 0, 0.5).astype(self.dtype))
+        return consts
+
+    def _scaled(self, name, value):
+        """value * scale (per kernel column) in a workspace: the fused path's copy of a kernel or bias."""
+        return np.multiply(value, self.gate_scale()[0], out=self.workspace(name, value.shape))
+
+    def _input_kernel(self):
+        """The kernel of the input projection (the scaled copy on the fused path)."""
+        return self._scaled("kernel_s", self.kernel.value) if self.fused else self.kernel.value
+
+    def _input_bias(self):
+        b = self._input_bias_value()
+        return self._scaled("bias_s", b) if b is not None and self.fused else b
 
     # -- forward ------------------------------------------------------------------------------------------
     def call(self, x, training=False):
@@ -153,10 +189,6 @@ class RNNBase(Layer):
         else:
             out = h[T]
         return [out] + self._final_states() if self.return_state else out
-
-    def _input_kernel(self):
-        """The kernel of the input projection (a subclass may return a scaled copy)."""
-        return self.kernel.value
 
     def _scan(self, rows, T):
         for t in range(T):

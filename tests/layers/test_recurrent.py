@@ -73,6 +73,10 @@ def test_keras_weight_layout_and_order(kind, gates, bias):
     np.testing.assert_allclose(u @ u.T, np.eye(5), atol=1e-5)
 
 
+def test_gru_without_reset_after_takes_the_general_path():
+    assert layers.GRU(4).fused and not layers.GRU(4, reset_after=False).fused
+
+
 def test_gru_without_reset_after_has_one_bias_row():
     layer = layers.GRU(4, reset_after=False)
     layer.build_for((3, 2))
@@ -134,6 +138,10 @@ class GateByGateLSTM(layers.LSTM):
     fused = False                       # the general path, one activation call per gate block
 
 
+class GateByGateGRU(layers.GRU):
+    fused = False
+
+
 def run_once(layer, x, grads):
     out = layer.call(x, training=True)
     outs = [np.array(o) for o in (out if isinstance(out, list) else [out])]
@@ -144,11 +152,13 @@ def run_once(layer, x, grads):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True, "go_backwards": True},
                                    {"use_bias": False, "return_sequences": True}], ids=flag_id)
-def test_lstm_fused_gates_match_the_gate_by_gate_path_in_float32(flags, threads):
-    """Default activations take the fused path (one tanh for the four gates, backward factors over all steps at
-    once); it must give the general path's results to float32 rounding."""
-    fused, plain = layers.LSTM(6, **flags), GateByGateLSTM(6, **flags)
-    assert fused.fused and not plain.fused and not layers.LSTM(6, activation="relu").fused
+@pytest.mark.parametrize("kind,general", [(layers.LSTM, GateByGateLSTM), (layers.GRU, GateByGateGRU)],
+                         ids=["lstm", "gru"])
+def test_fused_gates_match_the_gate_by_gate_path_in_float32(kind, general, flags, threads):
+    """Default activations take the fused path (sigmoid through tanh with pre-scaled kernels, the scan written
+    out); it must give the general path's results to float32 rounding."""
+    fused, plain = kind(6, **flags), general(6, **flags)
+    assert fused.fused and not plain.fused and not kind(6, activation="relu").fused
     x = rng.normal(size=(5, 7, 3)).astype(np.float32)
     fused.build_for(x.shape[1:])
     plain.build_for(x.shape[1:])
