@@ -201,11 +201,13 @@ class GRU(RNNBase):
         out[:, :2 * u] = h_prev.T @ dz2[:, :2 * u]
         out[:, 2 * u:] = self._rec.reshape(rows, u).T @ dz2[:, 2 * u:]
 
-    def _bias_grad(self, out):
-        if not self.reset_after:
-            return super()._bias_grad(out)
-        sum_rows(self._dzx.reshape(-1, 3 * self.units), out[0], self, slot=0)
-        sum_rows(self._dzh.reshape(-1, 3 * self.units), out[1], self, slot=0)
+    def _input_bias_grad(self):
+        g = self.bias.grad
+        return g[0] if self.reset_after and g is not None else g
+
+    def _recurrent_bias_grad(self, out):
+        if self.reset_after:
+            sum_rows(self._dzh.reshape(-1, 3 * self.units), out[1], self, slot=0)
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}

@@ -159,25 +159,34 @@ class RNNBase(Layer):
         """value * scale (per kernel column) in a workspace: the fused path's copy of a kernel or bias."""
         return np.multiply(value, self.gate_scale()[0], out=self.workspace(name, value.shape))
 
-    def _input_kernel(self):
-        """The kernel of the input projection (the scaled copy on the fused path)."""
-        return self._scaled("kernel_s", self.kernel.value) if self.fused else self.kernel.value
-
-    def _input_bias(self):
-        b = self._input_bias_value()
-        return self._scaled("bias_s", b) if b is not None and self.fused else b
+    def _projection(self, d):
+        """The matrix of the input projection: [kernel; input bias] (d + 1, gates * units), or the kernel alone
+        without bias; the scaled copy on the fused path."""
+        k, b = self.kernel.value, self._input_bias_value()
+        if b is None:
+            return self._scaled("kernel_s", k) if self.fused else k
+        w = self.workspace("projection", (d + 1, k.shape[1]))
+        if self.fused:
+            scale = self.gate_scale()[0]
+            np.multiply(k, scale, out=w[:d])
+            np.multiply(b, scale, out=w[d])
+        else:
+            w[:d], w[d] = k, b
+        return w
 
     # -- forward ------------------------------------------------------------------------------------------
     def call(self, x, training=False):
         n, T, d = x.shape
         u, gu = self.units, self.gates * self.units
-        xt = self.workspace("xt", (T, n, d))                     # time-major, in the order the scan reads it
-        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        # time-major, in the order the scan reads it; with a bias, a column of ones after the features, so that
+        # the input bias is added by the projection's matrix product and its gradient comes out of the kernel's
+        w = self._projection(d)
+        xt = self.workspace("xt", (T, n, w.shape[0]))
+        np.copyto(xt[..., :d], (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        if w.shape[0] > d:
+            xt[..., d] = 1
         zx = self.workspace("zx", (T, n, gu))
-        np.matmul(xt.reshape(T * n, d), self._input_kernel(), out=zx.reshape(T * n, gu))
-        b = self._input_bias()
-        if b is not None:
-            zx += b
+        np.matmul(xt.reshape(T * n, w.shape[0]), w, out=zx.reshape(T * n, gu))
         h = self.workspace("h", (T + 1, n, u))
         h[0].fill(0)
         self._xt, self._zx, self._h = xt, zx, h
@@ -203,7 +212,7 @@ class RNNBase(Layer):
         for outputs that received no gradient."""
         g_out, g_states = (grad[0], list(grad[1:])) if self.return_state else (grad, [])
         xt, h = self._xt, self._h
-        T, n, d = xt.shape
+        T, n, d = xt.shape[0], xt.shape[1], self.kernel.value.shape[0]
         u, gu = self.units, self.gates * self.units
         dh = self.workspace("dh", (n, u))
         dh.fill(0)
@@ -223,12 +232,21 @@ class RNNBase(Layer):
         self._back_start(g_states[1:])
         backend.parallel_batches(n, lambda lo, hi, _: self._back_scan(slice(lo, hi), T, dh[lo:hi], seq))
         dzx2 = self._dzx.reshape(T * n, gu)
-        if self.kernel.grad is not None:
-            np.matmul(xt.reshape(T * n, d).T, dzx2, out=self.kernel.grad)
+        xt2 = xt.reshape(T * n, xt.shape[2])
+        db = self._input_bias_grad() if self.bias is not None else None
+        if self.kernel.grad is not None and db is not None:
+            kb = self.workspace("projection_grad", (d + 1, gu))  # [kernel; input bias] in one product (ones column)
+            np.matmul(xt2.T, dzx2, out=kb)
+            np.copyto(self.kernel.grad, kb[:d])
+            np.copyto(db, kb[d])
+        elif self.kernel.grad is not None:
+            np.matmul(xt2[:, :d].T, dzx2, out=self.kernel.grad)
+        elif db is not None:
+            sum_rows(dzx2, db, self)
         if self.recurrent_kernel.grad is not None:
             self._recurrent_kernel_grad(h[:T].reshape(T * n, u), self.recurrent_kernel.grad)
         if self.bias is not None and self.bias.grad is not None:
-            self._bias_grad(self.bias.grad)
+            self._recurrent_bias_grad(self.bias.grad)
         if not need_input_grad:
             return None
         dxt = self.workspace("dxt", (T, n, d))
@@ -248,8 +266,12 @@ class RNNBase(Layer):
         """out = sum over steps of h_{t-1}^T @ d(pre-activations)_t. h_prev: (T * batch, units)."""
         np.matmul(h_prev.T, self._dzx.reshape(h_prev.shape[0], out.shape[1]), out=out)
 
-    def _bias_grad(self, out):
-        sum_rows(self._dzx.reshape(-1, out.size), out, self)
+    def _input_bias_grad(self):
+        """Where the gradient of the input bias goes (all of the bias but GRU's recurrent row), or None."""
+        return self.bias.grad
+
+    def _recurrent_bias_grad(self, out):
+        """The gradient of a bias that is not the input bias (GRU's recurrent row b'); none here."""
 
     # -- config -------------------------------------------------------------------------------------------
     def get_config(self):

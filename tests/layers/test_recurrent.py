@@ -73,6 +73,26 @@ def test_keras_weight_layout_and_order(kind, gates, bias):
     np.testing.assert_allclose(u @ u.T, np.eye(5), atol=1e-5)
 
 
+@pytest.mark.parametrize("frozen", ["kernel", "bias"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_input_bias_and_kernel_gradients_also_come_one_without_the_other(kind, frozen):
+    """With a bias, the input projection carries a ones column and the kernel and input-bias gradients come from
+    one product; with only one of them wanted, the other path must give the same numbers."""
+    x = rng.normal(size=(3, 5, 2)).astype(np.float32)
+    g = rng.normal(size=(3, 4)).astype(np.float32)
+    full, part = RNNS[kind](4), RNNS[kind](4)
+    full.build_for(x.shape[1:])
+    part.build_for(x.shape[1:])
+    part.set_weights(full.get_weights())
+    setattr(getattr(part, frozen), "grad", None)
+    for layer in (full, part):
+        layer.call(x, training=True)
+        layer.backward(g.copy())
+    kept = "bias" if frozen == "kernel" else "kernel"
+    np.testing.assert_allclose(getattr(part, kept).grad, getattr(full, kept).grad, rtol=1e-5, atol=1e-6)
+    assert np.abs(getattr(full, kept).grad).max() > 0
+
+
 def test_gru_without_reset_after_takes_the_general_path():
     assert layers.GRU(4).fused and not layers.GRU(4, reset_after=False).fused
 
