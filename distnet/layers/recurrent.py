@@ -6,11 +6,14 @@ Weights, in Keras's layout and order: kernel (features, gates*units), recurrent_
 bias. go_backwards reads the sequence from its last step to its first; the returned sequence stays in that
 (reversed) order, as in Keras.
 
-The work is arranged for BLAS: the input projection x_t @ kernel of every step is ONE matrix product before the
-scan (time-major, (timesteps * batch, features) @ kernel), so a step costs one small h @ recurrent_kernel product
-plus element-wise gate arithmetic in buffers reused from step to step and from call to call. Backward runs the
-scan in reverse and leaves d(pre-activations) of every step in one (timesteps, batch, gates*units) buffer, from
-which the kernel, recurrent-kernel and bias gradients are one product (one sum) each over all steps.
+The work is arranged for BLAS: the input projection x_t @ kernel + bias of every step is ONE matrix product before
+the scan (time-major, [x | 1] (timesteps * batch, features + 1) @ [kernel; bias]), so a step costs one small
+h @ recurrent_kernel product plus element-wise gate arithmetic in buffers reused from step to step and from call
+to call. Backward runs the scan in reverse (multiplying by a contiguous copy of recurrent_kernel.T) and leaves
+d(pre-activations) of every step in one (timesteps, batch, gates*units) buffer, from which the kernel and bias
+gradients are one product, and the recurrent kernel's another, over all steps. With Keras's default activations
+LSTM and GRU take a fused path (`RNNBase.fused`): sigmoid through tanh with pre-scaled kernels, and the scan loops
+written out, with fewer and larger NumPy operations per step.
 """
 import numpy as np
 
