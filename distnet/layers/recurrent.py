@@ -6,11 +6,14 @@ Weights, in Keras's layout and order: kernel (features, gates*units), recurrent_
 bias. go_backwards reads the sequence from its last step to its first; the returned sequence stays in that
 (reversed) order, as in Keras.
 
-The work is arranged for BLAS: the input projection x_t @ kernel of every step is ONE matrix product before the
-scan (time-major, (timesteps * batch, features) @ kernel), so a step costs one small h @ recurrent_kernel product
-plus element-wise gate arithmetic in buffers reused from step to step and from call to call. Backward runs the
-scan in reverse and leaves d(pre-activations) of every step in one (timesteps, batch, gates*units) buffer, from
-which the kernel, recurrent-kernel and bias gradients are one product (one sum) each over all steps.
+The work is arranged for BLAS: the input projection x_t @ kernel + bias of every step is ONE matrix product before
+the scan (time-major, [x | 1] (timesteps * batch, features + 1) @ [kernel; bias]), so a step costs one small
+h @ recurrent_kernel product plus element-wise gate arithmetic in buffers reused from step to step and from call
+to call. Backward runs the scan in reverse (multiplying by a contiguous copy of recurrent_kernel.T) and leaves
+d(pre-activations) of every step in one (timesteps, batch, gates*units) buffer, from which the kernel and bias
+gradients are one product, and the recurrent kernel's another, over all steps. With Keras's default activations
+LSTM and GRU take a fused path (`RNNBase.fused`): sigmoid through tanh with pre-scaled kernels, and the scan loops
+written out, with fewer and larger NumPy operations per step.
 """
 import numpy as np
 
@@ -127,37 +130,81 @@ class RNNBase(Layer):
     def _bias_init(self):
         return self.bias_initializer
 
-    def _input_bias(self):
+    def _input_bias_value(self):
         """The bias added to the input projection of every step (None without bias)."""
         return None if self.bias is None else self.bias.value
+
+    # -- fused gates --------------------------------------------------------------------------------------
+    sigmoid_gates = ()      # the gate blocks that take recurrent_activation (LSTM: i, f, o; GRU: z, r)
+
+    @property
+    def fused(self):
+        """Keras's default activations (sigmoid gates, tanh): the gate nonlinearities of a step are then taken
+        with tanh alone, as sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5, the 0.5 being folded into the kernels and
+        biases once per call (scaled copies: exact, a power of two), so a step's results are bit for bit those of
+        the gate-by-gate path with fewer, larger operations. Subclasses then run their own scan loops."""
+        return (bool(self.sigmoid_gates) and self.recurrent_activation.name == "sigmoid"
+                and self.activation.name == "tanh")
+
+    def gate_scale(self):
+        """(scale, shift) per kernel column on the fused path: 0.5 and 0.5 in the sigmoid gate blocks, 1 and 0
+        elsewhere; tanh(z * scale) * scale + shift is then sigmoid or tanh by block."""
+        consts = self.__dict__.get("_gate_consts")
+        if consts is None or consts[0].dtype != self.dtype:
+            u = self.units
+            scale = np.ones(self.gates * u, self.dtype)
+            for k in self.sigmoid_gates:
+                scale[k * u:(k + 1) * u] = 0.5
+            consts = self._gate_consts = (scale, np.where(scale == 1, 0, 0.5).astype(self.dtype))
+        return consts
+
+    def _scaled(self, name, value):
+        """value * scale (per kernel column) in a workspace: the fused path's copy of a kernel or bias."""
+        return np.multiply(value, self.gate_scale()[0], out=self.workspace(name, value.shape))
+
+    def _projection(self, d):
+        """The matrix of the input projection: [kernel; input bias] (d + 1, gates * units), or the kernel alone
+        without bias; the scaled copy on the fused path."""
+        k, b = self.kernel.value, self._input_bias_value()
+        if b is None:
+            return self._scaled("kernel_s", k) if self.fused else k
+        w = self.workspace("projection", (d + 1, k.shape[1]))
+        if self.fused:
+            scale = self.gate_scale()[0]
+            np.multiply(k, scale, out=w[:d])
+            np.multiply(b, scale, out=w[d])
+        else:
+            w[:d], w[d] = k, b
+        return w
 
     # -- forward ------------------------------------------------------------------------------------------
     def call(self, x, training=False):
         n, T, d = x.shape
         u, gu = self.units, self.gates * self.units
-        xt = self.workspace("xt", (T, n, d))                     # time-major, in the order the scan reads it
-        np.copyto(xt, (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        # time-major, in the order the scan reads it; with a bias, a column of ones after the features, so that
+        # the input bias is added by the projection's matrix product and its gradient comes out of the kernel's
+        w = self._projection(d)
+        xt = self.workspace("xt", (T, n, w.shape[0]))
+        np.copyto(xt[..., :d], (x[:, ::-1] if self.go_backwards else x).transpose(1, 0, 2))
+        if w.shape[0] > d:
+            xt[..., d] = 1
         zx = self.workspace("zx", (T, n, gu))
-        np.matmul(xt.reshape(T * n, d), self.kernel.value, out=zx.reshape(T * n, gu))
-        b = self._input_bias()
-        if b is not None:
-            zx += b
+        np.matmul(xt.reshape(T * n, w.shape[0]), w, out=zx.reshape(T * n, gu))
         h = self.workspace("h", (T + 1, n, u))
         h[0].fill(0)
         self._xt, self._zx, self._h = xt, zx, h
         self._start(n, T)
-
-        def scan(lo, hi, _):
-            rows = slice(lo, hi)
-            for t in range(T):
-                self._step(t, rows)
-        backend.parallel_batches(n, scan)
+        backend.parallel_batches(n, lambda lo, hi, _: self._scan(slice(lo, hi), T))
         if self.return_sequences:
             out = self.workspace("out", (n, T, u))
             np.copyto(out, h[1:].transpose(1, 0, 2))
         else:
             out = h[T]
         return [out] + self._final_states() if self.return_state else out
+
+    def _scan(self, rows, T):
+        for t in range(T):
+            self._step(t, rows)
 
     def _final_states(self):
         return [self._h[-1]]
@@ -168,7 +215,7 @@ class RNNBase(Layer):
         for outputs that received no gradient."""
         g_out, g_states = (grad[0], list(grad[1:])) if self.return_state else (grad, [])
         xt, h = self._xt, self._h
-        T, n, d = xt.shape
+        T, n, d = xt.shape[0], xt.shape[1], self.kernel.value.shape[0]
         u, gu = self.units, self.gates * self.units
         dh = self.workspace("dh", (n, u))
         dh.fill(0)
@@ -181,23 +228,28 @@ class RNNBase(Layer):
             else:
                 dh += g_out
         self._dzx = self.workspace("dzx", (T, n, gu))
+        # d/d(h_{t-1}) = dz_t @ recurrent_kernel.T: a contiguous copy of the transpose, as BLAS multiplies
+        # by it faster than by the transposed view (about 40% on (32, 512) @ (512, 128)), T times per call
+        self._rk_t = self.workspace("rk_t", (gu, u))
+        np.copyto(self._rk_t, self.recurrent_kernel.value.T)
         self._back_start(g_states[1:])
-
-        def scan_back(lo, hi, _):
-            rows = slice(lo, hi)
-            dh_rows = dh[rows]
-            for t in range(T - 1, -1, -1):
-                if seq is not None:
-                    dh_rows += seq[t, rows]
-                self._back_step(t, rows, dh_rows, t > 0)
-        backend.parallel_batches(n, scan_back)
+        backend.parallel_batches(n, lambda lo, hi, _: self._back_scan(slice(lo, hi), T, dh[lo:hi], seq))
         dzx2 = self._dzx.reshape(T * n, gu)
-        if self.kernel.grad is not None:
-            np.matmul(xt.reshape(T * n, d).T, dzx2, out=self.kernel.grad)
+        xt2 = xt.reshape(T * n, xt.shape[2])
+        db = self._input_bias_grad() if self.bias is not None else None
+        if self.kernel.grad is not None and db is not None:
+            kb = self.workspace("projection_grad", (d + 1, gu))  # [kernel; input bias] in one product (ones column)
+            np.matmul(xt2.T, dzx2, out=kb)
+            np.copyto(self.kernel.grad, kb[:d])
+            np.copyto(db, kb[d])
+        elif self.kernel.grad is not None:
+            np.matmul(xt2[:, :d].T, dzx2, out=self.kernel.grad)
+        elif db is not None:
+            sum_rows(dzx2, db, self)
         if self.recurrent_kernel.grad is not None:
             self._recurrent_kernel_grad(h[:T].reshape(T * n, u), self.recurrent_kernel.grad)
         if self.bias is not None and self.bias.grad is not None:
-            self._bias_grad(self.bias.grad)
+            self._recurrent_bias_grad(self.bias.grad)
         if not need_input_grad:
             return None
         dxt = self.workspace("dxt", (T, n, d))
@@ -206,12 +258,23 @@ class RNNBase(Layer):
         np.copyto(dx, (dxt[::-1] if self.go_backwards else dxt).transpose(1, 0, 2))
         return dx
 
+    def _back_scan(self, rows, T, dh, seq):
+        """dh: d/d(h_T) of the batch rows `rows`; seq: (T, n, units) gradients of the returned sequence or None."""
+        for t in range(T - 1, -1, -1):
+            if seq is not None:
+                dh += seq[t, rows]
+            self._back_step(t, rows, dh, t > 0)
+
     def _recurrent_kernel_grad(self, h_prev, out):
         """out = sum over steps of h_{t-1}^T @ d(pre-activations)_t. h_prev: (T * batch, units)."""
         np.matmul(h_prev.T, self._dzx.reshape(h_prev.shape[0], out.shape[1]), out=out)
 
-    def _bias_grad(self, out):
-        sum_rows(self._dzx.reshape(-1, out.size), out, self)
+    def _input_bias_grad(self):
+        """Where the gradient of the input bias goes (all of the bias but GRU's recurrent row), or None."""
+        return self.bias.grad
+
+    def _recurrent_bias_grad(self, out):
+        """The gradient of a bias that is not the input bias (GRU's recurrent row b'); none here."""
 
     # -- config -------------------------------------------------------------------------------------------
     def get_config(self):
@@ -255,4 +318,4 @@ class SimpleRNN(RNNBase):
         activation_grad(self.activation, None if self._pre is None else self._pre[t, rows], self._h[t + 1, rows],
                         dz, self._tmp[rows])
         if need_prev:
-            np.matmul(dz, self.recurrent_kernel.value.T, out=dh)
+            np.matmul(dz, self._rk_t, out=dh)

@@ -109,6 +109,7 @@ class Model(BaseModel):
         self.upstream_trainable = first_trainable
         self.body = self.order[len(self.inputs):]
         self.chain = self._is_chain()
+        self.body_needs = [first_trainable[id(la)] for la in self.body]     # the chain's per-layer need flags
 
     def ensure_built(self, xs, what):
         if not self.built:                  # a Sequential without a declared input shape builds on first data
@@ -214,11 +215,11 @@ class Model(BaseModel):
                     _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
 
     def _chain_backward(self, grad, fused, ready):
-        offsets, body, first = self.flat_state.layer_offsets, self.body, len(self.inputs)
+        body, needs, first = self.body, self.body_needs, len(self.inputs)
+        offsets = self.flat_state.layer_offsets if ready is not None else None
         last = len(body) - 1
         for j in range(last, -1, -1):
-            la = body[j]
-            need = self.upstream_trainable[id(la)]
+            la, need = body[j], needs[j]
             if j == last and fused:
                 grad = la.backward_preactivation(grad, need)
             else:

@@ -188,7 +188,7 @@ class ArrayData(IndexedData):
 
     def _rows(self, k, idx, what):
         x, reader = self.xs[k], self.row_readers[k]
-        xb = reader.take(idx)[0] if reader is not None else np.take(x, idx, axis=0)
+        xb = reader.take(idx)[0] if reader is not None else x.take(idx, axis=0)
         if self.keep_integers[k] and xb.dtype.kind in "iu":
             return xb
         if xb.dtype != self.dtype:
@@ -206,5 +206,5 @@ class ArrayData(IndexedData):
 
     def batch(self, idx, what):
         """(x rows, y rows, w rows or None) of the samples `idx` (lists for several inputs/outputs)."""
-        ys = [y[idx] for y in self.ys]
-        return self.inputs(idx, what), (ys if self.many_outputs else ys[0]), (None if self.w is None else self.w[idx])
+        yb = [y[idx] for y in self.ys] if self.many_outputs else self.ys[0][idx]
+        return self.inputs(idx, what), yb, (None if self.w is None else self.w[idx])

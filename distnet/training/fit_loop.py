@@ -104,20 +104,25 @@ class FitLoop:
         strategy, flat = model.distribute_strategy, model.flat_state
         rank, size = strategy.rank, strategy.num_workers
         batches = batch_stream(data, order, range(first_step, steps), B, rank, size, f"fit() epoch {epoch + 1}")
+        # what does not change within an epoch is looked up once: for a small model the step is mostly Python
+        train, stats, per_sync = step.train, step.stats, model.steps_per_sync
+        on_begin, on_end = cbs.on_train_batch_begin, cbs.on_train_batch_end
+        batch_context = model.set_batch_context if step.sample_id_layers else None
+        penalty_of = flat.penalty if flat.regularized else None
         try:
             for i in range(first_step, steps):
-                cbs.on_train_batch_begin(i)
+                on_begin(i)
                 with tl.phase("data"):
                     ids, batch = next(batches)
-                    model.set_batch_context(epoch, ids)
-                penalty = flat.penalty()
-                sync = (i + 1) % model.steps_per_sync == 0 or i == steps - 1
-                slots = step.train(*batch, tl, sync)
+                    if batch_context is not None:
+                        batch_context(epoch, ids)
+                penalty = penalty_of() if penalty_of is not None else 0.0
+                slots = train(*batch, tl, per_sync == 1 or (i + 1) % per_sync == 0 or i == steps - 1)
                 if slots is not None:
-                    step.stats.add(totals, slots, penalty)
-                    logs = step.stats.logs(totals)
+                    stats.add(totals, slots, penalty)
+                    logs = stats.logs(totals)
                 state.at(epoch, i + 1, totals)
-                cbs.on_train_batch_end(i, logs)
+                on_end(i, logs)
                 if model.stop_training:
                     break
         finally:
@@ -171,7 +176,7 @@ def batch_stream(data, order, steps, batch_size, rank, size, what):
     if getattr(data, "prefetch", False):
         from ..data import Prefetcher
         return Prefetcher(produce, steps, depth=2, describe=lambda i: f"{what}, step {i + 1}")
-    return (produce(i) for i in steps)
+    return map(produce, steps)
 
 
 def evaluate_data(model, step, data, batch_size, num_steps, callbacks=None):

@@ -28,6 +28,11 @@ class StepStats:
         # elastic: one more slot, summed with the gradients: > 0 when some worker was asked to change membership
         self.control = self.size if control else None
         self.size += 1 if control else 0
+        # (name, slot) of each output's loss and (name, sum slot, weight slot) of each metric: fixed per model,
+        # so `logs` (called every step) does no index arithmetic
+        self.output_loss_slots = [(name, self.output_loss(k)) for k, name in enumerate(self.output_loss_names)]
+        self.metric_slots = [(name, self.metric_sum(i), self.metric_weight(i))
+                             for i, name in enumerate(self.metric_names)]
 
     def output_loss(self, k):
         return 2 + k
@@ -51,11 +56,11 @@ class StepStats:
         metric's weighted mean."""
         count = totals[self.COUNT]
         logs = {"loss": float((totals[self.LOSS] + totals[-1]) / count) if count else 0.0}
-        for k, name in enumerate(self.output_loss_names):
-            logs[name] = float(totals[self.output_loss(k)] / count) if count else 0.0
-        for i, name in enumerate(self.metric_names):
-            weight = totals[self.metric_weight(i)]
-            logs[name] = float(totals[self.metric_sum(i)] / weight) if weight else 0.0
+        for name, slot in self.output_loss_slots:
+            logs[name] = float(totals[slot] / count) if count else 0.0
+        for name, sum_slot, weight_slot in self.metric_slots:
+            weight = totals[weight_slot]
+            logs[name] = float(totals[sum_slot] / weight) if weight else 0.0
         return logs
 
 
@@ -138,6 +143,9 @@ class Step:
         self.sample_id_layers = [la for la in model.layers if la.uses_sample_ids]
         self.stats = StepStats([(f"{heads[k].name}_{m.name}" if self.many else m.name) for k, m, _ in self.metric_refs],
                                [f"{h.name}_loss" for h in heads] if self.many else (), control=strategy.elastic)
+        # per metric: (head, metric, weighted, sum slot, weight slot), resolved once instead of every step
+        self.metric_fills = [(k, m, weighted, self.stats.metric_sum(i), self.stats.metric_weight(i))
+                             for i, (k, m, weighted) in enumerate(self.metric_refs)]
         self.buffer = self.flat.gradient_buffer(self.stats.size)
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
@@ -149,25 +157,29 @@ class Step:
     def outputs_and_losses(self, xb, ys, training, with_grad):
         """Forward, then per head (per-sample losses, gradient); ys: one target array per head."""
         out = self.model.forward(xb, training=training)
-        outs = out if self.many else [out]
-        return outs, [h.losses(y, o, with_grad) for h, y, o in zip(self.heads, ys, outs)]
+        if not self.many:
+            return [out], [self.heads[0].losses(ys[0], out, with_grad)]
+        return out, [h.losses(y, o, with_grad) for h, y, o in zip(self.heads, ys, out)]
 
     def fill_stats(self, slots, ys, outs, per_head, w):
         """Write the batch's count, loss sums and metric sums into `slots` (weighted by w where asked)."""
         slots[StepStats.COUNT] = outs[0].shape[0]
-        total = 0.0
-        for k, (losses, _) in enumerate(per_head):
-            value = losses.sum() if w is None else np.dot(losses, w)
-            total += value
-            if self.many:               # as Keras 3 logs it: each output's own loss, before its loss weight
-                weight = self.heads[k].weight
+        if self.many:
+            total = 0.0
+            for k, (losses, _) in enumerate(per_head):
+                value = losses.sum() if w is None else np.dot(losses, w)
+                total += value
+                weight = self.heads[k].weight   # as Keras 3 logs it: each output's own loss, before its weight
                 slots[self.stats.output_loss(k)] = value / weight if weight else 0.0
-        slots[StepStats.LOSS] = total
-        for i, (k, m, weighted) in enumerate(self.metric_refs):
+            slots[StepStats.LOSS] = total
+        else:
+            losses = per_head[0][0]
+            slots[StepStats.LOSS] = losses.sum() if w is None else np.dot(losses, w)
+        for k, m, weighted, sum_slot, weight_slot in self.metric_fills:
             v = m.values(ys[k], outs[k])
             use = w if weighted else None
-            slots[self.stats.metric_sum(i)] = v.sum() if use is None else np.dot(v, use)
-            slots[self.stats.metric_weight(i)] = v.shape[0] if use is None else use.sum()
+            slots[sum_slot] = v.sum() if use is None else np.dot(v, use)
+            slots[weight_slot] = v.shape[0] if use is None else use.sum()
         if self.stats.control is not None:
             slots[self.stats.control] = 1.0 if self.strategy.change_requested else 0.0
 
@@ -182,9 +194,11 @@ class Step:
         with tl.phase("forward"):
             outs, per_head = self.outputs_and_losses(xb, ys, True, True)
         with tl.phase("backward"):
-            grads = [g for _, g in per_head]
             if wb is not None:
-                grads = [g * wb.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype, copy=False) for g in grads]
+                grads = [g * wb.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype, copy=False)
+                         for _, g in per_head]
+            else:
+                grads = [g for _, g in per_head] if self.many else [per_head[0][1]]
             self.fill_stats(flat.stats, ys, outs, per_head, wb)
             if overlap:
                 strategy.begin_gradients(self.buffer, self.stats.size, flat.layer_offsets.values())
@@ -210,7 +224,8 @@ class Step:
         with tl.phase("optimizer"):
             count = flat.stats[StepStats.COUNT]
             flat.grads *= flat.grads.dtype.type(1.0 / count) if count else 0
-            flat.add_penalty_gradients()
+            if flat.regularized:
+                flat.add_penalty_gradients()
             self.optimizer.apply(flat.params, flat.grads)
         return flat.stats
 

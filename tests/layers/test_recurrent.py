@@ -73,6 +73,30 @@ def test_keras_weight_layout_and_order(kind, gates, bias):
     np.testing.assert_allclose(u @ u.T, np.eye(5), atol=1e-5)
 
 
+@pytest.mark.parametrize("frozen", ["kernel", "bias"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_input_bias_and_kernel_gradients_also_come_one_without_the_other(kind, frozen):
+    """With a bias, the input projection carries a ones column and the kernel and input-bias gradients come from
+    one product; with only one of them wanted, the other path must give the same numbers."""
+    x = rng.normal(size=(3, 5, 2)).astype(np.float32)
+    g = rng.normal(size=(3, 4)).astype(np.float32)
+    full, part = RNNS[kind](4), RNNS[kind](4)
+    full.build_for(x.shape[1:])
+    part.build_for(x.shape[1:])
+    part.set_weights(full.get_weights())
+    setattr(getattr(part, frozen), "grad", None)
+    for layer in (full, part):
+        layer.call(x, training=True)
+        layer.backward(g.copy())
+    kept = "bias" if frozen == "kernel" else "kernel"
+    np.testing.assert_allclose(getattr(part, kept).grad, getattr(full, kept).grad, rtol=1e-5, atol=1e-6)
+    assert np.abs(getattr(full, kept).grad).max() > 0
+
+
+def test_gru_without_reset_after_takes_the_general_path():
+    assert layers.GRU(4).fused and not layers.GRU(4, reset_after=False).fused
+
+
 def test_gru_without_reset_after_has_one_bias_row():
     layer = layers.GRU(4, reset_after=False)
     layer.build_for((3, 2))
@@ -128,6 +152,50 @@ def test_lstm_step_by_step_matches_the_equations():
         np.testing.assert_allclose(seq[:, t], h_t, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h, h_t, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(c, c_t, rtol=1e-5, atol=1e-6)
+
+
+class GateByGateLSTM(layers.LSTM):
+    fused = False                       # the general path, one activation call per gate block
+
+
+class GateByGateGRU(layers.GRU):
+    fused = False
+
+
+def run_once(layer, x, grads):
+    out = layer.call(x, training=True)
+    outs = [np.array(o) for o in (out if isinstance(out, list) else [out])]
+    dx = layer.backward([g.copy() for g in grads] if isinstance(out, list) else grads[0].copy())
+    return outs + [np.array(dx)] + [np.array(w.grad) for w in layer.weights]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True, "go_backwards": True},
+                                   {"use_bias": False, "return_sequences": True}], ids=flag_id)
+@pytest.mark.parametrize("kind,general", [(layers.LSTM, GateByGateLSTM), (layers.GRU, GateByGateGRU)],
+                         ids=["lstm", "gru"])
+def test_fused_gates_match_the_gate_by_gate_path_in_float32(kind, general, flags, threads):
+    """Default activations take the fused path (sigmoid through tanh with pre-scaled kernels, the scan written
+    out); it must give the general path's results to float32 rounding."""
+    fused, plain = kind(6, **flags), general(6, **flags)
+    assert fused.fused and not plain.fused and not kind(6, activation="relu").fused
+    x = rng.normal(size=(5, 7, 3)).astype(np.float32)
+    fused.build_for(x.shape[1:])
+    plain.build_for(x.shape[1:])
+    weights = [rng.normal(scale=0.6, size=w.shape).astype(np.float32) for w in fused.get_weights()]
+    fused.set_weights(weights)
+    plain.set_weights(weights)
+    shapes = fused.compute_output_shape(x.shape[1:])
+    shapes = shapes if isinstance(shapes, list) else [shapes]
+    grads = [rng.normal(size=(5,) + tuple(s)).astype(np.float32) for s in shapes]
+    backend.set_num_threads(threads)
+    try:
+        got, want = run_once(fused, x, grads), run_once(plain, x, grads)
+    finally:
+        backend.set_num_threads(1)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("flags", [{}, {"return_sequences": True, "return_state": True}])
