@@ -38,10 +38,13 @@ class ShardedDataset(RowReader):
     scale, dtype: decoding of the first field (a scalar) or of any field ({"x": 1 / 255}); see rowio.decoding.
     verify: "lazy" | "open" | "off" (see the module docstring).
     io_threads: threads issuing reads within one take (several outstanding reads: faster on a cold cache).
-    max_open_files: shard files kept open (least recently used ones are closed beyond it)."""
+    max_open_files: shard files kept open (least recently used ones are closed beyond it). Default: half the
+        process's soft limit on open files, at most 4096 and at least 256. A global batch draws samples from
+        nearly every shard, so a limit below the number of shard files used reopens files on every batch
+        (measured on 346 shards of 8.7 GB, x and y read, a limit of 256: 136 open/close pairs per batch of 128)."""
 
     def __init__(self, directory, fields=("x", "y"), scale=None, dtype=None, verify="lazy", io_threads=1,
-                 max_open_files=256):
+                 max_open_files=None):
         if verify not in VERIFY_MODES:
             raise ValueError(f"ShardedDataset expects verify to be one of {VERIFY_MODES}, received {verify!r}")
         self.directory, self.verify = os.fspath(directory), verify
@@ -62,6 +65,8 @@ class ShardedDataset(RowReader):
                 check_file_size(self.directory, entry)
         self._init_fields(self.fields, [f.shape for f in self._stored], [f.dtype for f in self._stored], scale,
                           dtype, io_threads)
+        if max_open_files is None:
+            max_open_files = default_max_open_files()
         self._fds, self._max_open = OrderedDict(), max(int(max_open_files), len(self.fields))
         self._offsets, self._row_crcs, self._lock = {}, {}, threading.Lock()
         if verify == "open":
@@ -193,6 +198,19 @@ class ShardedDataset(RowReader):
             self.io_stats.bytes_requested += entry["bytes"]
             crcs = self._row_crcs[s] = np.frombuffer(data, np.uint32).reshape(self._shards[s]["count"], -1)
         return crcs
+
+
+def default_max_open_files():
+    """Half the soft limit on open files (RLIMIT_NOFILE), clamped to [256, 4096]: the rest stays for the
+    program, MPI and the other readers."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == getattr(resource, "RLIM_INFINITY", -1) or soft < 0:
+        return 4096
+    return min(max(soft // 2, 256), 4096)
 
 
 def check_npy(fd, path, shape, dtype, size):

@@ -212,3 +212,21 @@ def test_open_file_limit_recycles_descriptors(packed):
     assert data.open_files <= 2
     data.close()
     assert np.array_equal(data.take(np.array([1]))[1], y[[1]])      # reopens after close
+
+
+def test_default_open_file_limit_keeps_every_shard_of_a_large_set_open(tmp_path, monkeypatch):
+    from distnet.data import reader
+    import resource
+    x, y, _ = _arrays(n=300)
+    write_arrays(tmp_path / "many", x, y, samples_per_shard=1)           # 300 shards: 600 x and y files
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < 1400:
+        pytest.skip(f"the soft limit on open files ({soft}) is too low for this check")
+    data = ShardedDataset(tmp_path / "many")
+    xb, yb = data.take(np.arange(300)[::-1])                # a batch drawing from every shard
+    assert np.array_equal(xb, x[::-1]) and np.array_equal(yb, y[::-1])
+    assert data.open_files == 600                           # all kept: the next batch reopens nothing
+    data.close()
+    for limit, expected in ((1024, 512), (100, 256), (20000, 4096)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, v=limit: (v, v))
+        assert reader.default_max_open_files() == expected
