@@ -166,6 +166,12 @@ def read_rows(fd, path, offset, stride, row_bytes, rows, dest, positions, stats,
     _preadv_full(fd, path, bufs, begin, want, stats)
 
 
+def read_span(fd, path, offset, dest, stats):
+    """Read len(dest) bytes at offset into dest (a writable byte memoryview) with one call (more if short)."""
+    if len(dest):
+        _preadv_full(fd, path, [dest], offset, len(dest), stats)
+
+
 def _preadv_full(fd, path, bufs, offset, want, stats):
     """preadv `want` bytes into bufs, continuing after short reads. A read that ends early means the file is
     shorter than its header and index say."""

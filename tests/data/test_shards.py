@@ -230,3 +230,24 @@ def test_default_open_file_limit_keeps_every_shard_of_a_large_set_open(tmp_path,
     for limit, expected in ((1024, 512), (100, 256), (20000, 4096)):
         monkeypatch.setattr(resource, "getrlimit", lambda _, v=limit: (v, v))
         assert reader.default_max_open_files() == expected
+
+
+def test_small_fields_are_read_as_one_column_per_shard_and_kept(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 32, 32, 8), dtype=np.uint8), rng.integers(0, 10, 60)   # 8 KiB rows, labels
+    write_arrays(tmp_path / "d", x, y, samples_per_shard=20)
+    calls = []
+    real = os.preadv
+
+    def counting(fd, buffers, offset):
+        calls.append(sum(len(b) for b in buffers))
+        return real(fd, buffers, offset)
+    monkeypatch.setattr(rowio.os, "preadv", counting)
+    data = ShardedDataset(tmp_path / "d")
+    idx = np.array([45, 2, 30, 9, 12, 57])               # shards 0, 1, 2
+    xb, yb = data.take(idx)
+    assert np.array_equal(xb, x[idx]) and np.array_equal(yb, y[idx])
+    assert sorted(calls) == [20 * 8] * 3 + [8192] * 6     # a label column per shard, an image per sample
+    calls.clear()
+    xb, yb = data.take(idx[::-1])
+    assert np.array_equal(yb, y[idx[::-1]]) and calls == [8192] * 6       # the labels are not read again
