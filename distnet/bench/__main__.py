@@ -249,7 +249,8 @@ def cmd_data(args):
 def cmd_data_train(args):
     from . import data_train
     records, probes = data_train.run(args.dir, args.size_mb, args.n, args.batch, args.steps, args.repeat,
-                                     args.ratio_repeat, progress=lambda m: print(m, file=sys.stderr))
+                                     args.ratio_repeat, args.cold_sources.split(",") if args.cold_sources else (),
+                                     progress=lambda m: print(m, file=sys.stderr))
     summary = data_train.summarize(records, probes)
     print(data_train.report(summary))
     print(f"{args.n} workers (distnet-launch), global batch {args.batch}, {args.steps} steps per pass; "
@@ -382,6 +383,8 @@ def main(argv=None):
                         "peak, reads and step time per worker, cold and warm")
     d.add_argument("--repeat", type=int, default=3, help="--train: cold runs of each source")
     d.add_argument("--ratio-repeat", type=int, default=5, help="--train: alternating warm/in-memory pairs")
+    d.add_argument("--cold-sources", default="shards-none,shards-page,npy",
+                   help="--train: sources of the cold runs (shards-none, shards-page, npy; empty: none)")
     el = sub.add_parser("elastic", help="time from a worker's death to the next step: elastic vs restart (Ray)")
     el.add_argument("--repeat", type=int, default=5)
     el.add_argument("--workers", type=int, default=3)

@@ -167,7 +167,10 @@ def run(directory, size_mb, workers=2, batch=256, steps=300, repeat=3, ratio_rep
     """All measurements; returns (per-rank records, disk probes)."""
     data.ensure_data(directory, size_mb, (None, "page"), progress)
     records, probes = [], []
-    for i in range(repeat):
+    unknown = sorted(set(cold_sources) - set(COLD_SOURCES))
+    if unknown:
+        raise ValueError(f"cold sources must be among {COLD_SOURCES}, received {unknown}")
+    for i in range(repeat if cold_sources else 0):
         probes.append(disk_probe(directory))
         progress(f"disk probe {i + 1}/{repeat}: {probes[-1]}")
         for source in cold_sources:
@@ -193,6 +196,13 @@ def _stat(values):
             "n": len(values)}
 
 
+def _resident(per_run):
+    """Median MB per kind of file resident after the runs (None when not measured)."""
+    per_run = [r for r in per_run if r]
+    kinds = sorted({k for r in per_run for k in r})
+    return {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in kinds} if per_run else None
+
+
 def summarize(records, probes):
     """Medians and ranges per (source, cache) over runs: per-rank values pooled over ranks and runs; the
     step time of a run is its slowest rank's median; ratios warm/memory per pair of consecutive runs."""
@@ -214,15 +224,25 @@ def summarize(records, probes):
                                              for run in per_run]),
                      "rss_anon_peak_MB": _stat([max(r["rss_anon_peak_MB"] for r in run) for run in per_run]),
                      "step_ms": _stat([max(r["step_ms"] for r in run) for run in per_run]),
-                     "loadavg_1min": _stat([run[0]["loadavg"][0] for run in per_run])})
+                     "cpu_ms": _stat([max(r.get("cpu_ms") or 0 for r in run) for run in per_run]),
+                     "data_wait_ms": _stat([max(r["phase_ms"].get("data", 0) for r in run) for run in per_run]),
+                     "loadavg_1min": _stat([run[0]["loadavg"][0] for run in per_run]),
+                     "resident_MB": _resident([run[0].get("resident_MB") for run in per_run])})
     pairs = {}
     for r in records:
         if r.get("pair") is not None:
             pairs.setdefault(r["pair"], {}).setdefault(r["source"], []).append(r["step_ms"])
     ratios = [max(p["shards-page"]) / max(p["memory"]) for p in pairs.values() if {"memory", "shards-page"} <= set(p)]
+    cpu_pairs = {}
+    for r in records:
+        if r.get("pair") is not None and r.get("cpu_ms"):
+            cpu_pairs.setdefault(r["pair"], {}).setdefault(r["source"], []).append(r["cpu_ms"])
+    cpu_ratios = [max(p["shards-page"]) / max(p["memory"]) for p in cpu_pairs.values()
+                  if {"memory", "shards-page"} <= set(p)]
     disk = {k: _stat([p[k] for p in probes]) for k in ("sequential_MB_per_s", "random_4k_reads_per_s",
                                                         "random_4k_MB_per_s")} if probes else {}
-    return {"rows": rows, "warm_vs_memory_step_ratio": _stat(ratios), "disk": disk}
+    return {"rows": rows, "warm_vs_memory_step_ratio": _stat(ratios), "warm_vs_memory_cpu_ratio": _stat(cpu_ratios),
+            "disk": disk}
 
 
 def fmt(stat, spec="{:.2f}"):
@@ -238,13 +258,19 @@ def report(summary):
     cols = [("read/share per rank", "read_vs_share", "{:.2f}"), ("2nd half", "read_vs_share_2nd_half", "{:.2f}"),
             ("all ranks", "read_vs_share_all_ranks", "{:.2f}"), ("read MB/s", "read_MB_per_s", "{:.1f}"),
             ("RssAnon peak MB", "rss_anon_peak_MB", "{:.0f}"), ("step ms", "step_ms", "{:.1f}"),
+            ("CPU ms/step", "cpu_ms", "{:.1f}"), ("data wait ms", "data_wait_ms", "{:.1f}"),
             ("load 1 min", "loadavg_1min", "{:.2f}")]
     lines = ["| source | cache | runs | " + " | ".join(c[0] for c in cols) + " |",
              "|---" * (3 + len(cols)) + "|"]
     for r in summary["rows"]:
         lines.append(f"| {r['source']} | {r['cache']} | {r['runs']} | "
                      + " | ".join(fmt(r[k], spec) for _, k, spec in cols) + " |")
-    lines.append(f"\nwarm shards-page / in-memory step time: {fmt(summary['warm_vs_memory_step_ratio'], '{:.3f}')}")
+    for r in summary["rows"]:
+        if r["resident_MB"]:
+            lines.append(f"\nresident after cold {r['source']} (MB, all ranks, median): "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in r["resident_MB"].items()))
+    lines.append(f"\nwarm shards-page / in-memory step time: {fmt(summary['warm_vs_memory_step_ratio'], '{:.3f}')}; "
+                 f"CPU per step: {fmt(summary.get('warm_vs_memory_cpu_ratio'), '{:.3f}')}")
     for k, v in summary["disk"].items():
         lines.append(f"disk {k}: {fmt(v, '{:.1f}')}")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ as float32 / 255 in memory: the in-memory reference). With --passes 2, fit runs 
 (seed, epoch) order) twice and only the second pass is measured: the samples it touches are then in the page
 cache (the warm measurement). Each rank writes one JSON record: peak RssAnon (sampled every few ms and after
 every step), read_bytes of /proc/self/io during the measured pass, the bytes of the samples it trained on, and
-the median step time (between consecutive on_train_batch_end calls: data wait + compute + allreduce).
+the median step time (between consecutive on_train_batch_end calls: data wait + compute + allreduce) and CPU
+seconds per step (all threads, and the training thread alone: less sensitive to other load on the machine).
 """
 import argparse
 import json
@@ -77,10 +78,12 @@ def step_timer():
     class StepTimer(Callback):
         def __init__(self):
             super().__init__()
-            self.times, self.reads, self.sampler = [], [], None
+            self.times, self.reads, self.cpu, self.main_cpu, self.sampler = [], [], [], [], None
 
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
+            self.cpu.append(time.process_time())            # every thread of the process (prefetch included)
+            self.main_cpu.append(time.thread_time())         # the training thread alone
             self.reads.append(read_bytes())
             if self.sampler is not None:
                 self.sampler.sample()
@@ -149,7 +152,8 @@ def main(argv=None):
     for p_ in range(args.passes):
         if p_ == args.passes - 1:
             timer.times.clear()
-            timer.reads.clear()
+            for series in (timer.reads, timer.cpu, timer.main_cpu):
+                series.clear()
             model.timeline.events.clear()
             before, t0 = read_bytes(), time.perf_counter()
         model.fit(x, y, batch_size=args.batch, epochs=1, steps_per_epoch=args.steps, verbose=0, callbacks=[timer])
@@ -173,6 +177,8 @@ def main(argv=None):
               "rss_anon_end_MB": (rss_anon_bytes() or 0) / 1e6,
               "step_ms": float(np.median(steps_s) * 1e3) if len(steps_s) else None,
               "step_ms_p90": float(np.percentile(steps_s, 90) * 1e3) if len(steps_s) else None,
+              "cpu_ms": float(np.median(np.diff(timer.cpu)[skip:]) * 1e3) if len(steps_s) else None,
+              "main_cpu_ms": float(np.median(np.diff(timer.main_cpu)[skip:]) * 1e3) if len(steps_s) else None,
               "seconds": seconds, "read_MB_per_s": None if got is None else got / 1e6 / seconds,
               "loss": float(model.history.history["loss"][-1]),
               "phase_ms": {k: v * 1e3 for k, v in model.timeline.step_breakdown(skip).items()}}
