@@ -31,7 +31,8 @@ import numpy as np
 
 from .format import INDEX, DataError, check_file_crc, check_file_size, crc_field, index_fields, read_index, row_crc32
 from .npy import read_header
-from .rowio import RowReader, as_indices, byte_view, open_for_rows, read_rows, read_span, unique_plan
+from .rowio import (RowReader, as_indices, byte_view, open_for_rows, read_rows, read_scattered, read_span,
+                    unique_plan)
 
 VERIFY_MODES = ("lazy", "open", "off")
 SMALL_ROW_BYTES = 64
@@ -113,16 +114,19 @@ class ShardedDataset(RowReader):
         groups = [(int(shard[lo]), rows[lo:hi] - self._starts[int(shard[lo])], positions[lo:hi])
                   for lo, hi in itertools.pairwise(bounds)]
         with self._lock:         # the prefetch thread and the caller may share a reader
-            jobs = []
-            for s, local, pos in groups:
+            try:
                 for j, f in enumerate(self._stored):
                     if j in self._small:
-                        raws[j][pos] = self._column(s, j)[local]
-                        continue
-                    fd, offset, path = self._file(s, j)
-                    jobs.append((fd, path, offset, f.stride, f.row_bytes, local, views[j], pos))
-            try:
-                self._read(jobs)
+                        for s, local, pos in groups:
+                            raws[j][pos] = self._column(s, j)[local]
+                    elif self.io_threads == 1:     # one pass over the batch's rows of every shard
+                        self._read_field(j, f, groups, views[j])
+                    else:                          # a job per shard, cut into pieces for the threads
+                        jobs = []
+                        for s, local, pos in groups:
+                            fd, offset, path = self._file(s, j)
+                            jobs.append((fd, path, offset, f.stride, f.row_bytes, local, views[j], pos))
+                        self._read(jobs)
             finally:
                 self._close_beyond_limit()
             if self.verify != "off" and groups:
@@ -177,6 +181,22 @@ class ShardedDataset(RowReader):
         closed while it reads)."""
         while len(self._fds) > self._max_open:
             os.close(self._fds.popitem(last=False)[1])
+
+    def _read_field(self, j, f, groups, view):
+        """The rows of field j of every group (shard, its rows, their output positions) with read_scattered."""
+        fds, offsets, paths = [], [], {}
+        for s, _, _ in groups:
+            fd, offset, path = self._file(s, j)
+            fds.append(fd)
+            offsets.append(offset)
+            paths[fd] = path
+        if not groups:
+            return
+        counts = [len(g[1]) for g in groups]
+        local = np.concatenate([g[1] for g in groups])
+        starts = np.repeat(np.array(offsets, dtype=np.int64), counts) + local * f.stride
+        read_scattered(np.repeat(np.array(fds), counts), paths, starts, f.row_bytes, view,
+                       np.concatenate([g[2] for g in groups]), self.io_stats)
 
     def _column(self, s, j):
         """All rows of small field j (e.g. labels) of shard s, read with one pread the first time and kept."""

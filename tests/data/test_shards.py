@@ -251,3 +251,21 @@ def test_small_fields_are_read_as_one_column_per_shard_and_kept(tmp_path, monkey
     calls.clear()
     xb, yb = data.take(idx[::-1])
     assert np.array_equal(yb, y[idx[::-1]]) and calls == [8192] * 6       # the labels are not read again
+
+
+def test_read_scattered_joins_nearby_rows_of_one_file_only(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(bytes(range(100)) * 100)
+    b.write_bytes(bytes(range(100, 200)) * 100)
+    fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
+    try:
+        dest = np.zeros((4, 10), np.uint8)
+        stats = rowio.IOStats()
+        rowio.read_scattered(np.array([fa, fa, fb, fb]), {fa: str(a), fb: str(b)}, np.array([0, 20, 30, 9000]), 10,
+                             rowio.byte_view(dest), np.array([3, 0, 1, 2]), stats)
+    finally:
+        os.close(fa)
+        os.close(fb)
+    assert dest[3].tolist() == list(range(10)) and dest[0].tolist() == list(range(20, 30))
+    assert dest[1].tolist() == list(range(130, 140)) and dest[2].tolist() == list(range(100, 110))
+    assert stats.reads == 3 and stats.bytes_requested == 30 + 10 + 10     # a's two rows and their gap: one call
