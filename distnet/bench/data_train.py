@@ -4,7 +4,7 @@
         --dir /path/with/30GB/free --json out.json
 
 Packs a synthetic CIFAR-shaped set (distnet.bench.data.make_data: shards unpadded and page-aligned, and one
-.npy; reused when a complete one is there), then launches `distnet-launch -n N -m distnet.bench.data_worker`
+.npy; reused when a complete one is there), then launches `distnet-launch -n N -- -m distnet.bench.data_worker`
 (a small CNN, K steps, each rank reports JSON):
 - cold: before each run every file of the set is evicted from the page cache (posix_fadvise DONTNEED), then
   one pass over K steps from each of shards-none, shards-page and the memory-mapped .npy; after the run the

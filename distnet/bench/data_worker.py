@@ -1,6 +1,6 @@
 """One worker of `distnet-bench data --train`: train a small CNN for K steps from one data source, report JSON.
 
-    distnet-launch -n 2 --threads 1 -m distnet.bench.data_worker --dir D --source shards-page --steps 200 \\
+    distnet-launch -n 2 --threads 1 -- -m distnet.bench.data_worker --dir D --source shards-page --steps 200 \\
         --batch 256 --out /tmp/run-{rank}.json [--passes 2]
 
 Sources (all in D, written by distnet.bench.data.make_data): shards-none / shards-page (ShardedDataset,
