@@ -3,6 +3,7 @@
     distnet-bench engine    [--model mlp,cnn] [--batch 32] [--threads 1]
     distnet-bench allreduce -n 2,4 [--sizes 4K,1M,16M,64M]
     distnet-bench data      --size-mb 200 -n 2 --rank 0 [--batch 256] [--steps 50] [--io-threads 1,4]
+    distnet-bench data --train --size-mb 8700 -n 2 --batch 256 --steps 300 [--repeat 3] [--ratio-repeat 5]
     distnet-bench cluster allreduce|levers|hierarchical [--repeat 5]    (across emulated nodes; root)
 All subcommands take --json FILE to write the records as {"results": [...]}.
 """
@@ -232,6 +233,8 @@ def cmd_memory(args):
 
 def cmd_data(args):
     from . import data
+    if args.train:
+        return cmd_data_train(args)
     aligns = [None if a == "none" else a for a in args.row_align.split(",")]
     rows = data.run(args.dir, args.size_mb, args.n, args.rank, args.batch, args.steps, aligns, args.io_threads,
                     progress=lambda m: print(m, file=sys.stderr))
@@ -241,6 +244,18 @@ def cmd_data(args):
     print(f"rank {args.rank} of {args.n}, global batch {args.batch}, {rows[0]['steps']} steps; read = read_bytes "
           "of /proc/self/io; share = the rank's images + labels")
     return rows
+
+
+def cmd_data_train(args):
+    from . import data_train
+    records, probes = data_train.run(args.dir, args.size_mb, args.n, args.batch, args.steps, args.repeat,
+                                     args.ratio_repeat, args.cold_sources.split(",") if args.cold_sources else (),
+                                     progress=lambda m: print(m, file=sys.stderr))
+    summary = data_train.summarize(records, probes)
+    print(data_train.report(summary))
+    print(f"{args.n} workers (distnet-launch), global batch {args.batch}, {args.steps} steps per pass; "
+          f"read = read_bytes of /proc/self/io; share = the rank's images + labels")
+    return {"records": records, "disk": probes, "summary": summary}
 
 
 def cmd_elastic(args):
@@ -363,6 +378,13 @@ def main(argv=None):
     d.add_argument("--steps", type=int, default=50)
     d.add_argument("--row-align", default="none,page", help="shard layouts to pack and read: none, page or both")
     d.add_argument("--io-threads", type=_ints, default=[1, 4], help="reader threads, e.g. 1,4")
+    d.add_argument("--train", action="store_true",
+                   help="train a small CNN under distnet-launch -n N from the set (shards, .npy, memory): RssAnon "
+                        "peak, reads and step time per worker, cold and warm")
+    d.add_argument("--repeat", type=int, default=3, help="--train: cold runs of each source")
+    d.add_argument("--ratio-repeat", type=int, default=5, help="--train: alternating warm/in-memory pairs")
+    d.add_argument("--cold-sources", default="shards-none,shards-page,npy",
+                   help="--train: sources of the cold runs (shards-none, shards-page, npy; empty: none)")
     el = sub.add_parser("elastic", help="time from a worker's death to the next step: elastic vs restart (Ray) "
                                         "vs relaunch on the healthy hosts (MPI)")
     el.add_argument("--repeat", type=int, default=5)

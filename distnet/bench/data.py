@@ -68,6 +68,42 @@ def make_data(directory, size_mb, aligns=(None, "page"), samples_per_shard=8192,
     return n
 
 
+def ensure_data(directory, size_mb, aligns=(None, "page"), progress=print):
+    """The sample count of the set packed in directory by make_data at this size and these layouts; packed now
+    unless a complete one is there (its marker written last, every listed file at its recorded size)."""
+    marker = os.path.join(directory, f"packed-{size_mb}MB-{'-'.join(str(a) for a in aligns)}")
+    n = None
+    if os.path.exists(marker):
+        with open(marker) as f:
+            n = int(f.read())
+        problem = packed_problem(directory, n, aligns)
+        if problem:
+            progress(f"{directory}: repacking ({problem})")
+            os.remove(marker)
+            n = None
+    if n is None:
+        n = make_data(directory, size_mb, aligns, progress=progress)
+        with open(marker, "w") as f:
+            f.write(str(n))
+    return n
+
+
+def packed_problem(directory, n, aligns):
+    """Why the set in directory is not a complete make_data set of n samples (sizes and headers only: reading
+    8 GB to check CRCs would defeat a cold-cache measurement), or None."""
+    try:
+        for a in aligns:
+            with ShardedDataset(shard_dir(directory, a), verify="off") as d:
+                if len(d) != n:
+                    return f"{shard_dir(directory, a)} has {len(d)} samples, expected {n}"
+        with NpyRows(os.path.join(directory, "x.npy"), os.path.join(directory, "y.npy")) as rows:
+            if len(rows) != n or rows.shapes[0] != IMAGE:
+                return f"x.npy holds {len(rows)} samples of {rows.shapes[0]}, expected {n} of {IMAGE}"
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def shard_dir(directory, align):
     return os.path.join(directory, f"shards-{align or 'none'}")
 
@@ -115,13 +151,7 @@ def readers(directory, aligns, io_threads=(1,)):
 def run(directory, size_mb, size=2, rank=0, batch=256, steps=50, aligns=(None, "page"), io_threads=(1,), warm=True,
         progress=print):
     """Pack (unless already packed at this size), then measure each reader cold (and warm)."""
-    marker = os.path.join(directory, f"packed-{size_mb}MB-{'-'.join(str(a) for a in aligns)}")
-    if not os.path.exists(marker):
-        n = make_data(directory, size_mb, aligns, progress=progress)
-        with open(marker, "w") as f:
-            f.write(str(n))
-    with open(marker) as f:
-        n = int(f.read())
+    n = ensure_data(directory, size_mb, aligns, progress)
     rows = []
     for name, take, close in readers(directory, aligns, io_threads):
         evict(data_files(directory))

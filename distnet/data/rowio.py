@@ -144,26 +144,41 @@ def read_rows(fd, path, offset, stride, row_bytes, rows, dest, positions, stats,
 
     Rows closer than `max_gap` bytes are read in one call, the gap into a scratch buffer: a gap below a page
     costs the disk nothing (it reads whole pages) and saves a system call per row."""
-    if len(rows) == 0:
+    if len(rows):
+        read_scattered(np.full(len(rows), fd), {fd: path}, offset + rows * stride, row_bytes, dest, positions, stats,
+                       max_gap)
+
+
+def read_scattered(fds, paths, starts, row_bytes, dest, positions, stats, max_gap=PAGE):
+    """Rows of several files in one pass: row i (`row_bytes` bytes) at byte starts[i] of file fds[i] goes to row
+    positions[i] of dest. Rows are grouped by file and sorted by start within a file; paths: {fd: path}.
+    One call per run of rows of one file closer than max_gap (as read_rows)."""
+    if len(starts) == 0:
         return
-    starts = offset + rows * stride
+    fds, starts = np.asarray(fds), np.asarray(starts, dtype=np.int64)
     gaps = starts[1:] - (starts[:-1] + row_bytes)
     scratch = memoryview(bytearray(max_gap))
-    # one call per run of rows closer than max_gap; the loop is per row only to build the iovecs
-    joined = np.concatenate(([False], gaps <= max_gap)).tolist()
-    gaps_list, starts_list, pos_list = gaps.tolist(), starts.tolist(), positions.tolist()
-    bufs, begin, want = [], starts_list[0], 0
+    # one call per run; the loop is per row only to build the iovecs
+    joined = np.concatenate(([False], (gaps <= max_gap) & (fds[1:] == fds[:-1]))).tolist()
+    gaps_list, starts_list, pos_list, fd_list = gaps.tolist(), starts.tolist(), positions.tolist(), fds.tolist()
+    bufs, begin, want, fd = [], starts_list[0], 0, fd_list[0]
     for i, p in enumerate(pos_list):
         if not joined[i] or len(bufs) >= IOV_MAX - 1:
             if bufs:
-                _preadv_full(fd, path, bufs, begin, want, stats)
-            bufs, begin, want = [], starts_list[i], 0
+                _preadv_full(fd, paths[fd], bufs, begin, want, stats)
+            bufs, begin, want, fd = [], starts_list[i], 0, fd_list[i]
         elif gaps_list[i - 1]:
             bufs.append(scratch[:gaps_list[i - 1]])
             want += gaps_list[i - 1]
         bufs.append(dest[p * row_bytes:(p + 1) * row_bytes])
         want += row_bytes
-    _preadv_full(fd, path, bufs, begin, want, stats)
+    _preadv_full(fd, paths[fd], bufs, begin, want, stats)
+
+
+def read_span(fd, path, offset, dest, stats):
+    """Read len(dest) bytes at offset into dest (a writable byte memoryview) with one call (more if short)."""
+    if len(dest):
+        _preadv_full(fd, path, [dest], offset, len(dest), stats)
 
 
 def _preadv_full(fd, path, bufs, offset, want, stats):

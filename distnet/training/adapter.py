@@ -157,6 +157,11 @@ class ArrayData(IndexedData):
                              f"{[y.shape[0] for y in ys] if ys is not None else []} targets")
 
     @property
+    def prefetch(self):
+        """Read ahead on a background thread when an input is read from a file (a memory map): reading is I/O."""
+        return any(r is not None for r in self.row_readers)
+
+    @property
     def num_samples(self):
         return self.xs[0].shape[0]
 

@@ -165,3 +165,12 @@ def test_bad_arguments(ds):
         data.take(np.zeros((2, 2), np.int64))
     with pytest.raises(TypeError, match="expects integer sample indices, received dtype float64"):
         data.take(np.array([1.0]))
+
+
+def test_corrupt_label_found_at_the_batch_that_needs_it(ds):
+    _flip_byte(ds / "y-00001.npy", 128 + 3 * 8)            # header, then the label of sample 13
+    data = ShardedDataset(ds)
+    assert data.take(np.array([12, 14]))[1].shape == (2,)  # the shard's labels are read whole, checked by row
+    with pytest.raises(DataError, match=r"'.*y-00001.npy' is corrupt: sample 13 \(row 3 of shard 1\) has "
+                                        r"CRC-32 [0-9a-f]{8}, crc-00001.npy says [0-9a-f]{8}"):
+        data.take(np.array([2, 13, 35]))

@@ -212,3 +212,60 @@ def test_open_file_limit_recycles_descriptors(packed):
     assert data.open_files <= 2
     data.close()
     assert np.array_equal(data.take(np.array([1]))[1], y[[1]])      # reopens after close
+
+
+def test_default_open_file_limit_keeps_every_shard_of_a_large_set_open(tmp_path, monkeypatch):
+    from distnet.data import reader
+    import resource
+    x, y, _ = _arrays(n=300)
+    write_arrays(tmp_path / "many", x, y, samples_per_shard=1)           # 300 shards: 600 x and y files
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < 1400:
+        pytest.skip(f"the soft limit on open files ({soft}) is too low for this check")
+    data = ShardedDataset(tmp_path / "many")
+    xb, yb = data.take(np.arange(300)[::-1])                # a batch drawing from every shard
+    assert np.array_equal(xb, x[::-1]) and np.array_equal(yb, y[::-1])
+    assert data.open_files == 600                           # all kept: the next batch reopens nothing
+    data.close()
+    for limit, expected in ((1024, 512), (100, 256), (20000, 4096)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, v=limit: (v, v))
+        assert reader.default_max_open_files() == expected
+
+
+def test_small_fields_are_read_as_one_column_per_shard_and_kept(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 32, 32, 8), dtype=np.uint8), rng.integers(0, 10, 60)   # 8 KiB rows, labels
+    write_arrays(tmp_path / "d", x, y, samples_per_shard=20)
+    calls = []
+    real = os.preadv
+
+    def counting(fd, buffers, offset):
+        calls.append(sum(len(b) for b in buffers))
+        return real(fd, buffers, offset)
+    monkeypatch.setattr(rowio.os, "preadv", counting)
+    data = ShardedDataset(tmp_path / "d")
+    idx = np.array([45, 2, 30, 9, 12, 57])               # shards 0, 1, 2
+    xb, yb = data.take(idx)
+    assert np.array_equal(xb, x[idx]) and np.array_equal(yb, y[idx])
+    assert sorted(calls) == [20 * 8] * 3 + [8192] * 6     # a label column per shard, an image per sample
+    calls.clear()
+    xb, yb = data.take(idx[::-1])
+    assert np.array_equal(yb, y[idx[::-1]]) and calls == [8192] * 6       # the labels are not read again
+
+
+def test_read_scattered_joins_nearby_rows_of_one_file_only(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(bytes(range(100)) * 100)
+    b.write_bytes(bytes(range(100, 200)) * 100)
+    fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
+    try:
+        dest = np.zeros((4, 10), np.uint8)
+        stats = rowio.IOStats()
+        rowio.read_scattered(np.array([fa, fa, fb, fb]), {fa: str(a), fb: str(b)}, np.array([0, 20, 30, 9000]), 10,
+                             rowio.byte_view(dest), np.array([3, 0, 1, 2]), stats)
+    finally:
+        os.close(fa)
+        os.close(fb)
+    assert dest[3].tolist() == list(range(10)) and dest[0].tolist() == list(range(20, 30))
+    assert dest[1].tolist() == list(range(130, 140)) and dest[2].tolist() == list(range(100, 110))
+    assert stats.reads == 3 and stats.bytes_requested == 30 + 10 + 10     # a's two rows and their gap: one call

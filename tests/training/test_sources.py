@@ -52,6 +52,28 @@ def test_a_memory_mapped_array_is_read_by_rows_and_trains_the_same(tmp_path):
     np.testing.assert_allclose(b.flat_state.params, c.flat_state.params, rtol=1e-5, atol=1e-6)
 
 
+def test_a_memory_mapped_input_is_read_ahead_on_the_prefetch_thread(tmp_path, monkeypatch):
+    from distnet.data.prefetch import Prefetcher
+    from distnet.training import adapter, fit_loop
+    x, y = images()
+    np.save(tmp_path / "x.npy", x.astype(np.float32) / 255)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert adapter.ArrayData([mapped], [y]).prefetch and not adapter.ArrayData([np.array(mapped)], [y]).prefetch
+    streams = []
+    original = fit_loop.batch_stream
+
+    def spy(*args, **kwargs):
+        streams.append(original(*args, **kwargs))
+        return streams[-1]
+    monkeypatch.setattr(fit_loop, "batch_stream", spy)
+    a, b = cnn(), cnn()
+    a.fit(x.astype(np.float32) / 255, y, batch_size=16, epochs=1, verbose=0)
+    b.fit(mapped, y, batch_size=16, epochs=1, verbose=0)
+    assert not isinstance(streams[0], Prefetcher) and isinstance(streams[1], Prefetcher)
+    assert not streams[1].alive                              # closed at the end of the epoch
+    np.testing.assert_allclose(b.flat_state.params, a.flat_state.params, rtol=1e-5, atol=1e-6)
+
+
 class Batches:
     """A Keras PyDataset-like object: len() batches, each (x, y)."""
 
