@@ -118,7 +118,7 @@ def cmd_scaling(args):
                        ("wait_ms", "wait", "{:.2f}"), ("allreduce_ms", "allreduce", "{:.2f}"),
                        ("optimizer_ms", "opt", "{:.2f}")]))
     if args.predict:
-        rows += predictions(rows, args.predict.split(","), args.n)
+        rows += costmodel.predictions(rows, args.predict.split(","), args.n)
     if args.plot:
         from .. import plot
         curves = [r for r in rows if r.get("kind") == "prediction" and "lever" not in r]
@@ -167,54 +167,6 @@ def _levers(args):
     if getattr(args, "steps_per_sync", 1) > 1:
         kw["steps_per_sync"] = args.steps_per_sync
     return kw
-
-
-def predictions(rows, networks, measured_ns):
-    """Fit alpha/beta of this machine's MPI ring, check the model against the measured points, then predict
-    efficiency at 2..256 workers on the named networks, without and with fp16 compression."""
-    measured = [r for r in rows if r.get("kind") == "scaling" and r.get("backend", "mpi") == "mpi"]
-    base = next((r for r in measured if r["n"] == 1), None)
-    if base is None:
-        raise SystemExit("predictions need the 1-worker run: include 1 in -n")
-    ns = sorted({n for n in measured_ns if n > 1}) or [2]
-    print("cost model: measuring this machine's allreduce to fit alpha/beta ...", file=sys.stderr)
-    ar = allreduce.run(ns, [64 << 10, 1 << 20, 4 << 20, 16 << 20], impls=("ring",), progress=lambda m: None)
-    local = costmodel.fit_alpha_beta(ar)
-    t_compute, grad = base["step_s"], base["gradient_bytes"]
-    out = []
-    cores = os.cpu_count() or 1
-    print(f"\ncost model fitted on this machine: alpha = {local['alpha'] * 1e6:.1f} us, "
-          f"beta = {1 / local['beta'] / 1e9:.2f} GB/s; compute {t_compute * 1e3:.2f} ms/step, gradient {grad:,} B")
-    for n in ns:
-        # more workers than cores: each worker gets cores/n of a core, so its compute takes n/cores longer
-        slow = max(1.0, n / cores)
-        p = costmodel.predict(t_compute * slow, grad, [n], local)[0]
-        p["efficiency"] /= slow
-        m = next((r for r in measured if r["n"] == n), None)
-        if m is not None:
-            print(f"  n={n}: measured efficiency {m.get('efficiency', float('nan')):.1%}, model {p['efficiency']:.1%}"
-                  + (f" ({n} workers on {cores} cores)" if slow > 1 else "")
-                  + " (the model has no term for workers sharing caches and memory bandwidth)")
-        out.append({**p, "network": "this machine", **local})
-    big = [2, 4, 8, 16, 32, 64, 128, 256]
-    print("\nPREDICTED weak-scaling efficiency (not measured), compute per step as measured here:")
-    header = "network     compression " + " ".join(f"{n:>6}" for n in big)
-    print(header)
-    for name in networks:
-        net = costmodel.parse_network(name)
-        for comp in ("none", "fp16"):
-            ps = costmodel.predict(t_compute, grad, big, net, comp)
-            print(f"{name:<11} {comp:<11} " + " ".join(f"{p['efficiency']:6.1%}" for p in ps))
-            out += [{**p, "network": name, **net} for p in ps]
-    t_backward = base["breakdown_s"].get("backward", t_compute / 2)
-    print("\nPREDICTED at 64 workers, per communication lever (allreduce ms per step / efficiency):")
-    for name in networks:
-        net = costmodel.parse_network(name)
-        levers = costmodel.predict_levers(t_compute, t_backward, grad, 64, net)
-        print(f"{name:<11} " + "  ".join(f"{p['lever']}: {p['allreduce_s'] * 1e3:.2f} ms / {p['efficiency']:.1%}"
-                                        for p in levers))
-        out += [{**p, "network": name} for p in levers]
-    return out
 
 
 def cmd_memory(args):

@@ -4,6 +4,9 @@ Ring allreduce of m bytes over n workers: T(n, m) = 2(n-1)*alpha + 2(n-1)/n * m 
 (alpha: per-message latency; beta: seconds per byte, including the reduction). A weak-scaling step on n workers
 takes t_compute + T(n, gradient bytes) without overlap, so efficiency(n) = t_compute / (t_compute + T).
 """
+import os
+import sys
+
 import numpy as np
 
 # Typical per-message latency (s) and inverse bandwidth (s/byte) of TCP over Ethernet at these line rates;
@@ -111,3 +114,52 @@ def predict_levers(t_compute, t_backward, grad_bytes, n, network, topk_ratio=0.0
             f"steps_per_sync={steps_per_sync}": ring / steps_per_sync}
     return [{"kind": "prediction", "lever": lever, "n": n, "step_s": t_compute + c, "allreduce_s": c,
              "efficiency": t_compute / (t_compute + c)} for lever, c in comm.items()]
+
+
+def predictions(rows, networks, measured_ns):
+    """Fit alpha/beta of this machine's MPI ring, check the model against the measured points, then predict
+    efficiency at 2..256 workers on the named networks, without and with fp16 compression."""
+    measured = [r for r in rows if r.get("kind") == "scaling" and r.get("backend", "mpi") == "mpi"]
+    base = next((r for r in measured if r["n"] == 1), None)
+    if base is None:
+        raise SystemExit("predictions need the 1-worker run: include 1 in -n")
+    ns = sorted({n for n in measured_ns if n > 1}) or [2]
+    print("cost model: measuring this machine's allreduce to fit alpha/beta ...", file=sys.stderr)
+    from . import allreduce
+    ar = allreduce.run(ns, [64 << 10, 1 << 20, 4 << 20, 16 << 20], impls=("ring",), progress=lambda m: None)
+    local = fit_alpha_beta(ar)
+    t_compute, grad = base["step_s"], base["gradient_bytes"]
+    out = []
+    cores = os.cpu_count() or 1
+    print(f"\ncost model fitted on this machine: alpha = {local['alpha'] * 1e6:.1f} us, "
+          f"beta = {1 / local['beta'] / 1e9:.2f} GB/s; compute {t_compute * 1e3:.2f} ms/step, gradient {grad:,} B")
+    for n in ns:
+        # more workers than cores: each worker gets cores/n of a core, so its compute takes n/cores longer
+        slow = max(1.0, n / cores)
+        p = predict(t_compute * slow, grad, [n], local)[0]
+        p["efficiency"] /= slow
+        m = next((r for r in measured if r["n"] == n), None)
+        if m is not None:
+            print(f"  n={n}: measured efficiency {m.get('efficiency', float('nan')):.1%}, model {p['efficiency']:.1%}"
+                  + (f" ({n} workers on {cores} cores)" if slow > 1 else "")
+                  + " (the model has no term for workers sharing caches and memory bandwidth)")
+        out.append({**p, "network": "this machine", **local})
+    big = [2, 4, 8, 16, 32, 64, 128, 256]
+    print("\nPREDICTED weak-scaling efficiency (not measured), compute per step as measured here:")
+    header = "network     compression " + " ".join(f"{n:>6}" for n in big)
+    print(header)
+    for name in networks:
+        net = parse_network(name)
+        for comp in ("none", "fp16"):
+            ps = predict(t_compute, grad, big, net, comp)
+            print(f"{name:<11} {comp:<11} " + " ".join(f"{p['efficiency']:6.1%}" for p in ps))
+            out += [{**p, "network": name, **net} for p in ps]
+    t_backward = base["breakdown_s"].get("backward", t_compute / 2)
+    print("\nPREDICTED at 64 workers, per communication lever (allreduce ms per step / efficiency):")
+    for name in networks:
+        net = parse_network(name)
+        levers = predict_levers(t_compute, t_backward, grad, 64, net)
+        print(f"{name:<11} " + "  ".join(f"{p['lever']}: {p['allreduce_s'] * 1e3:.2f} ms / {p['efficiency']:.1%}"
+                                        for p in levers))
+        out += [{**p, "network": name} for p in levers]
+    return out
