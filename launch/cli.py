@@ -60,8 +60,10 @@ def parser():
     p.add_argument("--max-restarts", type=int, default=0,
                    help="restart the whole job up to K times when a worker fails (resume from checkpoints)")
     p.add_argument("--min-workers", type=int, default=None, metavar="M",
-                   help="MPI with hosts: relaunch on the healthy hosts only (unreachable ones, and a host that held "
-                        "the first failure twice, are left out), with as few as M workers; needs --max-restarts")
+                   help="elastic, down to M workers. MPI (with hosts): relaunch on the healthy hosts only "
+                        "(unreachable ones, and a host that held the first failure twice, are left out); needs "
+                        "--max-restarts. Ray: the survivors go on without a restart, and workers join again when "
+                        "the cluster has room")
     p.add_argument("--watchdog-timeout", type=float, default=None, metavar="SECONDS",
                    help="end the job when a rank waits longer than this at a collective, naming the rank it waits "
                         f"for (MPI; default: off, {DEFAULT_WATCHDOG:g} s with --min-workers: a crashed host sends "
@@ -172,9 +174,10 @@ def elastic_pool(args, hosts, n):
     """The HostPool of an elastic MPI job (--min-workers), or None."""
     if args.min_workers is None:
         return None
+    if not 1 <= args.min_workers <= n:
+        raise mpi.LaunchError(f"--min-workers must be between 1 and -n ({n}), received {args.min_workers}")
     if args.backend == "ray":
-        raise mpi.LaunchError("--min-workers is for MPI jobs; with Ray, elastic training is "
-                              "distnet.ray.run(train_fn, num_workers=N, min_workers=M)")
+        return None                       # the Ray driver's elastic group (launch_ray passes --min-workers)
     if not hosts:
         raise mpi.LaunchError("--min-workers needs hosts (--hosts, --hostfile, --cluster or --testbed): on this "
                               "machine alone a relaunch has the same cores; use --max-restarts")
@@ -204,6 +207,8 @@ def launch_ray(args, n, prog):
         cmd += ["--address", address]
     if args.threads:
         cmd += ["--cpus-per-worker", str(args.threads)]
+    if args.min_workers is not None:
+        cmd += ["--min-workers", str(args.min_workers)]
     cmd += prog[1:]
     if head:
         cmd = [_testbed(args.testbed_name).agent, head, shlex.join(cmd)]

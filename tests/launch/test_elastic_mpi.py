@@ -107,13 +107,19 @@ def test_below_min_workers_the_job_stops_and_says_why(tmp_path):
     (["--hosts", "a:2", "--min-workers", "1", "-n", "2", "x.py"], "give how many times with --max-restarts"),
     (["--hosts", "a:2", "--min-workers", "3", "-n", "2", "--max-restarts", "1", "x.py"],
      "--min-workers must be between 1 and -n (2), received 3"),
-    (["--backend", "ray", "--min-workers", "1", "-n", "2", "--max-restarts", "1", "x.py"],
-     "distnet.ray.run(train_fn, num_workers=N, min_workers=M)"),
+    (["--backend", "ray", "--min-workers", "3", "-n", "2", "x.py"], "--min-workers must be between 1 and -n (2)"),
 ])
 def test_min_workers_bad_input(capsys, argv, message):
     from launch import cli
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ray_backend_passes_min_workers_to_its_elastic_driver(capsys):
+    from launch import cli
+    assert cli.main(["--backend", "ray", "--dry-run", "-n", "3", "--min-workers", "2", "examples/train_mlp.py"]) == 0
+    out = capsys.readouterr().out
+    assert "-m distnet.parallel.ray.job -n 3" in out and "--min-workers 2" in out, out
 
 
 def test_placement_follows_mpiruns_by_slot_mapping():

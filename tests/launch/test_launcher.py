@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CLUSTER = os.path.join(ROOT, "cluster.yaml")
 
 
-def launch(*args, timeout=120):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+def launch(*args, timeout=120, env=None):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     for v in protocol.BLAS_VARS:
         env.pop(v, None)
     try:

@@ -113,3 +113,48 @@ def test_below_min_workers_the_job_waits_then_fails_with_a_message(tmp_path, ray
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith(("FAILED", "NO FAILURE"))), "")
     assert line.startswith("FAILED"), res.stdout[-2000:] + res.stderr[-2000:]
     assert "only 1 worker(s) left, fewer than min_workers=2; waited 3 s for capacity" in line, line
+
+
+SCRIPT = """
+import os, signal, sys
+import numpy as np
+import distnet
+from distnet import callbacks, layers
+from distnet.models import Sequential
+comm = distnet.distributed.init()
+out, kill = sys.argv[1], sys.argv[2] == "kill"
+distnet.utils.set_random_seed(7)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(120, 5)).astype(np.float32)
+y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+m = Sequential([layers.Input((5,)), layers.Dense(8, activation="relu"), layers.Dense(2, activation="softmax")])
+m.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+class Kill(callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if kill and comm.rank == 2 and comm.generation == 0 and batch == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+h = m.fit(x, y, batch_size=12, epochs=4, verbose=0, callbacks=[Kill()])
+if comm.rank == 0:
+    np.save(f"{out}/{sys.argv[2]}.npy", m.flat_state.params)
+    print("workers at the end:", comm.size, flush=True)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_distnet_launch_ray_min_workers_runs_a_script_elastically(tmp_path, ray_tmpdir):
+    """distnet-launch --backend ray --min-workers: a script's fit goes on without rank 2 (not restarted), with
+    the weights of an uninterrupted 3-worker run."""
+    import numpy as np
+    from tests.launch.test_launcher import launch
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = {"RAY_TMPDIR": ray_tmpdir}
+    clean = launch("--backend", "ray", "-n", "3", str(script), str(tmp_path), "clean", timeout=240, env=env)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    res = launch("--backend", "ray", "-n", "3", "--min-workers", "2", str(script), str(tmp_path), "kill",
+                 timeout=240, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "rank 2 left at step 5 of epoch 1; continuing on 2 workers" in out, out[-3000:]
+    assert "restarting" not in out
+    np.testing.assert_allclose(np.load(tmp_path / "kill.npy"), np.load(tmp_path / "clean.npy"), rtol=0, atol=1e-5)

@@ -195,11 +195,16 @@ def run(train_fn, num_workers=2, resources_per_worker=None, max_failures=0, addr
 
 
 def run_script(path, argv=(), num_workers=2, resources_per_worker=None, max_failures=0, address=None,
-               placement_strategy="SPREAD", timeout=None):
-    """Run a training script on num_workers actors, as `mpirun -n N python script.py argv` would."""
+               placement_strategy="SPREAD", timeout=None, min_workers=None, wait_for_workers=60.0):
+    """Run a training script on num_workers actors, as `mpirun -n N python script.py argv` would; with
+    min_workers, elastically (see run)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"script {path!r} does not exist")
     path, cwd = os.path.abspath(path), os.getcwd()
+    if min_workers is not None:
+        from .worker import run_script_file
+        return run(run_script_file, num_workers, resources_per_worker, address=address, args=(path, list(argv), cwd),
+                   timeout=timeout, min_workers=min_workers, wait_for_workers=wait_for_workers)
     return _run_group(lambda group: group.run("run_script", path, list(argv), cwd), num_workers,
                       resources_per_worker, max_failures, address, placement_strategy, timeout)
 

@@ -1,6 +1,6 @@
 """Driver for a script on Ray actors (what `distnet-launch --backend ray` runs):
 
-    python -m distnet.parallel.ray.job -n 4 [--address ADDR] [--max-failures K] script.py [args...]
+    python -m distnet.parallel.ray.job -n 4 [--address ADDR] [--max-failures K] [--min-workers M] script.py [args...]
 """
 import argparse
 import signal
@@ -14,6 +14,9 @@ def main(argv=None):
     p.add_argument("--max-failures", type=int, default=0)
     p.add_argument("--cpus-per-worker", type=float, default=1)
     p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--min-workers", type=int, default=None, help="elastic: go on with as few as M workers")
+    p.add_argument("--wait-for-workers", type=float, default=60.0,
+                   help="elastic: seconds to wait for capacity below --min-workers")
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
@@ -26,7 +29,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)     # even when started with SIGINT ignored
     try:
         run_script(a.script, a.args, a.num_workers, {"CPU": a.cpus_per_worker}, a.max_failures, a.address,
-                   timeout=a.timeout)
+                   timeout=a.timeout, min_workers=a.min_workers, wait_for_workers=a.wait_for_workers)
     except WorkerFailure as e:
         print(f"distnet.ray: the job failed.\n  first failure: {e}", file=sys.stderr)
         return 1

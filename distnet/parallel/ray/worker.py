@@ -114,10 +114,15 @@ class Worker:
         return fn(*args, **kwargs)
 
     def run_script(self, path, argv, cwd):
-        import runpy
-        if cwd and os.path.isdir(cwd):
-            os.chdir(cwd)
-        sys.argv = [path] + list(argv)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        runpy.run_path(path, run_name="__main__")
-        return None
+        return run_script_file(path, argv, cwd)
+
+
+def run_script_file(path, argv, cwd):
+    """Run a training script in this process as `python path argv...` would, from directory `cwd` (a module-level
+    function, so that an elastic group can run it as its train_fn)."""
+    import runpy
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+    sys.argv = [path] + list(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    runpy.run_path(path, run_name="__main__")
