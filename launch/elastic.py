@@ -102,7 +102,7 @@ class HostPool:
                 lines.append(f"host {host} answers again: back in")
         self.unreachable = {h: why for h, why in answers.items() if why}
         # a crashed host explains the failure of the ranks that talked to it: no strike for the others
-        lost = [h for h, _ in before if h in self.unreachable]
+        lost = [h for h in set(ranks) if h in self.unreachable]
         if not lost and failed_rank is not None and 0 <= failed_rank < len(ranks):
             host = ranks[failed_rank]
             self.strikes[host] += 1

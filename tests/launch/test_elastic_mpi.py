@@ -148,6 +148,9 @@ def test_host_pool_strikes_unreachable_hosts_and_coming_back():
     with pytest.raises(elastic.NotEnoughWorkers, match=r"only 0 worker slot\(s\) left .* fewer than "
                                                        r"--min-workers=2 \(left out: a: unreachable \(down\)"):
         pool.after_failure(0)
+    spare = elastic.HostPool([("a", 2), ("b", 2)], 2, 1, probe=lambda h, ssh: "down" if h == "b" else None)
+    hosts, n, lines = spare.after_failure(1)      # b (no rank on it) is gone, a's rank 1 failed: a is struck
+    assert (hosts, n, spare.strikes["a"]) == ([("a", 2)], 2, 1)
     with pytest.raises(LaunchError, match="between 1 and -n"):
         elastic.HostPool([("a", 1)], 1, 0)
 
