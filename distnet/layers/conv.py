@@ -177,11 +177,8 @@ class _Conv(ActivatedLayer):
         transposed = need_input_grad and not grid_dx and self._transposed_input_grad()
         (kh, kw), (dh, dw), c = self._k2, self._d2, self._in_hwc[-1]
         grid_k = self._cols is None               # the forward ran on the grid: no im2col to reuse
-        if grid_k:
-            g_grid = self.workspace("grad_grid", (n, *self._xp.shape[1:3], self.filters))
-            chunk = kernels.grid_chunk(self._xp.shape[1:3], max(c, self.filters))
+        gpads = self._grad_pads
         if transposed or grid_dx:
-            gpads = self._grad_pads
             gp_all = self.workspace("grad_padded", kernels.padded_shape(grad.shape, gpads)) \
                 if any(map(any, gpads)) else None
             gcols = None if grid_dx else self.workspace("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
@@ -194,6 +191,13 @@ class _Conv(ActivatedLayer):
         want_b = self.bias is not None and self.bias.grad is not None
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
+        if grid_k:
+            grid_hw = self._xp.shape[1:3]
+            chunk = kernels.grid_chunk(grid_hw, max(c, self.filters))
+            # 'same' padding: the padded output gradient lies on the input's grid, shifted by (top, left) of its
+            # padding, with zeros around it, which is what the kernel gradient needs: no second copy of it
+            share = grid_dx and gp_all is not None and gp_all.shape[1:3] == grid_hw
+            g_grid = None if share else self.workspace("grad_grid", (n, *grid_hw, self.filters))
 
         def work(lo, hi, t):
             g = grad[lo:hi]
@@ -201,12 +205,15 @@ class _Conv(ActivatedLayer):
                 self.activation.backward(None, self._a[lo:hi], g, mask=mask[lo:hi])
             g2 = g.reshape(-1, self.filters)
             dk = db = None
+            if transposed or grid_dx:
+                gp = kernels.pad_hw(g, gpads, out=gp_all[lo:hi] if gp_all is not None else None)
             if want_k and grid_k:
                 dk = self.kernel.grad.reshape(kh, kw, c, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kh, kw, c, self.filters))
-                kernels.conv_grid_kernel_grad(self._xp[lo:hi], kernels.to_grid(g, g_grid.shape[1:3], g_grid[lo:hi]),
-                                              self._k2, self._d2, dk, self.workspace(f"dk_part{t}", (c, self.filters)),
-                                              chunk)
+                g_on_grid, offset = (gp, gpads[0][0] * grid_hw[1] + gpads[1][0]) if share else \
+                    (kernels.to_grid(g, grid_hw, g_grid[lo:hi]), 0)
+                kernels.conv_grid_kernel_grad(self._xp[lo:hi], g_on_grid, self._k2, self._d2, dk,
+                                              self.workspace(f"dk_part{t}", (c, self.filters)), chunk, offset)
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))
@@ -215,7 +222,6 @@ class _Conv(ActivatedLayer):
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
                 sum_rows(g2, db, self, slot=t)
             if transposed or grid_dx:
-                gp = kernels.pad_hw(g, gpads, out=gp_all[lo:hi] if gp_all is not None else None)
                 if grid_dx:
                     self._conv_grid(np.ascontiguousarray(gp), kt, dx[lo:hi], t)
                 else:

@@ -107,17 +107,19 @@ def conv_grid(xp, k4, dilation, out, acc, tmp, chunk):
     return out
 
 
-def conv_grid_kernel_grad(xp, g_grid, kernel, dilation, out, tmp, chunk):
+def conv_grid_kernel_grad(xp, g_grid, kernel, dilation, out, tmp, chunk, offset=0):
     """The kernel gradient of `conv_grid`: out[i, j] = sum over samples and positions of
-    xp[n, y + i*dh, x + j*dw]^T g[n, y, x], with g_grid: (n, hp, wp, f) the output gradient on xp's grid (zero
-    outside each sample's (oh, ow) corner). out: (kh, kw, c, f); tmp: (c, f)."""
+    xp[n, y + i*dh, x + j*dw]^T g[n, y, x], with g_grid: (n, hp, wp, f) the output gradient on xp's grid, zero
+    elsewhere: g[n, y, x] at flattened row offset + (y*wp + x) of each sample (offset 0: the top-left corner;
+    the rows a shift reaches past a sample's end are the next one's zero border). out: (kh, kw, c, f);
+    tmp: (c, f)."""
     n, hp, wp, c = xp.shape
     f = g_grid.shape[-1]
     shift = _grid_shift(wp, kernel, dilation)
     out.fill(0)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        rows_in, rows_g = xp[lo:hi].reshape(-1, c), g_grid[lo:hi].reshape(-1, f)
+        rows_in, rows_g = xp[lo:hi].reshape(-1, c), g_grid[lo:hi].reshape(-1, f)[offset:]
         rows = rows_in.shape[0] - shift
         for i in range(kernel[0]):
             for j in range(kernel[1]):
