@@ -210,8 +210,10 @@ class Model(BaseModel):
             g_list = g_in if la.multi_input else [g_in]
             for k, (t, g) in enumerate(zip(inbound, g_list)):
                 if g is not None and not isinstance(t.layer, InputLayer):
-                    # a merge layer may hand the same array to several inputs; each producer may overwrite it
-                    _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
+                    # a merge layer may hand one array to several inputs (each producer may overwrite it): copy it
+                    # then; Add and the others return a buffer per input, which need no second copy
+                    shared = any(h is not None and np.may_share_memory(g, h) for h in g_list[:k])
+                    _accumulate(pending, (id(t.layer), t.index), np.array(g) if shared else g)
 
     def _chain_backward(self, grad, fused, ready):
         offsets, body, first = self.flat_state.layer_offsets, self.body, len(self.inputs)
@@ -314,8 +316,14 @@ def _inbound(layer):
 
 
 def _accumulate(pending, key, g):
-    """Add a gradient for one tensor: the first is kept as is, later ones are summed into a new array."""
-    if key in pending:
-        pending[key] = pending[key] + g
-    else:
+    """Add a gradient for one tensor: the first is kept as is, later ones are summed into it in place (it
+    belongs to the tensor's producer, which may overwrite it anyway), or into a new array when it is read-only
+    (a broadcast view) or of another shape or type."""
+    have = pending.get(key)
+    if have is None:
         pending[key] = g
+    elif have.flags.writeable and have.shape == np.broadcast_shapes(have.shape, g.shape) and \
+            have.dtype == np.result_type(have, g):
+        np.add(have, g, out=have)
+    else:
+        pending[key] = have + g
