@@ -142,3 +142,15 @@ def test_the_paths_are_chosen_by_channels_and_stride():
     assert paths(layers.Conv2D(64, 3), (15, 15, 32)) == (False, False, False)    # 33% of the grid dropped
     assert paths(layers.Conv2D(32, 3, strides=2, padding="same"), (32, 32, 16))[:2] == (False, False)
     assert not paths(layers.Conv2D(8, 3, strides=2, padding="same"), (8, 8, 16))[2]
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: layers.Conv2D(16, 3, padding="same"), (32, 32, 16)),
+                                        (lambda: layers.Conv1D(16, 3, padding="causal"), (40, 16))])
+def test_the_grid_path_handles_an_empty_batch(make, shape):
+    layer = make()
+    layer.build_for(shape)
+    assert layer._grid_forward and layer._grid_input_grad
+    layer(np.ones((2,) + shape, np.float32), training=True)
+    out = layer(np.zeros((0,) + shape, np.float32), training=True)
+    dx = layer.backward(np.zeros_like(out))
+    assert out.shape == dx.shape == (0,) + shape and not layer.kernel.grad.any()
