@@ -109,6 +109,14 @@ class Model(BaseModel):
         self.upstream_trainable = first_trainable
         self.body = self.order[len(self.inputs):]
         self.chain = self._is_chain()
+        # a ReLU layer followed only by a max pooling: the pooling masks its (4x smaller) gradient with the
+        # ReLU's derivative at each window's maximum, and the ReLU layer's own mask pass over its output is skipped
+        self.relu_pools = {j for j in range(1, len(self.body)) if self.chain
+                           and getattr(self.body[j], "takes_relu_gradient", False)
+                           and getattr(self.body[j - 1], "activation", None) is not None
+                           and self.body[j - 1].activation.name == "relu"
+                           and hasattr(self.body[j - 1], "backward_preactivation")
+                           and not self.body[j - 1].keep_preactivation}
 
     def ensure_built(self, xs, what):
         if not self.built:                  # a Sequential without a declared input shape builds on first data
@@ -217,12 +225,14 @@ class Model(BaseModel):
 
     def _chain_backward(self, grad, fused, ready):
         offsets, body, first = self.flat_state.layer_offsets, self.body, len(self.inputs)
-        last = len(body) - 1
+        last, relu_pools = len(body) - 1, self.relu_pools
         for j in range(last, -1, -1):
             la = body[j]
             need = self.upstream_trainable[id(la)]
-            if j == last and fused:
+            if (j == last and fused) or j + 1 in relu_pools:
                 grad = la.backward_preactivation(grad, need)
+            elif j in relu_pools and need:
+                grad = la.backward_relu_input(grad)
             else:
                 grad = la.backward(grad, need)
             if ready is not None and j + first in offsets:

@@ -203,3 +203,26 @@ def test_a_tensor_added_to_itself_and_read_by_two_more_layers_gets_every_gradien
     from tests.conftest import assert_grad_close
     assert_grad_close(model.flat_state.grads.copy(), model.flat_state.params, loss, rtol=1e-5, atol=1e-7,
                       max_entries=80)
+
+
+def test_relu_then_max_pooling_backward_masks_the_pooled_gradient_exactly_as_the_relu_would():
+    """A chain folds a ReLU layer's derivative into the max pooling after it (mask the pooled gradient, skip
+    the ReLU's pass): the gradients equal the unfolded ones bit for bit, ties and all-negative windows included."""
+    def grads(fold):
+        distnet.utils.set_random_seed(7)
+        model = Sequential([layers.Input((9, 8, 2)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(),
+                            layers.Reshape((-1, 4)), layers.Dense(3, activation="relu"), layers.MaxPooling1D(2),
+                            layers.Flatten(), layers.Dense(2, activation="softmax")])
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        assert model.relu_pools == {1, 4}                  # the poolings, in the chain of layers
+        if not fold:
+            model.relu_pools = set()
+        x = np.round(np.random.default_rng(3).normal(size=(5, 9, 8, 2))).astype(np.float32)   # many exact ties
+        y = np.array([0, 1, 1, 0, 1])
+        step = model.make_step(y)
+        _, per_head = step.outputs_and_losses(x, [y], True, True)
+        model.backward(per_head[0][1], fused=step.fused)
+        return model.flat_state.grads.copy()
+    folded, plain = grads(True), grads(False)
+    assert np.any(folded != 0)
+    np.testing.assert_array_equal(folded, plain)
