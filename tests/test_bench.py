@@ -65,3 +65,21 @@ def test_engine_profile_names_layers_flops_and_the_ceiling(tmp_path, capsys):
     summary = next(r for r in rows if r["kind"] == "profile_summary")
     assert summary["gemm_ceiling_gflops"] > 0 and 0 < summary["share_of_ceiling"]
     assert "of this core's GEMM" in capsys.readouterr().out
+
+
+def test_profile_times_a_max_pooling_entered_through_its_relu_input():
+    """A chain enters a max pooling after a ReLU at backward_relu_input: its time is the layer's backward."""
+    import time
+
+    import numpy as np
+
+    from distnet import layers
+    from distnet.bench import profile
+    pool = layers.MaxPooling2D()
+    pool.build_for((4, 4, 2))
+    pool(np.ones((1, 4, 4, 2), np.float32))
+    acc = [0.0, 0.0]
+    profile._wrap(pool, acc)
+    pool.backward = lambda g, need_input_grad=True: time.sleep(0.02) or g      # the work inside the entry
+    pool.backward_relu_input(np.ones((1, 2, 2, 2), np.float32))
+    assert acc[1] >= 0.02 and acc[0] == 0.0

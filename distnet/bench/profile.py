@@ -79,8 +79,9 @@ def profile(model, x, y, batch, steps=10, warmup=3):
 
 
 def _wrap(layer, acc):
-    """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer);
-    nested calls (backward calling backward_preactivation) are counted once."""
+    """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer, or a
+    max pooling's backward_relu_input); nested calls (backward calling backward_preactivation) are counted
+    once."""
     depth = [0]
 
     def timed(fn, slot):
@@ -96,5 +97,6 @@ def _wrap(layer, acc):
         return run
     layer.call = timed(layer.call, 0)
     layer.backward = timed(layer.backward, 1)
-    if hasattr(layer, "backward_preactivation"):
-        layer.backward_preactivation = timed(layer.backward_preactivation, 1)
+    for entry in ("backward_preactivation", "backward_relu_input"):    # other entries of a layer's backward
+        if hasattr(layer, entry):
+            setattr(layer, entry, timed(getattr(layer, entry), 1))

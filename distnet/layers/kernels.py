@@ -52,7 +52,11 @@ def pad_hw(x, pads, value=0.0, out=None):
         return x
     if out is None:
         return np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
-    out.fill(value)
+    (top, bottom), (left, right) = pads
+    h, w = out.shape[1:3]
+    rows = out[:, top:h - bottom]
+    for border in (out[:, :top], out[:, h - bottom:], rows[:, :, :left], rows[:, :, w - right:]):
+        border.fill(value)                    # only the border: the inside is overwritten next
     unpad_hw(out, pads)[...] = x
     return out
 
@@ -60,3 +64,71 @@ def pad_hw(x, pads, value=0.0, out=None):
 def unpad_hw(x, pads):
     (top, bottom), (left, right) = pads
     return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
+
+
+# -- stride-1 convolution on the flattened padded grid (no im2col) ---------------------------------------------
+def grid_chunk(grid_hw, channels, budget=40000):
+    """Samples per chunk of the grid kernels, so that a chunk's input, sum and product buffers (~budget floats
+    each) stay in the L2 cache across the kh*kw products."""
+    return max(1, budget // (grid_hw[0] * grid_hw[1] * channels))
+
+
+def _grid_shift(grid_w, kernel, dilation):
+    """How far (in grid rows of the flattened (n*hp*wp, c) view) the last kernel offset reads past the first."""
+    return (kernel[0] - 1) * dilation[0] * grid_w + (kernel[1] - 1) * dilation[1]
+
+
+def conv_grid(xp, k4, dilation, out, acc, tmp, chunk):
+    """Stride-1 convolution out[n, y, x] = sum_ij xp[n, y + i*dh, x + j*dw] @ k4[i, j] without im2col.
+
+    xp: (n, hp, wp, c) padded input; k4: (kh, kw, c, f); out: (n, oh, ow, f) with oh = hp - (kh-1)*dh. Seen as
+    (n*hp*wp, c) rows, the input that kernel offset (i, j) multiplies is ONE contiguous slice of rows, shifted by
+    i*dh*wp + j*dw, for every output position of the padded grid at once: kh*kw GEMMs with K = c, summed in acc,
+    then each sample's valid (oh, ow) corner is copied out (the grid's other positions mix rows of the next
+    image row or sample and are dropped). acc, tmp: (chunk*hp*wp, f) buffers; chunk samples at a time."""
+    n, hp, wp, c = xp.shape
+    kh, kw = k4.shape[:2]
+    oh, ow = out.shape[1:3]
+    shift = _grid_shift(wp, (kh, kw), dilation)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        rows_in = xp[lo:hi].reshape(-1, c)
+        rows = rows_in.shape[0] - shift       # grid positions whose receptive field lies inside this chunk
+        a, t = acc[:rows], tmp[:rows]
+        for i in range(kh):
+            for j in range(kw):
+                o = i * dilation[0] * wp + j * dilation[1]
+                if o == 0:
+                    np.matmul(rows_in[:rows], k4[i, j], out=a)
+                else:
+                    np.matmul(rows_in[o:o + rows], k4[i, j], out=t)
+                    np.add(a, t, out=a)
+        out[lo:hi] = acc[:(hi - lo) * hp * wp].reshape(hi - lo, hp, wp, -1)[:, :oh, :ow]
+    return out
+
+
+def conv_grid_kernel_grad(xp, g_grid, kernel, dilation, out, tmp, chunk, offset=0):
+    """The kernel gradient of `conv_grid`: out[i, j] = sum over samples and positions of
+    xp[n, y + i*dh, x + j*dw]^T g[n, y, x], with g_grid: (n, hp, wp, f) the output gradient on xp's grid, zero
+    elsewhere: g[n, y, x] at flattened row offset + (y*wp + x) of each sample (offset 0: the top-left corner;
+    the rows a shift reaches past a sample's end are the next one's zero border). out: (kh, kw, c, f);
+    tmp: (c, f)."""
+    n, hp, wp, c = xp.shape
+    f = g_grid.shape[-1]
+    shift = _grid_shift(wp, kernel, dilation)
+    out.fill(0)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        rows_in, rows_g = xp[lo:hi].reshape(-1, c), g_grid[lo:hi].reshape(-1, f)[offset:]
+        rows = rows_in.shape[0] - shift
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                o = i * dilation[0] * wp + j * dilation[1]
+                np.matmul(rows_in[o:o + rows].T, rows_g[:rows], out=tmp)
+                np.add(out[i, j], tmp, out=out[i, j])
+    return out
+
+
+def to_grid(g, grid_hw, out):
+    """g: (n, oh, ow, f) placed in the top-left corner of out: (n, hp, wp, f), zeros elsewhere."""
+    return pad_hw(g, ((0, grid_hw[0] - g.shape[1]), (0, grid_hw[1] - g.shape[2])), out=out)

@@ -9,7 +9,15 @@ import math
 import numpy as np
 
 from .. import initializers, regularizers
-from .base import Layer
+from .base import Layer, sum_rows
+
+
+def _rows(x):
+    """x: (batch, ..., channels) seen as (rows, k*channels): k consecutive positions per row (the image width,
+    or the steps of a sequence; k = 1 for (batch, channels))."""
+    x = np.ascontiguousarray(x)
+    k = x.shape[-2] if x.ndim >= 3 else 1
+    return x.reshape(-1, k * x.shape[-1])
 
 
 class BatchNormalization(Layer):
@@ -46,26 +54,50 @@ class BatchNormalization(Layer):
                                                trainable=False)
 
     def call(self, x, training=False):
+        """x: (batch, ..., channels). The element-wise passes run on a (rows, k*channels) view of x with the
+        per-channel vectors tiled k times, so NumPy's inner loops span whole rows rather than one pixel's
+        channels (16 elements in a ResNet's first stage), and the channel sums are BLAS products: ~4x faster
+        than reductions over the leading axes. The centred input x - mean is kept for backward."""
         axes = tuple(range(x.ndim - 1))
         # a worker with no samples in this step still takes part in a synchronized layer's sums
         self._training = training and (x.shape[0] > 0 or self.synchronized)
+        rows = _rows(x)
+        k = rows.shape[1] // x.shape[-1]
+        xc = self.workspace("xc", rows.shape, x.dtype)
         if self._training and self.synchronized:
             mean, var = self._global_moments(x, axes)
+            np.subtract(rows, self._tiled("mean", mean, k), out=xc)
         elif self._training:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            m = x.size // x.shape[-1]
+            mean = self._fold(sum_rows(rows, self.workspace("colsum", rows.shape[1:], x.dtype), self), k) / m
+            np.subtract(rows, self._tiled("mean", mean, k), out=xc)
+            var = self._fold(np.einsum("ij,ij->j", xc, xc), k) / m
         if self._training:
             m = self.momentum
             self.moving_mean.value[...] = self.moving_mean.value * m + mean * (1 - m)
             self.moving_variance.value[...] = self.moving_variance.value * m + var * (1 - m)
         else:
             mean, var = self.moving_mean.value, self.moving_variance.value
+            np.subtract(rows, self._tiled("mean", mean, k), out=xc)
         self._inv_std = 1.0 / np.sqrt(var + self.dtype_type(self.epsilon))
-        self._xhat = (x - mean) * self._inv_std
-        out = self._xhat * self.gamma.value if self.gamma is not None else self._xhat.copy()
+        self._xc = xc
+        out = self.workspace("out", rows.shape, x.dtype)
+        np.multiply(xc, self._tiled("scale", self._inv_std * self.gamma.value if self.gamma is not None
+                                     else self._inv_std, k), out=out)
         if self.beta is not None:
-            out += self.beta.value
-        return out
+            np.add(out, self._tiled("beta", self.beta.value, k), out=out)
+        return out.reshape(x.shape)
+
+    def _tiled(self, name, v, k):
+        """The per-channel vector v repeated k times, in a workspace (np.tile allocates, ~30 us a call)."""
+        buf = self.workspace("tiled_" + name, (k, v.shape[-1]))
+        buf[...] = v
+        return buf.reshape(-1)
+
+    @staticmethod
+    def _fold(v, k):
+        """(k*channels,) sums of a row view -> (channels,)."""
+        return v.reshape(k, -1).sum(axis=0)
 
     def _global_moments(self, x, axes):
         """Mean and (biased) variance over every worker's shard: one sum of [sum x, sum x^2, count]."""
@@ -90,28 +122,42 @@ class BatchNormalization(Layer):
         return np.dtype(self.dtype).type
 
     def backward(self, grad, need_input_grad=True):
-        axes = tuple(range(grad.ndim - 1))
-        xhat = self._xhat
+        """With xhat = xc * inv_std and s1 = sum(dxhat), s2 = sum(dxhat * xhat) for dxhat = grad * gamma:
+        dx = (inv_std / m) * (m * dxhat - s1 - xhat * s2) = a * grad + b * xc + c0 per channel, three passes
+        over memory. The channel sums come from sum(grad) and sum(grad * xc), which are also dbeta and
+        dgamma / inv_std. grad (which this layer may overwrite) is scaled in place."""
+        xc, inv_std = self._xc, self._inv_std
+        c = grad.shape[-1]
+        k = xc.shape[1] // c
+        g = grad.reshape(xc.shape) if grad.flags.c_contiguous else np.ascontiguousarray(grad).reshape(xc.shape)
+        dbeta = self._fold(sum_rows(g, self.workspace("colsum", xc.shape[1:], xc.dtype), self), k)
+        dgamma = self._fold(np.einsum("ij,ij->j", g, xc), k) * inv_std
         if self.gamma is not None and self.gamma.grad is not None:
-            np.sum(grad * xhat, axis=axes, out=self.gamma.grad)
+            self.gamma.grad[...] = dgamma
         if self.beta is not None and self.beta.grad is not None:
-            np.sum(grad, axis=axes, out=self.beta.grad)
+            self.beta.grad[...] = dbeta
         if not need_input_grad:
             return None
-        dxhat = grad * self.gamma.value if self.gamma is not None else grad
+        gamma = self.gamma.value if self.gamma is not None else self.dtype_type(1)
+        a = gamma * inv_std
+        np.multiply(g, self._tiled("a", a, k), out=g)
         if not self._training:
-            return dxhat * self._inv_std
+            return g.reshape(grad.shape)
+        s1, s2 = gamma * dbeta, gamma * dgamma
         if self.synchronized:             # the sums run over the global batch, as the statistics did
-            c = grad.shape[-1]
-            sums = np.empty(2 * c, dtype=np.float64)
-            sums[:c] = dxhat.sum(axis=axes, dtype=np.float64)
-            sums[c:] = (dxhat * xhat).sum(axis=axes, dtype=np.float64)
+            sums = np.concatenate([s1, s2]).astype(np.float64)
             self._sum(sums)
             m = self._count
-            return ((self._inv_std / m) * (m * dxhat - sums[:c].astype(grad.dtype)
-                                           - xhat * sums[c:].astype(grad.dtype))).astype(grad.dtype, copy=False)
-        m = grad.size // grad.shape[-1]
-        return (self._inv_std / m) * (m * dxhat - dxhat.sum(axis=axes) - xhat * (dxhat * xhat).sum(axis=axes))
+            s1, s2 = sums[:c].astype(xc.dtype), sums[c:].astype(xc.dtype)
+        else:
+            m = grad.size // c
+        if m == 0:
+            return g.reshape(grad.shape)
+        dx = self.workspace("dx", xc.shape, xc.dtype)
+        np.multiply(xc, self._tiled("b", -(inv_std * inv_std) * s2 / m, k), out=dx)
+        np.add(dx, self._tiled("c", -inv_std * s1 / m, k), out=dx)
+        np.add(dx, g, out=dx)
+        return dx.reshape(grad.shape)
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,

@@ -78,6 +78,20 @@ class _MaxPooling(_Pooling):
     """Max over each window; the gradient goes to the first maximum of each window (row-major), as in
     TensorFlow. The default 2x2/stride-2 pooling takes a fast path: two pairwise maxima over reshaped views
     (pairs of columns, then pairs of rows), remembering at each stage which half won."""
+    takes_relu_gradient = True
+
+    def call(self, x, training=False):
+        self._out = super().call(x, training)
+        return self._out
+
+    def backward_relu_input(self, grad):
+        """The gradient of the ReLU's INPUT, when this layer's input is a ReLU's output a = relu(z): grad
+        masked by (output > 0) before it is routed to each window's first maximum. Exactly the ReLU's
+        derivative at that maximum (its a > 0 iff the window's max is), at a quarter of the memory traffic of
+        masking the routed gradient; the other positions get 0 either way. grad may be overwritten."""
+        grad = grad.reshape(self._out.shape)
+        np.multiply(grad, np.greater(self._out, 0, out=self.workspace("relu_mask", grad.shape, bool)), out=grad)
+        return self.backward(grad)
 
     def build(self, input_shape):
         super().build(input_shape)

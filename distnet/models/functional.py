@@ -110,6 +110,14 @@ class Model(BaseModel):
         self.body = self.order[len(self.inputs):]
         self.chain = self._is_chain()
         self.body_needs = [first_trainable[id(la)] for la in self.body]     # the chain's per-layer need flags
+        # a ReLU layer followed only by a max pooling: the pooling masks its (4x smaller) gradient with the
+        # ReLU's derivative at each window's maximum, and the ReLU layer's own mask pass over its output is skipped
+        self.relu_pools = {j for j in range(1, len(self.body)) if self.chain
+                           and getattr(self.body[j], "takes_relu_gradient", False)
+                           and getattr(self.body[j - 1], "activation", None) is not None
+                           and self.body[j - 1].activation.name == "relu"
+                           and hasattr(self.body[j - 1], "backward_preactivation")
+                           and not self.body[j - 1].keep_preactivation}
 
     def ensure_built(self, xs, what):
         if not self.built:                  # a Sequential without a declared input shape builds on first data
@@ -211,17 +219,21 @@ class Model(BaseModel):
             g_list = g_in if la.multi_input else [g_in]
             for k, (t, g) in enumerate(zip(inbound, g_list)):
                 if g is not None and not isinstance(t.layer, InputLayer):
-                    # a merge layer may hand the same array to several inputs; each producer may overwrite it
-                    _accumulate(pending, (id(t.layer), t.index), g if k == 0 else np.array(g))
+                    # a merge layer may hand one array to several inputs (each producer may overwrite it): copy it
+                    # then; Add and the others return a buffer per input, which need no second copy
+                    shared = any(h is not None and np.may_share_memory(g, h) for h in g_list[:k])
+                    _accumulate(pending, (id(t.layer), t.index), np.array(g) if shared else g)
 
     def _chain_backward(self, grad, fused, ready):
         body, needs, first = self.body, self.body_needs, len(self.inputs)
         offsets = self.flat_state.layer_offsets if ready is not None else None
-        last = len(body) - 1
+        last, relu_pools = len(body) - 1, self.relu_pools
         for j in range(last, -1, -1):
             la, need = body[j], needs[j]
-            if j == last and fused:
+            if (j == last and fused) or j + 1 in relu_pools:
                 grad = la.backward_preactivation(grad, need)
+            elif j in relu_pools and need:
+                grad = la.backward_relu_input(grad)
             else:
                 grad = la.backward(grad, need)
             if ready is not None and j + first in offsets:
@@ -315,8 +327,14 @@ def _inbound(layer):
 
 
 def _accumulate(pending, key, g):
-    """Add a gradient for one tensor: the first is kept as is, later ones are summed into a new array."""
-    if key in pending:
-        pending[key] = pending[key] + g
-    else:
+    """Add a gradient for one tensor: the first is kept as is, later ones are summed into it in place (it
+    belongs to the tensor's producer, which may overwrite it anyway), or into a new array when it is read-only
+    (a broadcast view) or of another shape or type."""
+    have = pending.get(key)
+    if have is None:
         pending[key] = g
+    elif have.flags.writeable and have.shape == np.broadcast_shapes(have.shape, g.shape) and \
+            have.dtype == np.result_type(have, g):
+        np.add(have, g, out=have)
+    else:
+        pending[key] = have + g

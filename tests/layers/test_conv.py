@@ -13,6 +13,10 @@ CASES = [
     ("conv1d_relu_nobias", lambda: layers.Conv1D(2, 2, activation="relu", use_bias=False), (3, 6, 2)),
     ("conv2d_dilated_same", lambda: layers.Conv2D(3, (3, 2), dilation_rate=(2, 1), padding="same"), (2, 7, 6, 2)),
     ("conv2d_dilated_valid", lambda: layers.Conv2D(2, 3, dilation_rate=2), (1, 8, 7, 2)),
+    # filters <= channels: the input gradient as a convolution of the output gradient (see test below)
+    ("conv2d_narrow_same", lambda: layers.Conv2D(3, 3, padding="same", activation="relu"), (2, 5, 6, 3)),
+    ("conv2d_narrow_asym", lambda: layers.Conv2D(2, (3, 2), padding="same", dilation_rate=(1, 2)), (2, 5, 6, 3)),
+    ("conv1d_narrow_causal", lambda: layers.Conv1D(2, 3, padding="causal", dilation_rate=2), (2, 9, 3)),
 ]
 test_backward_matches_finite_differences, test_empty_batch = case_tests(CASES, threads=True)
 
@@ -68,3 +72,85 @@ def test_bad_input_shapes_are_refused_with_their_shape():
 def test_config_round_trip():
     layer = layers.Conv1D(3, 5, padding="causal", dilation_rate=2, activation="relu", name="c1")
     assert layers.Conv1D.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+# the three ways a stride-1 layer can run, forced: (forward on the padded grid, input gradient on the grid,
+# input gradient as im2col of the padded output gradient); (False, False, False) is im2col + per-offset GEMMs
+PATHS = {"grid": (True, True, False), "transposed": (False, False, True), "per_offset": (False, False, False),
+         "grid_forward_only": (True, False, False)}
+
+
+def run_path(make, shape, path, monkeypatch, threads=1):
+    """Output, input gradient and weight gradients of a fresh layer forced onto `path`."""
+    from distnet import backend
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    layer = make()
+    layer.build_for(shape[1:])
+    for w in layer.trainable_weights:
+        w.value[...] = np.random.default_rng(1).normal(size=w.shape)
+    grid_forward, grid_dx, transposed = PATHS[path]
+    layer._grid_forward, layer._grid_input_grad = grid_forward, grid_dx
+    monkeypatch.setattr(layer, "_transposed_input_grad", lambda: transposed)
+    backend.set_num_threads(threads)
+    try:
+        out = layer(x, training=True).copy()
+        g = np.random.default_rng(2).normal(size=out.shape).astype(np.float32)
+        dx = layer.backward(g).copy()
+    finally:
+        backend.set_num_threads(1)
+    return [out, dx] + [w.grad.copy() for w in layer.trainable_weights]
+
+
+STRIDE_ONE = [
+    (lambda: layers.Conv2D(4, 3, padding="same", use_bias=False), (3, 8, 7, 4)),
+    (lambda: layers.Conv2D(3, 3, activation="relu"), (2, 9, 8, 5)),
+    (lambda: layers.Conv2D(2, (2, 3), padding="same", dilation_rate=(2, 1)), (2, 7, 6, 3)),
+    (lambda: layers.Conv2D(4, 1), (2, 5, 5, 6)),
+    (lambda: layers.Conv2D(16, 3, padding="same", use_bias=False), (5, 10, 9, 16)),
+    (lambda: layers.Conv1D(3, 4, padding="causal", dilation_rate=2), (2, 11, 3)),
+]
+
+
+@pytest.mark.parametrize("make,shape", STRIDE_ONE)
+@pytest.mark.parametrize("path", ["grid", "transposed", "grid_forward_only"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, path, threads, monkeypatch):
+    """The grid convolution (kh*kw shifted GEMMs on the padded grid, no im2col) and the input gradient as a
+    convolution of the output gradient with the flipped kernel give the im2col + per-offset results."""
+    got = run_path(make, shape, path, monkeypatch, threads)
+    want = run_path(make, shape, "per_offset", monkeypatch)
+    for name, a, b in zip(["output", "input gradient", "kernel gradient", "bias gradient"], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 3), (3, 7, 7, 2)])
+def test_grid_paths_match_finite_differences(shape, monkeypatch, float64):
+    from tests.layers.gradcheck import check_gradients
+    layer = layers.Conv2D(3, 3, padding="same", activation="tanh")
+    layer.build_for(shape[1:])
+    layer._grid_forward = layer._grid_input_grad = True
+    check_gradients(layer, np.random.default_rng(6).normal(size=shape))
+
+
+def test_the_paths_are_chosen_by_channels_and_stride():
+    def paths(layer, shape):
+        layer.build_for(shape)
+        return layer._grid_forward, layer._grid_input_grad, layer._transposed_input_grad()
+    assert paths(layers.Conv2D(16, 3, padding="same"), (32, 32, 16)) == (True, True, True)     # ResNet stage 1
+    assert paths(layers.Conv2D(64, 3, padding="same"), (8, 8, 64)) == (False, False, True)     # 64 channels
+    assert not paths(layers.Conv2D(32, 3), (32, 32, 3))[0]                       # 3 channels: K = 3 too small
+    assert paths(layers.Conv2D(64, 3), (15, 15, 32)) == (False, False, False)    # 33% of the grid dropped
+    assert paths(layers.Conv2D(32, 3, strides=2, padding="same"), (32, 32, 16))[:2] == (False, False)
+    assert not paths(layers.Conv2D(8, 3, strides=2, padding="same"), (8, 8, 16))[2]
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: layers.Conv2D(16, 3, padding="same"), (32, 32, 16)),
+                                        (lambda: layers.Conv1D(16, 3, padding="causal"), (40, 16))])
+def test_the_grid_path_handles_an_empty_batch(make, shape):
+    layer = make()
+    layer.build_for(shape)
+    assert layer._grid_forward and layer._grid_input_grad
+    layer(np.ones((2,) + shape, np.float32), training=True)
+    out = layer(np.zeros((0,) + shape, np.float32), training=True)
+    dx = layer.backward(np.zeros_like(out))
+    assert out.shape == dx.shape == (0,) + shape and not layer.kernel.grad.any()

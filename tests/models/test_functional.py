@@ -167,3 +167,62 @@ def test_integer_ids_reach_an_embedding_uncast():
     ids = np.array([[2**25 + 1, 3, 2**25 + 9]] * 4, dtype=np.int64)     # not representable in float32
     m.fit(ids, np.zeros(4), epochs=1, verbose=0)
     assert seen and all(d.kind == "i" for d in seen)
+
+
+def test_fan_out_gradients_are_summed_in_place_only_into_writable_arrays_of_their_shape():
+    from distnet.models.functional import _accumulate
+    pending, first = {}, np.ones((2, 3))
+    _accumulate(pending, "t", first)
+    _accumulate(pending, "t", np.full((2, 3), 2.0))
+    assert pending["t"] is first and np.all(first == 3)          # summed into the first, no new array
+    ro = np.broadcast_to(np.ones(3), (2, 3))                      # read-only view: a new array
+    pending = {"t": ro}
+    _accumulate(pending, "t", np.ones((2, 3)))
+    assert pending["t"] is not ro and np.all(pending["t"] == 2) and np.all(ro == 1)
+    small = np.ones(3)                                            # the sum has a larger shape: a new array
+    pending = {"t": small}
+    _accumulate(pending, "t", np.ones((2, 3)))
+    assert pending["t"].shape == (2, 3) and np.all(small == 1)
+
+
+def test_a_tensor_added_to_itself_and_read_by_two_more_layers_gets_every_gradient(float64):
+    distnet.utils.set_random_seed(5)
+    inp = distnet.Input((5,))
+    h = layers.Dense(4, activation="tanh")(inp)
+    s = layers.Add()([h, h, layers.Dense(4)(h)])                  # h three times into one Add, and via a Dense
+    out = layers.Dense(3, activation="softmax")(layers.Concatenate()([s, h]))
+    model = Model(inp, out)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    x, y = np.random.default_rng(2).normal(size=(6, 5)), np.array([0, 1, 2, 1, 0, 2])
+    step = model.make_step(y)
+
+    def loss():
+        return step.outputs_and_losses(x, [y], True, False)[1][0][0].sum()
+    _, per_head = step.outputs_and_losses(x, [y], True, True)
+    model.backward(per_head[0][1], fused=step.fused)
+    from tests.conftest import assert_grad_close
+    assert_grad_close(model.flat_state.grads.copy(), model.flat_state.params, loss, rtol=1e-5, atol=1e-7,
+                      max_entries=80)
+
+
+def test_relu_then_max_pooling_backward_masks_the_pooled_gradient_exactly_as_the_relu_would():
+    """A chain folds a ReLU layer's derivative into the max pooling after it (mask the pooled gradient, skip
+    the ReLU's pass): the gradients equal the unfolded ones bit for bit, ties and all-negative windows included."""
+    def grads(fold):
+        distnet.utils.set_random_seed(7)
+        model = Sequential([layers.Input((9, 8, 2)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(),
+                            layers.Reshape((-1, 4)), layers.Dense(3, activation="relu"), layers.MaxPooling1D(2),
+                            layers.Flatten(), layers.Dense(2, activation="softmax")])
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        assert model.relu_pools == {1, 4}                  # the poolings, in the chain of layers
+        if not fold:
+            model.relu_pools = set()
+        x = np.round(np.random.default_rng(3).normal(size=(5, 9, 8, 2))).astype(np.float32)   # many exact ties
+        y = np.array([0, 1, 1, 0, 1])
+        step = model.make_step(y)
+        _, per_head = step.outputs_and_losses(x, [y], True, True)
+        model.backward(per_head[0][1], fused=step.fused)
+        return model.flat_state.grads.copy()
+    folded, plain = grads(True), grads(False)
+    assert np.any(folded != 0)
+    np.testing.assert_array_equal(folded, plain)
