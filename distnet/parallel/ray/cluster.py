@@ -57,11 +57,11 @@ def init_ray(address=None, num_workers=1, cpus_per_worker=1):
                 # Ray waits a fixed 30 s for its raylet to register; a machine whose cores are all busy can take
                 # longer (seen at load average 10 on 2 cores): start afresh, once
                 if "timed out during startup" not in str(e) or attempt + 1 == STARTUP_ATTEMPTS:
-                    shutdown_private()
+                    _kill_daemons_of_failed_start()
                     raise
                 print(f"distnet.ray: the local Ray instance did not start in time ({e}); trying again",
                       file=sys.stderr, flush=True)
-                shutdown_private()
+                _kill_daemons_of_failed_start()
         _PRIVATE_CPUS = need
     return ray
 
@@ -100,12 +100,17 @@ def shutdown_private():
         ray_module().shutdown()
         _PRIVATE_CPUS = None
     if _PRIVATE_DIR is not None:
-        # a ray.init that failed leaves the daemons it started (GCS, raylet, ...) unowned: their command lines
-        # name the session directory
-        from .. import protocol
-        protocol.kill_and_wait(protocol.processes_matching("cmdline", _PRIVATE_DIR.encode() + b"/"))
         shutil.rmtree(_PRIVATE_DIR, ignore_errors=True)
         _PRIVATE_DIR = None
+
+
+def _kill_daemons_of_failed_start():
+    """A ray.init that failed leaves the daemons it started (GCS, raylet, ...) unowned: kill them (their command
+    lines name the session directory), then remove the directory."""
+    from .. import protocol
+    if _PRIVATE_DIR is not None:
+        protocol.kill_and_wait(protocol.processes_matching("cmdline", _PRIVATE_DIR.encode() + b"/"))
+    shutdown_private()
 
 
 LOG_FLUSH_S = 0.5
