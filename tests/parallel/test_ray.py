@@ -406,7 +406,10 @@ def test_ctrl_c_stops_the_ray_group_within_seconds(tmp_path, how):
     env.pop("RAY_ADDRESS", None)
     cmd = ([sys.executable, str(script), "run", marker] if how == "distnet.ray.run" else
            [sys.executable, "-m", "launch", "--backend", "ray", "-n", "2", str(script), "script", marker])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # SIGINT's default action in the child, as in a terminal: a test run started in the background by a shell
+    # (`cmd &`, nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 150
     while not all(os.path.exists(f"{marker}.{r}") for r in (0, 1)) and proc.poll() is None:
         assert time.monotonic() < deadline, "the workers did not start"
