@@ -25,6 +25,7 @@ from tests.processes import descendants
 
 MARK = "DISTNET_TEST_SESSION"
 SHM = ("/dev/shm/distnet-*", "/dev/shm/mpich_shm_*")
+RAY_ROOT = "/tmp/ray"            # Ray's default temp dir: distnet's private instances and the tests use their own
 
 
 def ray_dirs():
@@ -50,6 +51,7 @@ class LeakCheck:
         self.session = uuid.uuid4().hex
         os.environ[MARK] = self.session
         self.shm_before, self.ray_before = shm_files(), ray_dirs()
+        self.ray_root_before = os.path.exists(RAY_ROOT)
         self.pids = {os.getpid()}             # this session's processes, as sampled
         self.mapped = set()                   # /dev/shm files they were seen to map
         self._stop = threading.Event()
@@ -96,4 +98,6 @@ class LeakCheck:
                 failures.append(f"Ray directory {path} left behind")
             else:
                 warnings.append(f"Ray directory {path} appeared during the session (another run's?)")
+        if not self.ray_root_before and os.path.exists(RAY_ROOT):
+            warnings.append(f"Ray's shared temp dir {RAY_ROOT} appeared during the session")
         return failures, warnings

@@ -55,6 +55,10 @@ def _check_subnet(net):
                                    "choose another with --subnet")
 
 
+RAY_TMP = "/tmp/ray"                  # Ray's default session directory (node_init.py mounts each node's own on it)
+RAY_TMP_MARK = "created-tmp-ray"     # in STATE_ROOT: a testbed created RAY_TMP
+
+
 def up(nodes=2, link="1gbit", prefix=DEFAULT_PREFIX, subnet=DEFAULT_SUBNET, slots=None, owner=None):
     """Create the testbed and return it; on any failure remove what was created and raise TestbedError."""
     check_requirements()
@@ -84,6 +88,9 @@ def up(nodes=2, link="1gbit", prefix=DEFAULT_PREFIX, subnet=DEFAULT_SUBNET, slot
                            "choose another --prefix (or `distnet-cluster down --prefix` an old one)")
     _check_subnet(net)
     os.makedirs(bed.state_dir)
+    if not os.path.exists(RAY_TMP):      # each node bind-mounts its own Ray directory there: a mount point
+        os.makedirs(RAY_TMP)
+        open(os.path.join(STATE_ROOT, RAY_TMP_MARK), "w").close()        # ours: removed by the last down()
     try:
         bed.save()
         _create(bed, bits)
@@ -183,6 +190,16 @@ def down(prefix=DEFAULT_PREFIX):
     if os.path.isdir(state):
         shutil.rmtree(state, ignore_errors=True)
         removed.append(state)
+    mark = os.path.join(STATE_ROOT, RAY_TMP_MARK)
+    others = [d for d in os.listdir(STATE_ROOT) if os.path.isdir(os.path.join(STATE_ROOT, d))] \
+        if os.path.isdir(STATE_ROOT) else []
+    if os.path.exists(mark) and not others:      # the last testbed is gone: the mount point it created goes too
+        try:
+            os.rmdir(RAY_TMP)                    # only when empty (Ray itself may have used it meanwhile)
+            removed.append(RAY_TMP)
+        except OSError:
+            pass
+        os.unlink(mark)
     return removed
 
 

@@ -69,7 +69,8 @@ class Testbed:
     def load(cls, prefix=DEFAULT_PREFIX):
         path = os.path.join(STATE_ROOT, prefix, "testbed.json")
         if not os.path.exists(path):
-            up = sorted(os.listdir(STATE_ROOT)) if os.path.isdir(STATE_ROOT) else []
+            up = sorted(d for d in os.listdir(STATE_ROOT) if os.path.isdir(os.path.join(STATE_ROOT, d))) \
+                if os.path.isdir(STATE_ROOT) else []
             raise TestbedError(f"no testbed {prefix!r} is up (no {path}); start one with `distnet-cluster up"
                                f"{'' if prefix == DEFAULT_PREFIX else ' --prefix ' + prefix}`"
                                + (f"; testbeds up: {', '.join(up)}" if up else ""))

@@ -155,6 +155,21 @@ def test_cli_errors_and_status(capsys):
         assert "link down" in capsys.readouterr().out
 
 
+def test_the_ray_mount_point_a_testbed_creates_goes_with_the_last_testbed():
+    """Each node mounts its own Ray directory on /tmp/ray; a testbed that had to create that mount point removes
+    it when the last testbed goes down."""
+    if testbed.problems():
+        pytest.skip("needs network namespaces")
+    if os.path.exists("/tmp/ray") or os.path.isdir(nodes.STATE_ROOT) and os.listdir(nodes.STATE_ROOT):
+        pytest.skip("/tmp/ray exists already, or another testbed is up")
+    with cluster_of(nodes=1):
+        assert os.path.isdir("/tmp/ray")
+        with cluster_of(nodes=1):
+            pass
+        assert os.path.isdir("/tmp/ray")          # the first testbed is still up
+    assert not os.path.exists("/tmp/ray")
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_owner_takes_its_testbed_down(tmp_path):
     """The reaper: a test process that is SIGKILLed (no teardown runs) still leaves nothing behind."""
