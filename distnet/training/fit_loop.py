@@ -107,16 +107,14 @@ class FitLoop:
         # what does not change within an epoch is looked up once: for a small model the step is mostly Python
         train, stats, per_sync = step.train, step.stats, model.steps_per_sync
         on_begin, on_end = cbs.on_train_batch_begin, cbs.on_train_batch_end
-        batch_context = model.set_batch_context if step.sample_id_layers else None
-        penalty_of = flat.penalty if flat.regularized else None
+        batch_context, penalty_of = model.set_batch_context, flat.penalty
         try:
             for i in range(first_step, steps):
                 on_begin(i)
                 with tl.phase("data"):
                     ids, batch = next(batches)
-                    if batch_context is not None:
-                        batch_context(epoch, ids)
-                penalty = penalty_of() if penalty_of is not None else 0.0
+                    batch_context(epoch, ids)
+                penalty = penalty_of()
                 slots = train(*batch, tl, per_sync == 1 or (i + 1) % per_sync == 0 or i == steps - 1)
                 if slots is not None:
                     stats.add(totals, slots, penalty)

@@ -144,8 +144,8 @@ class Step:
         self.stats = StepStats([(f"{heads[k].name}_{m.name}" if self.many else m.name) for k, m, _ in self.metric_refs],
                                [f"{h.name}_loss" for h in heads] if self.many else (), control=strategy.elastic)
         # per metric: (head, metric, weighted, sum slot, weight slot), resolved once instead of every step
-        self.metric_fills = [(k, m, weighted, self.stats.metric_sum(i), self.stats.metric_weight(i))
-                             for i, (k, m, weighted) in enumerate(self.metric_refs)]
+        self.metric_fills = [(k, m, weighted, sum_slot, weight_slot) for (k, m, weighted), (_, sum_slot, weight_slot)
+                             in zip(self.metric_refs, self.stats.metric_slots)]
         self.buffer = self.flat.gradient_buffer(self.stats.size)
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
@@ -198,7 +198,7 @@ class Step:
                 grads = [g * wb.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype, copy=False)
                          for _, g in per_head]
             else:
-                grads = [g for _, g in per_head] if self.many else [per_head[0][1]]
+                grads = [g for _, g in per_head]
             self.fill_stats(flat.stats, ys, outs, per_head, wb)
             if overlap:
                 strategy.begin_gradients(self.buffer, self.stats.size, flat.layer_offsets.values())
@@ -224,8 +224,7 @@ class Step:
         with tl.phase("optimizer"):
             count = flat.stats[StepStats.COUNT]
             flat.grads *= flat.grads.dtype.type(1.0 / count) if count else 0
-            if flat.regularized:
-                flat.add_penalty_gradients()
+            flat.add_penalty_gradients()
             self.optimizer.apply(flat.params, flat.grads)
         return flat.stats
 
