@@ -25,6 +25,11 @@ class Timeline:
         self._t0 = time.perf_counter()
         self._wall0 = time.time()
 
+    def mark_step(self):
+        """A step starts: its phases (a batch run in blocks has a forward and a backward per block) are summed
+        per step in `step_breakdown`."""
+        self.events.append(("step", None, None))
+
     def record(self, phase, start, end):
         self.events.append((phase, start, end))
 
@@ -32,7 +37,18 @@ class Timeline:
         return _Phase(self, name)
 
     def durations(self, phase):
-        return [e - s for p, s, e in self.events if p == phase]
+        """Seconds of `phase` per step (summed over a step's occurrences of it, where steps are marked)."""
+        out, seen = [], False
+        for p, s, e in self.events:
+            if p == "step":
+                seen = False
+            elif p == phase:
+                if seen:
+                    out[-1] += e - s
+                else:
+                    out.append(e - s)
+                    seen = True
+        return out
 
     def step_breakdown(self, skip=0):
         """Median seconds per step of each phase, over the steps after `skip` (warm-up)."""
@@ -47,7 +63,7 @@ class Timeline:
         """Chrome trace 'complete' events (microseconds since this rank's timeline started, aligned by wall)."""
         offset = (self._wall0 - self._t0) * 1e6
         return [{"name": p, "ph": "X", "pid": rank, "tid": 0, "ts": s * 1e6 + offset, "dur": (e - s) * 1e6,
-                 "cat": "train"} for p, s, e in self.events]
+                 "cat": "train"} for p, s, e in self.events if p != "step"]
 
     def write(self, comm):
         """Gather every rank's events to rank 0 and write one trace file there."""
@@ -92,6 +108,9 @@ class NullTimeline:
 
     def phase(self, name):
         return self._phase
+
+    def mark_step(self):
+        pass
 
     def write(self, comm):
         pass

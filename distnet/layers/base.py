@@ -98,6 +98,9 @@ class Layer:
     multi_input = False     # True for layers that take a list of tensors (merge layers)
     multi_output = False    # True for layers that return a list of tensors (an RNN with return_state)
     uses_sample_ids = False     # True for layers whose randomness follows the samples (set_batch_context)
+    # True for layers whose output for a sample depends on that sample alone, the same however the batch is cut
+    # (no batch statistics, no random draws): a model of such layers may run a large batch in cache-sized blocks
+    per_sample = False
     integer_input = False   # True for layers that read integer ids (Embedding): their input is not cast to float
     generator = None    # a layer that draws random numbers in training (Dropout) keeps its np.random.Generator
     # here, so that checkpoints can save and restore where it is

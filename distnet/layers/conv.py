@@ -14,6 +14,7 @@ from .base import ActivatedLayer, normalize_tuple, sum_rows
 
 
 class _Conv(ActivatedLayer):
+    per_sample = True
     rank = 2
     paddings = ("valid", "same")
 

@@ -11,6 +11,7 @@ from .symbolic import SymbolicTensor
 class InputLayer(Layer):
     """Where data enters a model: declares its shape (without the batch dimension). `Input(...)` makes one and
     returns its symbolic output tensor."""
+    per_sample = True
 
     def __init__(self, shape=None, name=None, input_shape=None, batch_size=None, **kwargs):
         shape = shape if shape is not None else input_shape
@@ -42,6 +43,7 @@ def Input(shape=None, batch_size=None, name=None, dtype=None):
 
 class Dense(ActivatedLayer):
     """y = activation(x @ kernel + bias). x: (batch, ..., in) -> (batch, ..., units); kernel: (in, units)."""
+    per_sample = True
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
@@ -100,6 +102,8 @@ class Dense(ActivatedLayer):
 
 
 class Activation(ActivatedLayer):
+    per_sample = True
+
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
@@ -145,6 +149,8 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
+    per_sample = True
+
     def compute_output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
@@ -156,6 +162,8 @@ class Flatten(Layer):
 
 
 class Reshape(Layer):
+    per_sample = True
+
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
         target_shape = tuple(target_shape)

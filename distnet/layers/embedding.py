@@ -11,6 +11,7 @@ from .base import Layer
 
 
 class Embedding(Layer):
+    per_sample = True
     integer_input = True
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", embeddings_regularizer=None,
                  embeddings_constraint=None, mask_zero=False, weights=None, lora_rank=None, **kwargs):

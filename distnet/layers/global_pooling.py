@@ -11,6 +11,7 @@ from .base import Layer
 
 
 class _GlobalPooling(Layer):
+    per_sample = True
     rank = 2
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):

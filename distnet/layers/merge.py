@@ -11,6 +11,7 @@ from .base import Layer
 
 
 class _Merge(Layer):
+    per_sample = True
     multi_input = True
     min_inputs, max_inputs = 2, None
 

@@ -174,6 +174,7 @@ class LayerNormalization(Layer):
     """Normalise each sample over `axis` (default: the last), then scale by gamma and shift by beta, with
     Keras's defaults (epsilon 1e-3). axis counts the batch dimension as Keras does (-1 or 1..rank-1, or a list);
     gamma and beta have the shape of the normalised axes. x: (batch, ...) -> same shape."""
+    per_sample = True
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,

@@ -21,6 +21,7 @@ def _pair(value, arg, where):
 
 
 class _ZeroPadding(Layer):
+    per_sample = True
     rank = 2
 
     def __init__(self, padding, data_format=None, **kwargs):

@@ -14,6 +14,7 @@ from .base import Layer, normalize_tuple
 class _Pooling(Layer):
     """Shared by the 1-D and 2-D poolings: subclasses implement `_forward4(x)` and `_backward4(grad)` on the
     (batch, h, w, c) view; `self._in_hwc` is the input shape in that view."""
+    per_sample = True
     rank = 2
 
     def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):

@@ -87,6 +87,7 @@ class RandomLayer(Layer):
 class Rescaling(Layer):
     """y = x * scale + offset (scale, offset: scalars or per-channel arrays), at training and inference.
     E.g. Rescaling(1 / 255) maps uint8 pixels to [0, 1], Rescaling(1 / 127.5, offset=-1) to [-1, 1]."""
+    per_sample = True
 
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)

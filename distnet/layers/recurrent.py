@@ -60,6 +60,7 @@ class RNNBase(Layer):
     d(pre-activations) into self._dzx[t] and, when need_prev, d/d(h_{t-1}) into dh. Both touch only the batch
     rows `rows` of every buffer (the batch axis is axis 1 of per-step buffers (T, n, ...), axis 0 of scratch
     (n, ...)): with backend.set_num_threads(k) the scan runs on k slices of the batch at once."""
+    per_sample = True
     gates = 1
     state_names = ("h",)
 

@@ -39,6 +39,10 @@ class _Wrapper(Layer):
     def weights(self):
         return [w for la in self._inner() for w in la.weights]
 
+    @property
+    def per_sample(self):
+        return all(la.per_sample for la in self._inner())
+
     def build(self, input_shape):
         if not self.trainable:                        # a frozen wrapper freezes what it wraps
             for w in self.weights:

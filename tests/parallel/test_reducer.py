@@ -62,7 +62,7 @@ def test_bad_reducer_options_fail_at_compile():
 
 
 LEVERS = """
-import json, sys
+import json, os, sys
 import numpy as np
 import distnet
 from distnet import layers
@@ -75,12 +75,17 @@ out = {}
 for name, kw in [("plain", {"bucket_bytes": 2048}), ("overlap", {"bucket_bytes": 2048, "overlap": True}),
                  ("fp16", {"compression": "fp16"}), ("bf16", {"compression": "bf16"}),
                  ("topk", {"compression": "topk", "topk_ratio": 0.1}),
-                 ("fp16_overlap", {"compression": "fp16", "overlap": True, "bucket_bytes": 2048})]:
+                 ("fp16_overlap", {"compression": "fp16", "overlap": True, "bucket_bytes": 2048}),
+                 ("overlap_blocks", {"bucket_bytes": 2048, "overlap": True})]:
+    # overlap_blocks: the local batch (12 or 8 samples) in blocks of 4 (the convolution's output: 1152 bytes a
+    # sample), the earlier blocks' gradients added in before each bucket is sent
+    os.environ["DISTNET_BLOCK_BYTES"] = str(4 * 1152 if name == "overlap_blocks" else 0)
     distnet.utils.set_random_seed(4)
     m = Sequential([layers.Input((8, 8, 1)), layers.Conv2D(8, 3, activation="relu"), layers.MaxPooling2D(),
                     layers.Flatten(), layers.Dense(32, activation="relu"), layers.Dense(4, activation="softmax")])
     m.compile(loss="sparse_categorical_crossentropy", optimizer="adam", **kw)
     h = m.fit(x, y, batch_size=24, epochs=4, verbose=0)
+    assert m.step.block == (4 if name == "overlap_blocks" else 0), (name, m.step.block)
     out[name] = {"params": m.flat_state.params.tolist(), "loss": h.history["loss"],
                  "wire": m.distribute_strategy.wire_bytes}
 json.dump(out, open(f"{sys.argv[1]}/levers_{comm.rank}.json", "w"))
@@ -102,6 +107,7 @@ def test_overlap_and_compression_under_mpi(tmp_path, n):
         np.testing.assert_array_equal(over, plain)               # a+b == b+a: the same sums, bit for bit
     else:
         np.testing.assert_allclose(over, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ranks[0]["overlap_blocks"]["params"], plain, rtol=1e-5, atol=1e-6)
     for name in ("fp16", "bf16", "topk", "fp16_overlap"):
         loss = ranks[0][name]["loss"]
         assert loss[-1] < loss[0], (name, loss)                  # still learns
