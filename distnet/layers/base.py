@@ -4,6 +4,7 @@ A layer owns `Weight`s. Until a model adopts them, each weight is its own array;
 trainable weight into ONE flat parameter buffer and points `weight.value` / `weight.grad` at views of it, so
 an optimizer step or an allreduce is a single operation over the whole model (see `flatten_values`, `flatten_grads`).
 """
+import math
 import re
 from collections import defaultdict
 
@@ -171,12 +172,21 @@ class Layer:
         return [np.array(o) for o in out] if self.multi_output else np.array(out)
 
     def workspace(self, name, shape, dtype=None):
-        """A buffer owned by this layer, reused step after step while the shape stays the same (no per-step
-        allocation or page faults in steady state). Valid until the layer's next call/backward."""
+        """A buffer owned by this layer, reused step after step (no per-step allocation or page faults in steady
+        state): a view of the first elements of the largest one asked for under this name, so batches (or
+        blocks of a batch) of several sizes share it. Valid until the layer's next call/backward; `_ws[name]`
+        is the view last handed out."""
         ws = self.__dict__.setdefault("_ws", {})
+        store = self.__dict__.setdefault("_ws_store", {})
+        dtype = np.dtype(dtype or self.dtype)
         buf = ws.get(name)
-        if buf is None or buf.shape != shape or (dtype is not None and buf.dtype != dtype):
-            buf = ws[name] = np.empty(shape, dtype or self.dtype)
+        if buf is not None and buf.shape == shape and buf.dtype == dtype:
+            return buf
+        size = math.prod(shape)
+        flat = store.get(name)
+        if flat is None or flat.size < size or flat.dtype != dtype:
+            flat = store[name] = np.empty(size, dtype)
+        buf = ws[name] = flat[:size].reshape(shape)
         return buf
 
     def check_input(self, x):
