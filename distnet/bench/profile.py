@@ -62,10 +62,14 @@ def profile(model, x, y, batch, steps=10, warmup=3):
     model.fit(x[:batch * (steps + warmup)], y[:batch * (steps + warmup)], batch_size=batch, epochs=1, verbose=0,
               callbacks=[Clock()], shuffle=False)
     rows = []
+    body = getattr(model, "body", [])
+    # a max pooling computed with the convolution before it (call_pooled): its time is in that layer's row
+    timed_in = {id(body[j + 1]): body[j].name for j in getattr(model, "pooled_convs", ())}
     for la in model.layers:
         fwd, bwd = (t / steps * 1e3 for t in times[id(la)])
         flop = layer_flops(la, batch) * 3 / 1e9            # forward + backward
-        rows.append({"layer": la.name, "class": type(la).__name__, "forward_ms": fwd, "backward_ms": bwd,
+        kind = type(la).__name__ + (f" (in {timed_in[id(la)]})" if id(la) in timed_in else "")
+        rows.append({"layer": la.name, "class": kind, "forward_ms": fwd, "backward_ms": bwd,
                      "gflop": flop, "gflops": flop / ((fwd + bwd) / 1e3) if flop and fwd + bwd else None})
     step_ms = float(np.mean(step_times)) * 1e3        # the mean, like the layer times it is compared with
     in_layers = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
@@ -79,9 +83,9 @@ def profile(model, x, y, batch, steps=10, warmup=3):
 
 
 def _wrap(layer, acc):
-    """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer, or a
-    max pooling's backward_relu_input); nested calls (backward calling backward_preactivation) are counted
-    once."""
+    """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer, a max
+    pooling's backward_relu_input, a convolution's call_pooled and backward_pooled, which include the max pooling
+    after it); nested calls (backward calling backward_preactivation) are counted once."""
     depth = [0]
 
     def timed(fn, slot):
@@ -97,6 +101,7 @@ def _wrap(layer, acc):
         return run
     layer.call = timed(layer.call, 0)
     layer.backward = timed(layer.backward, 1)
-    for entry in ("backward_preactivation", "backward_relu_input"):    # other entries of a layer's backward
+    for entry, slot in (("backward_preactivation", 1), ("backward_relu_input", 1), ("call_pooled", 0),
+                        ("backward_pooled", 1)):          # other entries of a layer's forward and backward
         if hasattr(layer, entry):
-            setattr(layer, entry, timed(getattr(layer, entry), 1))
+            setattr(layer, entry, timed(getattr(layer, entry), slot))

@@ -172,7 +172,7 @@ class _Conv(ActivatedLayer):
         np.copyto(kt, k4[::-1, ::-1].transpose(0, 1, 3, 2))
         return kt
 
-    def _backward_slices(self, grad, need_input_grad, relu):
+    def _backward_slices(self, grad, need_input_grad, relu, weight_grads=True):
         n = grad.shape[0]
         kdim = self.kernel.value.size // self.filters
         grid_dx = need_input_grad and self._grid_input_grad
@@ -189,8 +189,8 @@ class _Conv(ActivatedLayer):
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
             part = self.workspace("dx_part", (n, *self._out_hw, c))
-        want_k = self.kernel.grad is not None
-        want_b = self.bias is not None and self.bias.grad is not None
+        want_k = weight_grads and self.kernel.grad is not None
+        want_b = weight_grads and self.bias is not None and self.bias.grad is not None
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
         if grid_k:
@@ -252,6 +252,109 @@ class _Conv(ActivatedLayer):
         if transposed or grid_dx:
             return dx.reshape((n,) + self.input_shape)
         return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
+
+    # -- fused with the disjoint max pooling that reads this layer's output ---------------------------------
+    def pools_with(self, pool):
+        """Whether this layer and `pool`, a max pooling reading its output alone, can run as one
+        (`call_pooled`/`backward_pooled`): disjoint 'valid' windows, an activation that commutes with the max
+        (relu or none), and the im2col forward."""
+        return (getattr(pool, "pools_disjointly", False) and pool.rank == self.rank and not self.keep_preactivation
+                and self.activation.name in ("relu", "linear") and not self._grid_forward)
+
+    def call_pooled(self, x, pool, training=False):
+        """pool(activation(conv(x))) without the full-size activation: the GEMM writes the output positions
+        in pooling-phase order (kernels.im2col_pooled), so each window's max is taken over p*q contiguous
+        blocks, with the phase of each first maximum kept for backward, and the activation runs on the 4x
+        smaller pooled output (relu(max z) = max relu(z); positions no window reads are not computed)."""
+        x = x.reshape((x.shape[0],) + self._in_hwc)
+        n, c = x.shape[0], x.shape[-1]
+        (kh, kw), pads, f = self._k2, self._pads, self.filters
+        (p, q), (ph, pw) = pool._pool2, pool._out_hw
+        phases, m = p * q, ph * pw * f
+        padded = any(map(any, pads))
+        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else x
+        cols = self.workspace("cols", (n, p, q, ph, pw, kh, kw, c))
+        z = self.workspace("z", (n, phases, m))
+        out = pool.workspace("out", (n, ph, pw, f))
+        arg = pool.workspace("phase", (n, m), np.uint8)
+        better = pool.workspace("better", (n, m), bool)
+        u = pool.workspace("phase_if_better", (n, m), np.uint8)
+        k = self.kernel.value.reshape(-1, f)
+        relu = self.activation.name == "relu"
+
+        def work(lo, hi, t):
+            xp = kernels.pad_hw(x[lo:hi], pads, out=xp_all[lo:hi] if padded else None)
+            kernels.im2col_pooled(xp, self._k2, self._s2, (p, q), (ph, pw), cols[lo:hi], self._d2)
+            zc = z[lo:hi]
+            np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, f))
+            if self.bias is not None:
+                zc.reshape(-1, f)[...] += self.bias.value
+            o, a, b = out[lo:hi].reshape(hi - lo, m), arg[lo:hi], better[lo:hi]
+            np.copyto(o, zc[:, 0])
+            a.fill(0)
+            for phase in range(1, phases):
+                # strictly greater: ties keep the first maximum; phases come in increasing order, so the phase of
+                # the maximum so far is max(itself, phase * greater) (np.copyto(..., where=) is ~20x slower)
+                np.greater(zc[:, phase], o, out=b)
+                np.maximum(a, np.multiply(b, np.uint8(phase), out=u[lo:hi]), out=a)
+                np.maximum(o, zc[:, phase], out=o)
+            if relu:
+                np.maximum(o, 0, out=o)
+        backend.parallel_batches(n, work)
+        self._cols, self._xp, self._z, self._a = cols, xp_all, None, None
+        pool._out = out
+        return out.reshape((n,) + pool.output_shape)
+
+    def backward_pooled(self, grad, pool, need_input_grad=True):
+        """Backward of `call_pooled`: grad (of the pooled output; may be overwritten) masked by the activation's
+        derivative at each window's maximum and routed to that maximum's phase, then the kernel and bias
+        gradients from the phase-ordered columns, and the input gradient as `backward_preactivation` computes
+        it from the gradient laid out as the convolution's output (zero where no window reads)."""
+        n, f = grad.shape[0], self.filters
+        (p, q), (ph, pw) = pool._pool2, pool._out_hw
+        phases, m = p * q, ph * pw * f
+        kdim = self.kernel.value.size // f
+        dz = self.workspace("dz_phases", (n, phases, m))
+        arg, out = pool._ws["phase"], pool._out.reshape(n, m)
+        hit = self.workspace("hit", (n, m), bool)
+        relu = self.activation.name == "relu"
+        want_k = self.kernel.grad is not None
+        want_b = self.bias is not None and self.bias.grad is not None
+        if need_input_grad:
+            oh, ow = self._out_hw
+            g_out = self.workspace("grad_out", (n, oh, ow, f))
+            if (oh, ow) != (p * ph, q * pw):
+                g_out.fill(0)                       # the row/column no window reads gets no gradient
+
+        def work(lo, hi, t):
+            g = grad[lo:hi].reshape(hi - lo, m)
+            if relu:
+                np.multiply(g, np.greater(out[lo:hi], 0, out=hit[lo:hi]), out=g)
+            d = dz[lo:hi]
+            for phase in range(phases):
+                np.multiply(g, np.equal(arg[lo:hi], phase, out=hit[lo:hi]), out=d[:, phase])
+            g2 = d.reshape(-1, f)
+            dk = db = None
+            if want_k:
+                dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
+                np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
+            if want_b:
+                db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (f,))
+                sum_rows(g2, db, self, slot=t)
+            if need_input_grad:                     # (n, p, q, ph, pw, f) -> (n, ph*p, pw*q, f)
+                g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
+                    d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)
+            return dk, db
+
+        parts = backend.parallel_batches(n, work)
+        for dk, db in parts[1:]:
+            if want_k:
+                self.kernel.grad += dk.reshape(self.kernel.grad.shape)
+            if want_b:
+                self.bias.grad += db
+        if not need_input_grad:
+            return None
+        return self._backward_slices(g_out, True, relu=False, weight_grads=False)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),

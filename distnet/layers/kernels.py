@@ -41,6 +41,20 @@ def im2col(xp, kernel, stride, out_hw, out, dilation=(1, 1)):
     return out
 
 
+def im2col_pooled(xp, kernel, stride, pool, pooled_hw, out, dilation=(1, 1)):
+    """im2col of the output positions a disjoint (p, q) max pooling reads, in pooling-phase order: out:
+    (n, p, q, ph, pw, kh, kw, c), row (n, py, px, y, x) the field of output position (p*y + py, q*x + px). A
+    GEMM of these rows writes each phase of the pooling windows as one contiguous block; positions no window
+    reads (the last row or column of an odd-sized output) are left out."""
+    n, _, _, c = xp.shape
+    (kh, kw), (sh, sw), (p, q), (ph, pw), (dh, dw) = kernel, stride, pool, pooled_hw, dilation
+    s0, s1, s2, s3 = xp.strides
+    fields = as_strided(xp, (n, p, q, ph, pw, kh, kw, c),
+                        (s0, s1 * sh, s2 * sw, s1 * sh * p, s2 * sw * q, s1 * dh, s2 * dw, s3), writeable=False)
+    np.copyto(out, fields)
+    return out
+
+
 def padded_shape(shape, pads):
     n, h, w, c = shape
     return (n, h + sum(pads[0]), w + sum(pads[1]), c)

@@ -98,6 +98,12 @@ class _MaxPooling(_Pooling):
         super().build(input_shape)
         self._pairwise = self._pool2 == (2, 2) and self._s2 == (2, 2) and self.padding == "valid"
 
+    @property
+    def pools_disjointly(self):
+        """Windows that tile the input without overlap or padding: a convolution before this layer can then
+        compute it in one pass with its own output (`_Conv.call_pooled`)."""
+        return self._s2 == self._pool2 and self.padding == "valid"
+
     def _forward4(self, x):
         if self._pairwise:
             return self._pairwise_forward(x)

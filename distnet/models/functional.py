@@ -118,6 +118,9 @@ class Model(BaseModel):
                            and self.body[j - 1].activation.name == "relu"
                            and hasattr(self.body[j - 1], "backward_preactivation")
                            and not self.body[j - 1].keep_preactivation}
+        # a convolution whose output only a disjoint max pooling reads: the two run as one (index of the conv)
+        self.pooled_convs = {j for j in range(len(self.body) - 1) if self.chain
+                             and hasattr(self.body[j], "pools_with") and self.body[j].pools_with(self.body[j + 1])}
 
     def ensure_built(self, xs, what):
         if not self.built:                  # a Sequential without a declared input shape builds on first data
@@ -167,6 +170,8 @@ class Model(BaseModel):
     def forward(self, x, training=False):
         """x: one array, or a list with one array per input -> one array, or a list per output."""
         if self.chain:
+            if self.pooled_convs:
+                return self._chain_forward_pooled(x, training)
             for la in self.body:
                 x = la.call(x, training=training)
             return x
@@ -224,13 +229,29 @@ class Model(BaseModel):
                     shared = any(h is not None and np.may_share_memory(g, h) for h in g_list[:k])
                     _accumulate(pending, (id(t.layer), t.index), np.array(g) if shared else g)
 
+    def _chain_forward_pooled(self, x, training):
+        body, pooled, j = self.body, self.pooled_convs, 0
+        while j < len(body):
+            if j in pooled:
+                x = body[j].call_pooled(x, body[j + 1], training)
+                j += 2
+            else:
+                x = body[j].call(x, training=training)
+                j += 1
+        return x
+
     def _chain_backward(self, grad, fused, ready):
         body, needs, first = self.body, self.body_needs, len(self.inputs)
         offsets = self.flat_state.layer_offsets if ready is not None else None
-        last, relu_pools = len(body) - 1, self.relu_pools
-        for j in range(last, -1, -1):
+        last, relu_pools, pooled = len(body) - 1, self.relu_pools, self.pooled_convs
+        j = last
+        while j >= 0:
             la, need = body[j], needs[j]
-            if (j == last and fused) or j + 1 in relu_pools:
+            if j - 1 in pooled:                 # the pooling of a fused pair: both layers' backward at once
+                j -= 1
+                la, need = body[j], needs[j]
+                grad = la.backward_pooled(grad, body[j + 1], need)
+            elif (j == last and fused) or j + 1 in relu_pools:
                 grad = la.backward_preactivation(grad, need)
             elif j in relu_pools and need:
                 grad = la.backward_relu_input(grad)
@@ -240,6 +261,7 @@ class Model(BaseModel):
                 ready(offsets[j + first])
             if not need:
                 return
+            j -= 1
 
     # -- description --------------------------------------------------------------------------------------
     def layers_by_depth(self):
