@@ -241,17 +241,21 @@ class _Conv(ActivatedLayer):
                         kernels.window(d, i * dh, j * dw, self._s2, self._out_hw)[...] += p
             return dk, db
 
-        parts = backend.parallel_batches(n, work)
-        for dk, db in parts[1:]:
-            if want_k:
-                self.kernel.grad += dk.reshape(self.kernel.grad.shape)
-            if want_b:
-                self.bias.grad += db
+        self._add_slices(backend.parallel_batches(n, work))
         if not need_input_grad:
             return None
         if transposed or grid_dx:
             return dx.reshape((n,) + self.input_shape)
         return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
+
+    def _add_slices(self, parts):
+        """Add the kernel and bias gradients of the batch slices other threads computed ((dk, db) per slice;
+        the first slice wrote the layer's own gradients)."""
+        for dk, db in parts[1:]:
+            if dk is not None:
+                self.kernel.grad += dk.reshape(self.kernel.grad.shape)
+            if db is not None:
+                self.bias.grad += db
 
     # -- fused with the disjoint max pooling that reads this layer's output ---------------------------------
     def pools_with(self, pool):
@@ -346,12 +350,7 @@ class _Conv(ActivatedLayer):
                     d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)
             return dk, db
 
-        parts = backend.parallel_batches(n, work)
-        for dk, db in parts[1:]:
-            if want_k:
-                self.kernel.grad += dk.reshape(self.kernel.grad.shape)
-            if want_b:
-                self.bias.grad += db
+        self._add_slices(backend.parallel_batches(n, work))
         if not need_input_grad:
             return None
         return self._backward_slices(g_out, True, relu=False, weight_grads=False)
