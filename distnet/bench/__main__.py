@@ -51,15 +51,21 @@ def cmd_engine(args):
 def _profile(args):
     from threadpoolctl import threadpool_limits
 
+    from .. import backend
     from . import fresh, profile
     rows = []
     for name in args.model.split(","):
         for batch in args.batch:
-            with threadpool_limits(limits=args.threads[0], user_api="blas"):
-                model = fresh.distnet_model(name)
-                x, y = fresh.data(name, batch * (args.steps + args.warmup))
-                layers_, summary = profile.profile(model, x, y, batch, args.steps, args.warmup)
-            print(f"{name}, batch {batch}, {args.threads[0]} BLAS thread(s): step {summary['step_ms']:.2f} ms, "
+            # one BLAS thread per intra-op thread, as in the protocol's runs (the ceiling: one core's GEMM)
+            with threadpool_limits(limits=1, user_api="blas"):
+                backend.set_num_threads(args.threads[0])
+                try:
+                    model = fresh.distnet_model(name)
+                    x, y = fresh.data(name, batch * (args.steps + args.warmup))
+                    layers_, summary = profile.profile(model, x, y, batch, args.steps, args.warmup)
+                finally:
+                    backend.set_num_threads(1)
+            print(f"{name}, batch {batch}, {args.threads[0]} intra-op thread(s): step {summary['step_ms']:.2f} ms, "
                   f"{summary['gflop_per_step']:.3f} GFLOP -> {summary['achieved_gflops']:.1f} GFLOP/s = "
                   f"{summary['share_of_ceiling']:.0%} of this core's GEMM ({summary['gemm_ceiling_gflops']:.0f} "
                   f"GFLOP/s); {summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from .. import backend
 from ..layers.base import ActivatedLayer, flatten_grads, flatten_values, segments
 
 
@@ -152,7 +153,8 @@ class Step:
         self.buffer = self.flat.gradient_buffer(self.stats.size)
         self.fused = [h.fused for h in heads] if self.many else heads[0].fused
         self.accumulated = None
-        self.block, self.carried = None, None     # samples per block of a large batch (0: never), their sums
+        # samples per block of a large batch (0: never), for how many intra-op threads; the blocks' sums
+        self.block, self.block_threads, self.carried = None, None, None
         self.mid_accumulation = False       # True between the micro-batches of one accumulated update
         for layer in model.layers:          # synchronized BatchNormalization sums its statistics over workers
             if getattr(layer, "synchronized", False):
@@ -275,8 +277,8 @@ class Step:
     # -- blocks of a large batch --------------------------------------------------------------------------
     def blocks(self, xb):
         """[(lo, hi)] of a batch to run as blocks of about `block` samples, or None to run it whole."""
-        if self.block is None:
-            self.block = block_samples(self.model)
+        if self.block_threads != backend.num_threads():
+            self.block, self.block_threads = block_samples(self.model), backend.num_threads()
         n = (xb[0] if isinstance(xb, (list, tuple)) else xb).shape[0]
         if not self.block or 2 * n <= 3 * self.block:
             return None
@@ -311,16 +313,19 @@ class Step:
         return slots
 
 
-# Bytes of the widest layer output of one block. Measured on the example CNN at batch 128, one thread (step
-# 79-82 ms unblocked): blocks of 16 samples (1.8 MB of its first convolution's output) 57-61 ms, of 8 62-63,
-# 32 60-63, 21-22 67-69 ms: a block's buffers then stay in this machine's 2 MiB L2 cache between the passes
-# over them, and a power of two of samples runs best.
-BLOCK_BYTES = 2 << 20
+# Bytes of the widest layer output of one block (per intra-op thread). Measured on the example CNN at batch
+# 128 (`distnet-bench engine --model cnn --batch 32,128 --threads 1,2 --repeat 3`, DISTNET_BLOCK_BYTES varied):
+# unblocked 79-82 ms at one thread; blocks of 16 samples (1.8 MB of its first convolution's output) and of 32
+# run alike at one thread (49.0 and 49.0-50.6 ms), blocks of 21-22 samples slower (a power of two of samples
+# runs best); at two threads 32 samples per thread ran fastest (32.6 ms against 34.7 for 16 and 35.7 for 64):
+# the per-layer hand-over between the threads is paid per block. Batch 32 is the same either way.
+BLOCK_BYTES = 4 << 20
 
 
 def block_samples(model):
     """Samples per block for `model`: 0 (never block) unless every layer is per-sample (no batch statistics,
-    no random draws); DISTNET_BLOCK_BYTES overrides BLOCK_BYTES (0 turns blocks off)."""
+    no random draws); DISTNET_BLOCK_BYTES overrides BLOCK_BYTES (0 turns blocks off). With T intra-op threads a
+    block is T times larger: each thread takes a slice of it with its own L2 cache."""
     budget = int(os.environ.get("DISTNET_BLOCK_BYTES", BLOCK_BYTES))
     if budget <= 0 or not all(la.per_sample for la in model.layers):
         return 0
@@ -329,4 +334,4 @@ def block_samples(model):
         shapes = la.output_shape if la.multi_output else [la.output_shape]
         widest = max([widest] + [math.prod(s) * np.dtype(la.dtype).itemsize for s in shapes])
     fits = max(1, budget // widest)
-    return 1 << (fits.bit_length() - 1)            # the largest power of two that fits
+    return (1 << (fits.bit_length() - 1)) * backend.num_threads()     # the largest power of two that fits

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import distnet
-from distnet import layers, timeline
+from distnet import backend, layers, timeline
 from distnet.training.step import block_samples
 
 
@@ -42,13 +42,18 @@ def _with_budget(monkeypatch, budget, build):
 def test_block_samples_is_a_power_of_two_of_the_widest_output_and_0_for_batch_coupled_models(monkeypatch):
     m = _cnn()            # widest output: the convolution's 7*7*6 floats = 1176 bytes per sample
     monkeypatch.delenv("DISTNET_BLOCK_BYTES", raising=False)
-    assert block_samples(m) == 1024                                  # 2 MiB / 1176 = 1783
+    assert block_samples(m) == 2048                                  # 4 MiB / 1176 = 3566
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", str(1176 * 5))
     assert block_samples(m) == 4
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", "0")
     assert block_samples(m) == 0
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", "1")
     assert block_samples(m) == 1
+    backend.set_num_threads(2)          # a block per thread
+    try:
+        assert block_samples(m) == 2
+    finally:
+        backend.set_num_threads(1)
     for coupled in (layers.BatchNormalization(), layers.Dropout(0.5)):
         bn = distnet.Sequential([layers.Input((4,)), layers.Dense(3), coupled, layers.Dense(1)])
         assert block_samples(bn) == 0, type(coupled).__name__
