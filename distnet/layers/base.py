@@ -189,6 +189,26 @@ class Layer:
         buf = ws[name] = flat[:size].reshape(shape)
         return buf
 
+    def tiled(self, name, v, k):
+        """The per-channel vector v repeated k times, in a workspace (np.tile allocates, ~30 us a call)."""
+        buf = self.workspace("tiled_" + name, (k, v.shape[-1]))
+        buf[...] = v
+        return buf.reshape(-1)
+
+    def add_channels(self, z, v, name="bias"):
+        """z[..., c] += v for a C-contiguous z: seen as rows of k*c elements with v tiled k times, so NumPy's
+        inner loops run over long rows (over a convolution's 16-64 channels alone they are ~4x slower)."""
+        c = v.shape[0]
+        positions = z.size // c
+        cache = self.__dict__.setdefault("_row_positions", {})
+        k = cache.get(positions)
+        if k is None:                 # the largest divisor of `positions` with rows of at most 8192 elements
+            k = cache[positions] = next(d for d in range(max(1, min(positions, 8192 // c)), 0, -1)
+                                        if positions % d == 0)
+        rows = z.reshape(-1, k * c)
+        np.add(rows, self.tiled(name, v, k), out=rows)
+        return z
+
     def check_input(self, x):
         if self.multi_input:
             if tuple(a.shape[1:] for a in x) != self.input_shape:

@@ -129,7 +129,7 @@ class _Conv(ActivatedLayer):
                 kernels.im2col(xp, self._k2, self._s2, self._out_hw, cols[lo:hi], self._d2)
                 np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, self.filters))
             if self.bias is not None:
-                zc += self.bias.value
+                self.add_channels(zc, self.bias.value, f"bias{t}")
             if inplace:
                 act.forward(zc, out=zc)
         backend.parallel_batches(n, work)
@@ -292,7 +292,7 @@ class _Conv(ActivatedLayer):
             zc = z[lo:hi]
             np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, f))
             if self.bias is not None:
-                zc.reshape(-1, f)[...] += self.bias.value
+                self.add_channels(zc, self.bias.value, f"bias{t}")
             o, a, b = out[lo:hi].reshape(hi - lo, m), arg[lo:hi], better[lo:hi]
             np.copyto(o, zc[:, 0])
             a.fill(0)
@@ -334,17 +334,18 @@ class _Conv(ActivatedLayer):
             g = grad[lo:hi].reshape(hi - lo, m)
             if relu:
                 np.multiply(g, np.greater(out[lo:hi], 0, out=hit[lo:hi]), out=g)
+            db = None
+            if want_b:      # each window's gradient goes to one phase: the sum over phases is the pooled one's
+                db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (f,))
+                sum_rows(g.reshape(-1, f), db, self, slot=t)
             d = dz[lo:hi]
             for phase in range(phases):
                 np.multiply(g, np.equal(arg[lo:hi], phase, out=hit[lo:hi]), out=d[:, phase])
             g2 = d.reshape(-1, f)
-            dk = db = None
+            dk = None
             if want_k:
                 dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
                 np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
-            if want_b:
-                db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (f,))
-                sum_rows(g2, db, self, slot=t)
             if need_input_grad:                     # (n, p, q, ph, pw, f) -> (n, ph*p, pw*q, f)
                 g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
                     d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)
