@@ -172,7 +172,10 @@ class _Conv(ActivatedLayer):
         np.copyto(kt, k4[::-1, ::-1].transpose(0, 1, 3, 2))
         return kt
 
-    def _backward_slices(self, grad, need_input_grad, relu, weight_grads=True):
+    def _backward_slices(self, grad, need_input_grad, relu, weight_grads=True, out_hw=None):
+        """out_hw: the (top-left) part of the output grad covers, when smaller than the output (the rest has no
+        gradient); the per-offset input gradient only."""
+        out_hw = out_hw or self._out_hw
         n = grad.shape[0]
         kdim = self.kernel.value.size // self.filters
         grid_dx = need_input_grad and self._grid_input_grad
@@ -188,7 +191,7 @@ class _Conv(ActivatedLayer):
             dx = self.workspace("dx", (n,) + self._in_hwc)
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
-            part = self.workspace("dx_part", (n, *self._out_hw, c))
+            part = self.workspace("dx_part", (n, *out_hw, c))
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
@@ -238,7 +241,7 @@ class _Conv(ActivatedLayer):
                 for i in range(kh):
                     for j in range(kw):
                         np.matmul(g2, k4[i, j].T, out=p.reshape(g2.shape[0], p.shape[-1]))
-                        kernels.window(d, i * dh, j * dw, self._s2, self._out_hw)[...] += p
+                        kernels.window(d, i * dh, j * dw, self._s2, out_hw)[...] += p
             return dk, db
 
         self._add_slices(backend.parallel_batches(n, work))
@@ -325,10 +328,14 @@ class _Conv(ActivatedLayer):
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None
         if need_input_grad:
-            oh, ow = self._out_hw
-            g_out = self.workspace("grad_out", (n, oh, ow, f))
-            if (oh, ow) != (p * ph, q * pw):
-                g_out.fill(0)                       # the row/column no window reads gets no gradient
+            # the gradient laid out as the output; the per-offset input gradient takes only the part the windows
+            # cover, the others the whole output with zeros where no window reads
+            covered = (p * ph, q * pw)
+            part_only = not (self._grid_input_grad or self._transposed_input_grad())
+            g_hw = covered if part_only else self._out_hw
+            g_out = self.workspace("grad_out", (n, *g_hw, f))
+            if g_hw != covered:
+                g_out.fill(0)
 
         def work(lo, hi, t):
             g = grad[lo:hi].reshape(hi - lo, m)
@@ -354,7 +361,7 @@ class _Conv(ActivatedLayer):
         self._add_slices(backend.parallel_batches(n, work))
         if not need_input_grad:
             return None
-        return self._backward_slices(g_out, True, relu=False, weight_grads=False)
+        return self._backward_slices(g_out, True, relu=False, weight_grads=False, out_hw=g_hw)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),

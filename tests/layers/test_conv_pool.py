@@ -100,3 +100,31 @@ def test_only_a_disjoint_max_pooling_after_a_relu_or_linear_convolution_fuses():
     both = distnet.Model(inp, layers.Concatenate()([layers.Flatten()(layers.MaxPooling2D()(c)),
                                                     layers.Flatten()(c)]))
     assert not both.chain and both.pooled_convs == set()
+
+
+@pytest.mark.parametrize("channels,filters,method", [(3, 40, "offsets"), (40, 6, "transposed"), (3, 16, "grid")])
+@pytest.mark.parametrize("size", [(16, 14), (17, 15)])
+def test_the_pooled_input_gradient_by_each_method_matches_the_two_layers(channels, filters, method, size):
+    """Each way the convolution computes its input gradient, on outputs the windows cover wholly (even) or not
+    (odd: the last row and column get no gradient)."""
+    rng = np.random.default_rng(2)
+    distnet.utils.set_random_seed(2)
+    conv = layers.Conv2D(filters, 3, padding="same", activation="relu")
+    pool = layers.MaxPooling2D()
+    conv.build_for(size + (channels,))
+    pool.build_for(conv.output_shape)
+    used = "grid" if conv._grid_input_grad else "transposed" if conv._transposed_input_grad() else "offsets"
+    assert used == method and conv.pools_with(pool)
+    x = rng.normal(size=(5,) + size + (channels,)).astype(np.float32)
+    g = rng.normal(size=(5,) + pool.output_shape).astype(np.float32)
+    conv.kernel.grad, conv.bias.grad = np.zeros_like(conv.kernel.value), np.zeros_like(conv.bias.value)
+    out = conv.call_pooled(x, pool, training=True).copy()
+    dx = conv.backward_pooled(g.copy(), pool, need_input_grad=True).copy()
+    dk, db = conv.kernel.grad.copy(), conv.bias.grad.copy()
+    ref_out = pool.call(conv.call(x, training=True), training=True)
+    ref_dx = conv.backward(pool.backward(g.copy()), need_input_grad=True)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
+    scale = np.abs(ref_dx).max()                 # sums in another order: float32 rounding of the largest terms
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(dk, conv.kernel.grad, rtol=1e-5, atol=1e-6 * np.abs(dk).max())
+    np.testing.assert_allclose(db, conv.bias.grad, rtol=1e-5, atol=1e-6)
