@@ -283,9 +283,7 @@ class _Conv(ActivatedLayer):
         cols = self.workspace("cols", (n, p, q, ph, pw, kh, kw, c))
         z = self.workspace("z", (n, phases, m))
         out = pool.workspace("out", (n, ph, pw, f))
-        arg = pool.workspace("phase", (n, m), np.uint8)
-        better = pool.workspace("better", (n, m), bool)
-        u = pool.workspace("phase_if_better", (n, m), np.uint8)
+        pool.phase_buffers(n, phases, m)
         k = self.kernel.value.reshape(-1, f)
         relu = self.activation.name == "relu"
 
@@ -296,15 +294,7 @@ class _Conv(ActivatedLayer):
             np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, f))
             if self.bias is not None:
                 self.add_channels(zc, self.bias.value, f"bias{t}")
-            o, a, b = out[lo:hi].reshape(hi - lo, m), arg[lo:hi], better[lo:hi]
-            np.copyto(o, zc[:, 0])
-            a.fill(0)
-            for phase in range(1, phases):
-                # strictly greater: ties keep the first maximum; phases come in increasing order, so the phase of
-                # the maximum so far is max(itself, phase * greater) (np.copyto(..., where=) is ~20x slower)
-                np.greater(zc[:, phase], o, out=b)
-                np.maximum(a, np.multiply(b, np.uint8(phase), out=u[lo:hi]), out=a)
-                np.maximum(o, zc[:, phase], out=o)
+            o = pool.max_over_phases(zc, out[lo:hi].reshape(hi - lo, m), lo, hi)
             if relu:
                 np.maximum(o, 0, out=o)
         backend.parallel_batches(n, work)
@@ -322,7 +312,7 @@ class _Conv(ActivatedLayer):
         phases, m = p * q, ph * pw * f
         kdim = self.kernel.value.size // f
         dz = self.workspace("dz_phases", (n, phases, m))
-        arg, out = pool._ws["phase"], pool._out.reshape(n, m)
+        out = pool._out.reshape(n, m)
         hit = self.workspace("hit", (n, m), bool)
         relu = self.activation.name == "relu"
         want_k = self.kernel.grad is not None
@@ -346,8 +336,7 @@ class _Conv(ActivatedLayer):
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (f,))
                 sum_rows(g.reshape(-1, f), db, self, slot=t)
             d = dz[lo:hi]
-            for phase in range(phases):
-                np.multiply(g, np.equal(arg[lo:hi], phase, out=hit[lo:hi]), out=d[:, phase])
+            pool.route_to_phases(g, d, lo, hi)
             g2 = d.reshape(-1, f)
             dk = None
             if want_k:
