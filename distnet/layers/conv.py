@@ -194,6 +194,7 @@ class _Conv(ActivatedLayer):
             part = self.workspace("dx_part", (n, *out_hw, c))
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
+        dk_parts = [self.workspace(f"dk_cols{t}", (kdim, self.filters)) for t in range(backend.num_threads())]
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
         if grid_k:
@@ -222,7 +223,7 @@ class _Conv(ActivatedLayer):
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))
-                np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
+                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk, dk_parts[t])
             if want_b:
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
                 sum_rows(g2, db, self, slot=t)
@@ -317,6 +318,7 @@ class _Conv(ActivatedLayer):
         relu = self.activation.name == "relu"
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None
+        dk_parts = [self.workspace(f"dk_cols{t}", (kdim, f)) for t in range(backend.num_threads())]
         if need_input_grad:
             # the gradient laid out as the output; the per-offset input gradient takes only the part the windows
             # cover, the others the whole output with zeros where no window reads
@@ -341,7 +343,7 @@ class _Conv(ActivatedLayer):
             dk = None
             if want_k:
                 dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
-                np.matmul(self._cols[lo:hi].reshape(-1, kdim).T, g2, out=dk)
+                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk, dk_parts[t])
             if need_input_grad:                     # (n, p, q, ph, pw, f) -> (n, ph*p, pw*q, f)
                 g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
                     d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)

@@ -55,6 +55,19 @@ def im2col_pooled(xp, kernel, stride, pool, pooled_hw, out, dilation=(1, 1)):
     return out
 
 
+def columns_times(cols, g, out, tmp, chunk=1024):
+    """out = cols.T @ g (cols: (rows, k), g: (rows, f)): the kernel gradient of an im2col convolution. With
+    few columns (k < 64: a first layer's 3x3x3 = 27) as a sum over blocks of `chunk` rows, which OpenBLAS runs
+    ~1.35x faster than one long reduction (28800 rows: 0.56 against 0.75 ms); tmp: like out."""
+    rows = cols.shape[0]
+    if cols.shape[1] >= 64 or rows <= 2 * chunk:
+        return np.matmul(cols.T, g, out=out)
+    np.matmul(cols[:chunk].T, g[:chunk], out=out)
+    for lo in range(chunk, rows, chunk):
+        np.add(out, np.matmul(cols[lo:lo + chunk].T, g[lo:lo + chunk], out=tmp), out=out)
+    return out
+
+
 def padded_shape(shape, pads):
     n, h, w, c = shape
     return (n, h + sum(pads[0]), w + sum(pads[1]), c)

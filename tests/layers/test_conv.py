@@ -154,3 +154,13 @@ def test_the_grid_path_handles_an_empty_batch(make, shape):
     out = layer(np.zeros((0,) + shape, np.float32), training=True)
     dx = layer.backward(np.zeros_like(out))
     assert out.shape == dx.shape == (0,) + shape and not layer.kernel.grad.any()
+
+
+def test_columns_times_sums_blocks_of_rows_to_the_one_product():
+    from distnet.layers import kernels
+    rng = np.random.default_rng(0)
+    for rows, k in ((5000, 27), (5000, 64), (1000, 27)):         # blocks; many columns; too few rows to cut
+        cols, g = rng.normal(size=(rows, k)).astype(np.float32), rng.normal(size=(rows, 8)).astype(np.float32)
+        out, tmp = np.empty((k, 8), np.float32), np.empty((k, 8), np.float32)
+        kernels.columns_times(cols, g, out, tmp, chunk=1024)
+        np.testing.assert_allclose(out, cols.astype(np.float64).T @ g, rtol=1e-4, atol=1e-3)
