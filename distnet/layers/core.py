@@ -129,6 +129,12 @@ class Dropout(Layer):
         self.generator = np.random.default_rng(seed if seed is not None else initializers.generator().integers(2**63))
         self._mask = None
 
+    @property
+    def per_sample(self):
+        """A batch cut in blocks draws the same numbers as the whole batch (one generator, drawn in row-major
+        order, batch first), unless noise_shape gives the batch a mask of its own size (e.g. one for all)."""
+        return self.noise_shape is None or self.noise_shape[0] is None
+
     def call(self, x, training=False):
         if not training or self.rate == 0:
             self._mask = None

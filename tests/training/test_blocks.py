@@ -54,10 +54,11 @@ def test_block_samples_is_a_power_of_two_of_the_widest_output_and_0_for_batch_co
         assert block_samples(m) == 2
     finally:
         backend.set_num_threads(1)
-    for coupled in (layers.BatchNormalization(), layers.Dropout(0.5)):
+    for coupled in (layers.BatchNormalization(), layers.Dropout(0.5, noise_shape=(1, 3))):
         bn = distnet.Sequential([layers.Input((4,)), layers.Dense(3), coupled, layers.Dense(1)])
         assert block_samples(bn) == 0, type(coupled).__name__
-    wrapped = distnet.Sequential([layers.Input((5, 4)), layers.TimeDistributed(layers.Dense(3))])
+    wrapped = distnet.Sequential([layers.Input((5, 4)), layers.TimeDistributed(layers.Dense(3)),
+                                  layers.Dropout(0.5, noise_shape=(None, 1, 3))])
     assert block_samples(wrapped) > 0
 
 
@@ -107,3 +108,20 @@ def test_the_timeline_sums_a_steps_blocks(monkeypatch):
     per_block = [e - s for p, s, e in events if p == "forward"]
     np.testing.assert_allclose(sum(forward), sum(per_block))
     assert all(e["name"] != "step" for e in m.timeline.trace_events(0))
+
+
+def test_dropout_in_blocks_draws_the_masks_of_the_whole_batch(monkeypatch):
+    def build():
+        distnet.utils.set_random_seed(7)
+        m = distnet.Sequential([layers.Input((9, 9, 2)), layers.Conv2D(6, 3, activation="relu"), layers.Flatten(),
+                                layers.Dropout(0.4, seed=3), layers.Dense(4, activation="softmax")])
+        m.compile(loss="categorical_crossentropy", optimizer="adam")
+        return m
+    x, y, _ = _data(40)
+    whole = _with_budget(monkeypatch, 0, build)
+    whole.fit(x, y, batch_size=20, epochs=2, verbose=0, shuffle=False)
+    blocked = _with_budget(monkeypatch, 1176 * 4, build)
+    blocked.fit(x, y, batch_size=20, epochs=2, verbose=0, shuffle=False)
+    assert blocked.step.block == 4
+    for a, b in zip(whole.get_weights(), blocked.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
