@@ -105,6 +105,10 @@ class Layer:
     integer_input = False   # True for layers that read integer ids (Embedding): their input is not cast to float
     generator = None    # a layer that draws random numbers in training (Dropout) keeps its np.random.Generator
     # here, so that checkpoints can save and restore where it is
+    # True for layers whose backward never reads the array their call returned (a model may then let that
+    # array's only reader overwrite it), and for layers with a `call_in_place` that may overwrite their input
+    output_reusable = False
+    overwrites_input = False
 
     def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_input_shape=None,
                  dtype=None, **kwargs):
@@ -228,6 +232,11 @@ class Layer:
 
     def call(self, x, training=False):
         raise NotImplementedError  # abstract
+
+    def call_in_place(self, x, training, owned):
+        """call(x) that may overwrite the inputs at positions `owned` (0 for a single-input layer): the model
+        passes those it knows no other layer reads (see `Model._owned_inputs`)."""
+        return self.call(x, training=training)
 
     def backward(self, grad, need_input_grad=True):
         """grad: d(sum of losses)/d(output); the layer may overwrite it. Writes parameter grads into

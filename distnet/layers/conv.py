@@ -104,6 +104,11 @@ class _Conv(ActivatedLayer):
     def preactivation(self):
         return None if self._z is None else self._out_view(self._z)
 
+    @property
+    def output_reusable(self):
+        """Without an activation the backward reads only the output's shape, not its values."""
+        return self.activation.name == "linear" and not self.keep_preactivation
+
     # -- forward / backward -------------------------------------------------------------------------------
     def call(self, x, training=False):
         x = x.reshape((x.shape[0],) + self._in_hwc)
