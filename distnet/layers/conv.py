@@ -193,7 +193,7 @@ class _Conv(ActivatedLayer):
                 if any(map(any, gpads)) else None
             gcols = None if grid_dx else self.workspace("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
             kt = self._flipped_kernel()
-            dx = self.workspace("dx", (n,) + self._in_hwc)
+            dx = self._input_grad_buffer(grad, gp_all is not None)
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
             part = self.workspace("dx_part", (n, *out_hw, c))
@@ -256,6 +256,17 @@ class _Conv(ActivatedLayer):
         if transposed or grid_dx:
             return dx.reshape((n,) + self.input_shape)
         return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
+
+    def _input_grad_buffer(self, grad, copied):
+        """Where the transposed or grid input gradient goes: grad's own buffer when the layer copies grad into
+        its padded buffer first (copied) and the shapes agree (stride 1, filters == in_channels: a ResNet's
+        equal-width layers), as grad is not read after that copy; it was read just before, so the writes hit
+        the cache, where a buffer of the layer's own is written cold. Otherwise a workspace."""
+        shape = (grad.shape[0],) + self._in_hwc
+        if copied and grad.shape == shape and grad.flags.c_contiguous and grad.flags.writeable \
+                and grad.dtype == self.kernel.value.dtype:
+            return grad
+        return self.workspace("dx", shape)
 
     def _add_slices(self, parts):
         """Add the kernel and bias gradients of the batch slices other threads computed ((dk, db) per slice;

@@ -123,6 +123,27 @@ def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, pa
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("path", ["grid", "transposed"])
+def test_an_equal_width_layer_forms_its_input_gradient_in_the_gradient_buffer(path, monkeypatch):
+    """Stride 1, 'same', filters == channels: the output gradient is copied into the padded buffer first, so
+    the input gradient reuses its buffer; the same values as a read-only gradient (into a workspace) gives."""
+    shape = (3, 8, 7, 4)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    g = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    layer = layers.Conv2D(4, 3, padding="same")
+    layer.build_for(shape[1:])
+    layer._grid_forward = layer._grid_input_grad = path == "grid"
+    monkeypatch.setattr(layer, "_transposed_input_grad", lambda: path == "transposed")
+    layer(x, training=True)
+    frozen = g.copy()
+    frozen.flags.writeable = False
+    want = layer.backward(frozen).copy()
+    mine = g.copy()
+    got = layer.backward(mine)
+    assert np.shares_memory(got, mine) and not np.shares_memory(want, frozen)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 5, 3), (3, 7, 7, 2)])
 def test_grid_paths_match_finite_differences(shape, monkeypatch, float64):
     from tests.layers.gradcheck import check_gradients
