@@ -157,8 +157,8 @@ class _Conv(ActivatedLayer):
         """kernels.conv_grid with this thread's (t) buffers."""
         chunk = kernels.grid_chunk(xp.shape[1:3], max(xp.shape[-1], k4.shape[-1]))
         rows = (chunk * xp.shape[1] * xp.shape[2], k4.shape[-1])
-        return kernels.conv_grid(xp, k4, self._d2, out, self.workspace(f"grid_sum{t}", rows),
-                                 self.workspace(f"grid_part{t}", rows), chunk)
+        return kernels.conv_grid(xp, k4, self._d2, out, self.scratch(f"grid_sum{t}", rows),
+                                 self.scratch(f"grid_part{t}", rows), chunk)
 
     def _transposed_input_grad(self):
         """Whether the input gradient is computed as a convolution of the (padded) output gradient with the
@@ -189,26 +189,26 @@ class _Conv(ActivatedLayer):
         grid_k = self._cols is None               # the forward ran on the grid: no im2col to reuse
         gpads = self._grad_pads
         if transposed or grid_dx:
-            gp_all = self.workspace("grad_padded", kernels.padded_shape(grad.shape, gpads)) \
+            gp_all = self.scratch("grad_padded", kernels.padded_shape(grad.shape, gpads)) \
                 if any(map(any, gpads)) else None
-            gcols = None if grid_dx else self.workspace("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
+            gcols = None if grid_dx else self.scratch("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
             kt = self._flipped_kernel()
             dx = self._input_grad_buffer(grad, gp_all is not None)
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
-            part = self.workspace("dx_part", (n, *out_hw, c))
+            part = self.scratch("dx_part", (n, *out_hw, c))
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
         dk_parts = [self.workspace(f"dk_cols{t}", (kdim, self.filters)) for t in range(backend.num_threads())]
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
-        mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
+        mask = self.scratch("relu_mask", self._a.shape, bool) if relu else None
         if grid_k:
             grid_hw = self._xp.shape[1:3]
             chunk = kernels.grid_chunk(grid_hw, max(c, self.filters))
             # 'same' padding: the padded output gradient lies on the input's grid, shifted by (top, left) of its
             # padding, with zeros around it, which is what the kernel gradient needs: no second copy of it
             share = grid_dx and gp_all is not None and gp_all.shape[1:3] == grid_hw
-            g_grid = None if share else self.workspace("grad_grid", (n, *grid_hw, self.filters))
+            g_grid = None if share else self.scratch("grad_grid", (n, *grid_hw, self.filters))
 
         def work(lo, hi, t):
             g = grad[lo:hi]
@@ -224,7 +224,7 @@ class _Conv(ActivatedLayer):
                 g_on_grid, offset = (gp, gpads[0][0] * grid_hw[1] + gpads[1][0]) if share else \
                     (kernels.to_grid(g, grid_hw, g_grid[lo:hi]), 0)
                 kernels.conv_grid_kernel_grad(self._xp[lo:hi], g_on_grid, self._k2, self._d2, dk,
-                                              self.workspace(f"dk_part{t}", (c, self.filters)), chunk, offset)
+                                              self.scratch(f"dk_part{t}", (c, self.filters)), chunk, offset)
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))

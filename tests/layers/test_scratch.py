@@ -1,0 +1,27 @@
+"""Layer.scratch: buffers for use within one call, shared by every layer of the calling thread."""
+import threading
+
+import numpy as np
+
+from distnet import layers
+
+
+def test_layers_share_a_scratch_buffer_by_name_and_type():
+    a, b = layers.Dense(3), layers.Dense(4)
+    big = a.scratch("probe", (4, 5))
+    small = b.scratch("probe", (2, 3))
+    assert np.shares_memory(big, small) and small.shape == (2, 3)        # the first elements of the largest
+    assert not np.shares_memory(big, a.scratch("other", (4, 5)))
+    assert not np.shares_memory(big, a.scratch("probe", (4, 5), bool))
+    grown = b.scratch("probe", (10, 10))
+    assert grown.shape == (10, 10) and np.shares_memory(grown, a.scratch("probe", (3,)))
+
+
+def test_each_thread_has_its_own_scratch_buffers():
+    layer = layers.Dense(3)
+    here = layer.scratch("probe_thread", (8,))
+    there = []
+    worker = threading.Thread(target=lambda: there.append(layer.scratch("probe_thread", (8,))))
+    worker.start()
+    worker.join()
+    assert not np.shares_memory(here, there[0])
