@@ -118,7 +118,10 @@ class _Conv(ActivatedLayer):
         grid = self._grid_forward
         if grid and not padded:
             x = np.ascontiguousarray(x)
-        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else x
+        # the grid path pads into a shared scratch buffer and pads again in backward (_padded_input), from x,
+        # which the layers keep intact until then: two copies into a buffer in cache cost less than one into a
+        # buffer of its own, untouched since the last step (and the kernel gradient then reads it from cache)
+        xp_all = self._pad_buffer(x.shape) if padded else x
         cols = None if grid else self.workspace("cols", (n, *self._out_hw, kh, kw, c))
         z = self.workspace("z", (n, *self._out_hw, self.filters))
         k = self.kernel.value.reshape(-1, self.filters)
@@ -138,11 +141,23 @@ class _Conv(ActivatedLayer):
             if inplace:
                 act.forward(zc, out=zc)
         backend.parallel_batches(n, work)
-        self._cols, self._xp = cols, xp_all
+        self._cols, self._xp, self._x = cols, None if grid and padded else xp_all, x
         if inplace:
             self._z, self._a = None, z
             return self._out_view(z)
         return self._out_view(self._activate(z))
+
+    def _pad_buffer(self, shape):
+        """The padded input's buffer for an input of `shape`: shared scratch on the grid path (padded again in
+        backward), the layer's own for im2col (whose columns backward keeps)."""
+        padded_shape = kernels.padded_shape(shape, self._pads)
+        return self.scratch("xp_grid", padded_shape) if self._grid_forward else self.workspace("xp", padded_shape)
+
+    def _padded_input(self, lo, hi, out):
+        """Slice [lo, hi) of the padded input of the last call, in `out` (from _pad_buffer) unless kept."""
+        if self._xp is not None:
+            return self._xp[lo:hi]
+        return kernels.pad_hw(self._x[lo:hi], self._pads, out=out[lo:hi])
 
     def backward(self, grad, need_input_grad=True):
         grad = grad.reshape(self._a.shape)
@@ -203,7 +218,8 @@ class _Conv(ActivatedLayer):
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.scratch("relu_mask", self._a.shape, bool) if relu else None
         if grid_k:
-            grid_hw = self._xp.shape[1:3]
+            xp_all = None if self._xp is not None else self._pad_buffer(self._x.shape)
+            grid_hw = kernels.padded_shape(self._x.shape, self._pads)[1:3]
             chunk = kernels.grid_chunk(grid_hw, max(c, self.filters))
             # 'same' padding: the padded output gradient lies on the input's grid, shifted by (top, left) of its
             # padding, with zeros around it, which is what the kernel gradient needs: no second copy of it
@@ -223,7 +239,7 @@ class _Conv(ActivatedLayer):
                     self.workspace(f"dk{t}", (kh, kw, c, self.filters))
                 g_on_grid, offset = (gp, gpads[0][0] * grid_hw[1] + gpads[1][0]) if share else \
                     (kernels.to_grid(g, grid_hw, g_grid[lo:hi]), 0)
-                kernels.conv_grid_kernel_grad(self._xp[lo:hi], g_on_grid, self._k2, self._d2, dk,
+                kernels.conv_grid_kernel_grad(self._padded_input(lo, hi, xp_all), g_on_grid, self._k2, self._d2, dk,
                                               self.scratch(f"dk_part{t}", (c, self.filters)), chunk, offset)
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \

@@ -123,6 +123,26 @@ def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, pa
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+def test_the_grid_path_pads_again_in_backward_after_other_layers_used_the_shared_buffer():
+    """The padded input lives in scratch shared by the layers: another grid layer's forward in between leaves
+    the gradients as they are without it."""
+    shape = (3, 16, 16, 8)
+    rng = np.random.default_rng(0)
+    x, other = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    g = rng.normal(size=shape).astype(np.float32)
+    first, second = layers.Conv2D(8, 3, padding="same"), layers.Conv2D(8, 3, padding="same")
+    for layer in (first, second):
+        layer.build_for(shape[1:])
+        assert layer._grid_forward
+    first(x, training=True)
+    want = [first.backward(g.copy()).copy(), first.kernel.grad.copy(), first.bias.grad.copy()]
+    first(x, training=True)
+    second(other, training=True)
+    got = [first.backward(g.copy()), first.kernel.grad, first.bias.grad]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("path", ["grid", "transposed"])
 def test_an_equal_width_layer_forms_its_input_gradient_in_the_gradient_buffer(path, monkeypatch):
     """Stride 1, 'same', filters == channels: the output gradient is copied into the padded buffer first, so
