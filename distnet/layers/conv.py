@@ -118,11 +118,13 @@ class _Conv(ActivatedLayer):
         grid = self._grid_forward
         if grid and not padded:
             x = np.ascontiguousarray(x)
-        # the grid path pads into a shared scratch buffer and pads again in backward (_padded_input), from x,
-        # which the layers keep intact until then: two copies into a buffer in cache cost less than one into a
-        # buffer of its own, untouched since the last step (and the kernel gradient then reads it from cache)
+        # the grid path (and im2col when its columns are made again in backward) pads into shared scratch and
+        # pads again in backward (_padded_input), from x, which the layers keep intact until then: two copies
+        # into a buffer in cache cost less than one into a buffer of the layer's own, untouched since the last
+        # step (and the kernel gradient then reads it from cache)
         xp_all = self._pad_buffer(x.shape) if padded else x
-        cols = None if grid else self.workspace("cols", (n, *self._out_hw, kh, kw, c))
+        keep = not grid and self._keep_columns()
+        cols = None if grid else (self.workspace if keep else self.scratch)("cols", (n, *self._out_hw, kh, kw, c))
         z = self.workspace("z", (n, *self._out_hw, self.filters))
         k = self.kernel.value.reshape(-1, self.filters)
         act = self.activation
@@ -141,17 +143,34 @@ class _Conv(ActivatedLayer):
             if inplace:
                 act.forward(zc, out=zc)
         backend.parallel_batches(n, work)
-        self._cols, self._xp, self._x = cols, None if grid and padded else xp_all, x
+        self._cols, self._xp, self._x, self._cols_kept = cols, None if padded and not keep else xp_all, x, keep
         if inplace:
             self._z, self._a = None, z
             return self._out_view(z)
         return self._out_view(self._activate(z))
 
+    def _keep_columns(self):
+        """Whether backward keeps the im2col columns of forward (in a buffer of the layer's own) rather than
+        making them again from the kept input in shared scratch. Again: 3x3 kernels over >= 32 channels, whose
+        copies run over rows of >= 128 bytes (ResNet-20's 64-channel layers, profiled: forward 2.4 -> 1.6-2.0 ms,
+        backward unchanged). Kept: fewer channels (the first layer's 3, the stride-2 16-channel layer: backward
+        +0.8 and +1.2 ms made again) and 1x1 kernels (a strided copy; +0.1 ms)."""
+        return self._in_hwc[-1] < 32 or self._k2 == (1, 1)
+
     def _pad_buffer(self, shape):
-        """The padded input's buffer for an input of `shape`: shared scratch on the grid path (padded again in
-        backward), the layer's own for im2col (whose columns backward keeps)."""
+        """The padded input's buffer for an input of `shape`: shared scratch on the grid path and for im2col
+        columns made again in backward (padded again there from the kept input), else the layer's own."""
         padded_shape = kernels.padded_shape(shape, self._pads)
-        return self.scratch("xp_grid", padded_shape) if self._grid_forward else self.workspace("xp", padded_shape)
+        if self._grid_forward:
+            return self.scratch("xp_grid", padded_shape)
+        return self.workspace("xp", padded_shape) if self._keep_columns() else self.scratch("xp_cols", padded_shape)
+
+    def _columns(self, lo, hi, xp_all, cols):
+        """Slice [lo, hi) of the im2col columns of the last call: kept (call_pooled), or made again."""
+        if self._cols_kept:
+            return self._cols[lo:hi]
+        return kernels.im2col(self._padded_input(lo, hi, xp_all), self._k2, self._s2, self._out_hw, cols[lo:hi],
+                              self._d2)
 
     def _padded_input(self, lo, hi, out):
         """Slice [lo, hi) of the padded input of the last call, in `out` (from _pad_buffer) unless kept."""
@@ -217,8 +236,9 @@ class _Conv(ActivatedLayer):
         dk_parts = [self.workspace(f"dk_cols{t}", (kdim, self.filters)) for t in range(backend.num_threads())]
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.scratch("relu_mask", self._a.shape, bool) if relu else None
+        xp_all = None if self._xp is not None else self._pad_buffer(self._x.shape)
+        cols = None if grid_k or self._cols_kept else self.scratch("cols", self._cols.shape)
         if grid_k:
-            xp_all = None if self._xp is not None else self._pad_buffer(self._x.shape)
             grid_hw = kernels.padded_shape(self._x.shape, self._pads)[1:3]
             chunk = kernels.grid_chunk(grid_hw, max(c, self.filters))
             # 'same' padding: the padded output gradient lies on the input's grid, shifted by (top, left) of its
@@ -244,7 +264,7 @@ class _Conv(ActivatedLayer):
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))
-                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk, dk_parts[t])
+                kernels.columns_times(self._columns(lo, hi, xp_all, cols).reshape(-1, kdim), g2, dk, dk_parts[t])
             if want_b:
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
                 sum_rows(g2, db, self, slot=t)
@@ -331,7 +351,7 @@ class _Conv(ActivatedLayer):
             if relu:
                 np.maximum(o, 0, out=o)
         backend.parallel_batches(n, work)
-        self._cols, self._xp, self._z, self._a = cols, xp_all, None, None
+        self._cols, self._xp, self._z, self._a, self._cols_kept = cols, xp_all, None, None, True
         pool._out = out
         return out.reshape((n,) + pool.output_shape)
 

@@ -123,17 +123,19 @@ def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, pa
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-def test_the_grid_path_pads_again_in_backward_after_other_layers_used_the_shared_buffer():
-    """The padded input lives in scratch shared by the layers: another grid layer's forward in between leaves
-    the gradients as they are without it."""
-    shape = (3, 16, 16, 8)
+@pytest.mark.parametrize("shape,kw,grid", [((3, 16, 16, 8), {}, True), ((3, 6, 6, 64), {}, False),
+                                           ((3, 9, 9, 32), {"strides": 2}, False)])
+def test_padded_input_and_columns_are_made_again_in_backward_after_other_layers_used_the_shared_buffers(
+        shape, kw, grid):
+    """The padded input (grid path) and the im2col columns (>= 32 channels, 3x3) live in scratch shared by the
+    layers: another layer's forward in between leaves the gradients as they are without it."""
     rng = np.random.default_rng(0)
     x, other = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
-    g = rng.normal(size=shape).astype(np.float32)
-    first, second = layers.Conv2D(8, 3, padding="same"), layers.Conv2D(8, 3, padding="same")
+    first, second = (layers.Conv2D(shape[-1], 3, padding="same", **kw) for _ in range(2))
     for layer in (first, second):
         layer.build_for(shape[1:])
-        assert layer._grid_forward
+        assert layer._grid_forward == grid and (grid or not layer._keep_columns())
+    g = rng.normal(size=(shape[0],) + first.output_shape).astype(np.float32)
     first(x, training=True)
     want = [first.backward(g.copy()).copy(), first.kernel.grad.copy(), first.bias.grad.copy()]
     first(x, training=True)
