@@ -16,6 +16,23 @@ from . import symbolic
 
 _name_counts = defaultdict(int)
 _scratch = threading.local()       # the buffers Layer.scratch shares between layers, one set per calling thread
+_HUGE_PAGE = 1 << 21
+
+
+def page_aligned_empty(size, dtype, threshold=1 << 20):
+    """np.empty(size, dtype); from `threshold` bytes on, starting on a 2 MiB boundary and spanning whole 2 MiB
+    pages, carved from an allocation NumPy advises the kernel to back with transparent huge pages (it does so
+    for >= 4 MiB): a layer's buffers are walked once per step, long after their pages left the TLB, and with
+    4 KiB pages (in a VM, two-level page walks) that cost the ResNet-20 step ~6% (measured 155 -> 147 ms, one
+    thread, batch 32). Untouched pages of the allocation stay virtual; without huge pages nothing changes."""
+    dtype = np.dtype(dtype)
+    nbytes = size * dtype.itemsize
+    if nbytes < threshold:
+        return np.empty(size, dtype)
+    span = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE
+    raw = np.empty(span + _HUGE_PAGE, np.uint8)
+    start = -raw.ctypes.data % _HUGE_PAGE
+    return raw[start:start + nbytes].view(dtype)
 
 
 def unique_name(prefix):
@@ -191,7 +208,7 @@ class Layer:
         size = math.prod(shape)
         flat = store.get(name)
         if flat is None or flat.size < size or flat.dtype != dtype:
-            flat = store[name] = np.empty(size, dtype)
+            flat = store[name] = page_aligned_empty(size, dtype)
         buf = ws[name] = flat[:size].reshape(shape)
         return buf
 
@@ -206,7 +223,7 @@ class Layer:
         size = math.prod(shape)
         flat = store.get((name, dtype))
         if flat is None or flat.size < size:
-            flat = store[(name, dtype)] = np.empty(size, dtype)
+            flat = store[(name, dtype)] = page_aligned_empty(size, dtype)
         return flat[:size].reshape(shape)
 
     def tiled(self, name, v, k):

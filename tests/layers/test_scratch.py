@@ -25,3 +25,18 @@ def test_each_thread_has_its_own_scratch_buffers():
     worker.start()
     worker.join()
     assert not np.shares_memory(here, there[0])
+
+
+def test_large_buffers_start_on_a_huge_page_boundary():
+    from distnet.layers.base import page_aligned_empty
+    big = page_aligned_empty(3 << 18, np.float32)          # 3 MiB
+    assert big.shape == (3 << 18,) and big.dtype == np.float32 and big.flags.c_contiguous
+    assert big.ctypes.data % (1 << 21) == 0
+    big[...] = 1.5
+    assert big.sum() == 1.5 * big.size
+    small = page_aligned_empty(10, np.float64)
+    assert small.shape == (10,) and small.dtype == np.float64
+    assert page_aligned_empty(0, np.float32).shape == (0,)
+    layer = layers.Dense(3)
+    assert layer.workspace("probe_big", (1024, 1024)).ctypes.data % (1 << 21) == 0
+    assert layer.scratch("probe_big", (1024, 1024)).ctypes.data % (1 << 21) == 0
