@@ -19,20 +19,49 @@ _scratch = threading.local()       # the buffers Layer.scratch shares between la
 _HUGE_PAGE = 1 << 21
 
 
-def page_aligned_empty(size, dtype, threshold=1 << 20):
-    """np.empty(size, dtype); from `threshold` bytes on, starting on a 2 MiB boundary and spanning whole 2 MiB
-    pages, carved from an allocation NumPy advises the kernel to back with transparent huge pages (it does so
-    for >= 4 MiB): a layer's buffers are walked once per step, long after their pages left the TLB, and with
-    4 KiB pages (in a VM, two-level page walks) that cost the ResNet-20 step ~6% (measured 155 -> 147 ms, one
-    thread, batch 32). Untouched pages of the allocation stay virtual; without huge pages nothing changes."""
-    dtype = np.dtype(dtype)
-    nbytes = size * dtype.itemsize
-    if nbytes < threshold:
-        return np.empty(size, dtype)
-    span = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE
+def _huge_page_bytes(span):
+    """span bytes (a multiple of 2 MiB) starting on a 2 MiB boundary, in an allocation NumPy advises the kernel
+    to back with transparent huge pages (it does so from 4 MiB on); its untouched pages stay virtual."""
     raw = np.empty(span + _HUGE_PAGE, np.uint8)
     start = -raw.ctypes.data % _HUGE_PAGE
-    return raw[start:start + nbytes].view(dtype)
+    return raw[start:start + span]
+
+
+class _Arena:
+    """Buffers of 128 KiB - 1 MiB packed one after another into 8 MiB huge-page spans (rounding each up to a
+    page of its own would take up to 16x its size). A span is freed when the last buffer in it is."""
+    span = 8 << 20
+
+    def __init__(self):
+        self._bytes, self._used, self._lock = None, 0, threading.Lock()
+
+    def take(self, nbytes):
+        nbytes = -(-nbytes // 64) * 64              # each buffer on a cache line of its own
+        with self._lock:
+            if self._bytes is None or self._used + nbytes > self._bytes.size:
+                self._bytes, self._used = _huge_page_bytes(self.span), 0
+            out = self._bytes[self._used:self._used + nbytes]
+            self._used += nbytes
+        return out
+
+
+_arena = _Arena()
+
+
+def page_aligned_empty(size, dtype, small=1 << 17, large=1 << 20):
+    """np.empty(size, dtype) in memory the kernel may back with 2 MiB (transparent huge) pages: from `large`
+    bytes on a span of whole pages of its own, from `small` bytes packed with others in a shared span. A
+    layer's buffers are walked once per step, long after their pages left the TLB, and with 4 KiB pages (in a
+    VM, two-level page walks) that cost the ResNet-20 step ~10% (one thread, batch 32: 156 -> 150 ms with the
+    buffers of >= 1 MiB on huge pages, then -> 147 with those of >= 128 KiB). Without huge pages nothing
+    changes."""
+    dtype = np.dtype(dtype)
+    nbytes = size * dtype.itemsize
+    if nbytes < small:
+        return np.empty(size, dtype)
+    if nbytes < large:
+        return _arena.take(nbytes)[:nbytes].view(dtype)
+    return _huge_page_bytes(-(-nbytes // _HUGE_PAGE) * _HUGE_PAGE)[:nbytes].view(dtype)
 
 
 def unique_name(prefix):

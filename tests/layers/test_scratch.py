@@ -40,3 +40,14 @@ def test_large_buffers_start_on_a_huge_page_boundary():
     layer = layers.Dense(3)
     assert layer.workspace("probe_big", (1024, 1024)).ctypes.data % (1 << 21) == 0
     assert layer.scratch("probe_big", (1024, 1024)).ctypes.data % (1 << 21) == 0
+
+
+def test_mid_sized_buffers_are_packed_into_shared_huge_page_spans_without_overlap():
+    from distnet.layers.base import page_aligned_empty
+    bufs = [page_aligned_empty(n, np.float32) for n in (1 << 15, 3 << 15, 40001, 1 << 17)]   # 128-512 KiB
+    for i, b in enumerate(bufs):
+        assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous and b.dtype == np.float32
+        b[...] = i
+    for i, b in enumerate(bufs):
+        assert np.all(b == i)
+        assert not any(np.shares_memory(b, other) for other in bufs[i + 1:])
