@@ -95,7 +95,7 @@ class Weight:
 
 def flatten_values(weights, dtype):
     """Move the values of `weights` into ONE flat buffer and point each `weight.value` at its view of it."""
-    flat = np.empty(sum(w.value.size for w in weights), dtype=dtype)
+    flat = page_aligned_empty(sum(w.value.size for w in weights), dtype)
     offset = 0
     for w in weights:
         size, shape = w.value.size, w.value.shape
@@ -108,7 +108,8 @@ def flatten_values(weights, dtype):
 def flatten_grads(weights, dtype, extra=0):
     """One flat gradient buffer for `weights` (views bound to `weight.grad`), plus `extra` trailing slots: the
     reducer carries the step's sample count and metric sums there, in the same allreduce as the gradients."""
-    flat = np.zeros(sum(w.value.size for w in weights) + extra, dtype=dtype)
+    flat = page_aligned_empty(sum(w.value.size for w in weights) + extra, dtype)
+    flat.fill(0)
     offset = 0
     for w in weights:
         size = w.value.size
