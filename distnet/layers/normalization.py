@@ -143,34 +143,34 @@ class BatchNormalization(Layer):
         if not need_input_grad:
             return None
         gamma = self.gamma.value if self.gamma is not None else self.dtype_type(1)
-        a = gamma * inv_std
-        np.multiply(g, self.tiled("a", a, k), out=g)
-        if not self._training:
-            return g.reshape(grad.shape)
+        a = self.tiled("a", gamma * inv_std, k)
         s1, s2 = gamma * dbeta, gamma * dgamma
-        if self.synchronized:             # the sums run over the global batch, as the statistics did
+        if self._training and self.synchronized:     # the sums run over the global batch, as the statistics did
             sums = np.concatenate([s1, s2]).astype(np.float64)
             self._sum(sums)
             m = self._count
             s1, s2 = sums[:c].astype(xc.dtype), sums[c:].astype(xc.dtype)
         else:
             m = grad.size // c
-        if m == 0:
-            return g.reshape(grad.shape)
-        return self._add_centred_terms(g, xc, self.tiled("b", -(inv_std * inv_std) * s2 / m, k),
-                                       self.tiled("c", -inv_std * s1 / m, k)).reshape(grad.shape)
+        if not self._training or m == 0:
+            return np.multiply(g, a, out=g).reshape(grad.shape)
+        return self._scaled_plus_centred_terms(g, xc, a, self.tiled("b", -(inv_std * inv_std) * s2 / m, k),
+                                               self.tiled("c", -inv_std * s1 / m, k)).reshape(grad.shape)
 
-    def _add_centred_terms(self, g, xc, b, c, block_floats=32768):
-        """g += xc * b + c for g, xc: (rows, k*channels), b, c: (k*channels,) tiled; returns g. In blocks of
-        rows (~128 KB) through a small buffer that stays in cache, so no full-size buffer is written cold and xc
-        is kept (measured on (1024, 512): 0.76 ms for the whole backward against 1.1 with a full-size dx)."""
+    def _scaled_plus_centred_terms(self, g, xc, a, b, c, block_floats=32768):
+        """g = g * a + (xc * b + c) for g, xc: (rows, k*channels), a, b, c: (k*channels,) tiled; returns g. In
+        blocks of rows (~128 KB) through a small buffer that stays in cache: no full-size buffer is written
+        cold, xc is kept, and g is read and written once (measured on (1024, 512): 0.76 ms for the whole
+        backward against 1.1 with a full-size dx; scaling g in the blocks rather than in a pass of its own: the
+        ResNet-20 step 140.8 -> 138.1 ms, medians of 8 alternating runs)."""
         step = max(1, block_floats // g.shape[1])
         tmp = self.scratch("dx_block", (min(step, g.shape[0]), g.shape[1]), g.dtype)
         for lo in range(0, g.shape[0], step):
-            t = tmp[:min(step, g.shape[0] - lo)]
+            t, gb = tmp[:min(step, g.shape[0] - lo)], g[lo:lo + step]
             np.multiply(xc[lo:lo + step], b, out=t)
             np.add(t, c, out=t)
-            np.add(g[lo:lo + step], t, out=g[lo:lo + step])
+            np.multiply(gb, a, out=gb)
+            np.add(gb, t, out=gb)
         return g
 
     def get_config(self):
