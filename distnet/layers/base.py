@@ -248,13 +248,22 @@ class Layer:
         cache when the next layer writes it, where a buffer of each layer's own has not been touched since the
         step before (measured: a convolution's padded output gradient, 2.4 MB per ResNet stage-1 layer). A view
         of the first elements of the largest buffer asked for under the name and type."""
-        store = _scratch.__dict__.setdefault("buffers", {})
-        dtype = np.dtype(dtype or self.dtype)
+        local = _scratch.__dict__
+        if "views" not in local:
+            local["views"], local["buffers"] = {}, {}
+        views, store = local["views"], local["buffers"]
+        key = (name, shape, dtype or self.dtype)
+        hit = views.get(key)          # the view handed out last time, while its buffer is still the current one
+        if hit is not None and store.get(hit[0]) is hit[1]:
+            return hit[2]
+        dt = np.dtype(key[2])
         size = math.prod(shape)
-        flat = store.get((name, dtype))
+        flat = store.get((name, dt))
         if flat is None or flat.size < size:
-            flat = store[(name, dtype)] = page_aligned_empty(size, dtype)
-        return flat[:size].reshape(shape)
+            flat = store[(name, dt)] = page_aligned_empty(size, dt)
+        view = flat[:size].reshape(shape)
+        views[key] = ((name, dt), flat, view)
+        return view
 
     def tiled(self, name, v, k):
         """The per-channel vector v repeated k times, in a workspace (np.tile allocates, ~30 us a call)."""
