@@ -86,8 +86,8 @@ def profile(model, x, y, batch, steps=10, warmup=3):
 
 def _wrap(layer, acc):
     """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer, a max
-    pooling's backward_relu_input, a convolution's call_pooled and backward_pooled, which include the max pooling
-    after it); nested calls (backward calling backward_preactivation) are counted once."""
+    pooling's backward_relu_input, call_in_place, a convolution's call_pooled and backward_pooled, which include
+    the max pooling after it); nested calls (backward calling backward_preactivation) are counted once."""
     depth = [0]
 
     def timed(fn, slot):
@@ -103,7 +103,7 @@ def _wrap(layer, acc):
         return run
     layer.call = timed(layer.call, 0)
     layer.backward = timed(layer.backward, 1)
-    for entry, slot in (("backward_preactivation", 1), ("backward_relu_input", 1), ("call_pooled", 0),
-                        ("backward_pooled", 1)):          # other entries of a layer's forward and backward
+    for entry, slot in (("call_in_place", 0), ("backward_preactivation", 1), ("backward_relu_input", 1),
+                        ("call_pooled", 0), ("backward_pooled", 1)):  # other entries of a forward and backward
         if hasattr(layer, entry):
             setattr(layer, entry, timed(getattr(layer, entry), slot))

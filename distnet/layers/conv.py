@@ -104,6 +104,11 @@ class _Conv(ActivatedLayer):
     def preactivation(self):
         return None if self._z is None else self._out_view(self._z)
 
+    @property
+    def output_reusable(self):
+        """Without an activation the backward reads only the output's shape, not its values."""
+        return self.activation.name == "linear" and not self.keep_preactivation
+
     # -- forward / backward -------------------------------------------------------------------------------
     def call(self, x, training=False):
         x = x.reshape((x.shape[0],) + self._in_hwc)
@@ -113,8 +118,13 @@ class _Conv(ActivatedLayer):
         grid = self._grid_forward
         if grid and not padded:
             x = np.ascontiguousarray(x)
-        xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else x
-        cols = None if grid else self.workspace("cols", (n, *self._out_hw, kh, kw, c))
+        # the grid path (and im2col when its columns are made again in backward) pads into shared scratch and
+        # pads again in backward (_padded_input), from x, which the layers keep intact until then: two copies
+        # into a buffer in cache cost less than one into a buffer of the layer's own, untouched since the last
+        # step (and the kernel gradient then reads it from cache)
+        xp_all = self._pad_buffer(x.shape) if padded else x
+        keep = not grid and self._keep_columns()
+        cols = None if grid else (self.workspace if keep else self.scratch)("cols", (n, *self._out_hw, kh, kw, c))
         z = self.workspace("z", (n, *self._out_hw, self.filters))
         k = self.kernel.value.reshape(-1, self.filters)
         act = self.activation
@@ -133,11 +143,40 @@ class _Conv(ActivatedLayer):
             if inplace:
                 act.forward(zc, out=zc)
         backend.parallel_batches(n, work)
-        self._cols, self._xp = cols, xp_all
+        self._cols, self._xp, self._x, self._cols_kept = cols, None if padded and not keep else xp_all, x, keep
         if inplace:
             self._z, self._a = None, z
             return self._out_view(z)
         return self._out_view(self._activate(z))
+
+    def _keep_columns(self):
+        """Whether backward keeps the im2col columns of forward (in a buffer of the layer's own) rather than
+        making them again from the kept input in shared scratch. Again: 3x3 kernels over >= 32 channels, whose
+        copies run over rows of >= 128 bytes (ResNet-20's 64-channel layers, profiled: forward 2.4 -> 1.6-2.0 ms,
+        backward unchanged). Kept: fewer channels (the first layer's 3, the stride-2 16-channel layer: backward
+        +0.8 and +1.2 ms made again) and 1x1 kernels (a strided copy; +0.1 ms)."""
+        return self._in_hwc[-1] < 32 or self._k2 == (1, 1)
+
+    def _pad_buffer(self, shape):
+        """The padded input's buffer for an input of `shape`: shared scratch on the grid path and for im2col
+        columns made again in backward (padded again there from the kept input), else the layer's own."""
+        padded_shape = kernels.padded_shape(shape, self._pads)
+        if self._grid_forward:
+            return self.scratch("xp_grid", padded_shape)
+        return self.workspace("xp", padded_shape) if self._keep_columns() else self.scratch("xp_cols", padded_shape)
+
+    def _columns(self, lo, hi, xp_all, cols):
+        """Slice [lo, hi) of the im2col columns of the last call: kept (call_pooled), or made again."""
+        if self._cols_kept:
+            return self._cols[lo:hi]
+        return kernels.im2col(self._padded_input(lo, hi, xp_all), self._k2, self._s2, self._out_hw, cols[lo:hi],
+                              self._d2)
+
+    def _padded_input(self, lo, hi, out):
+        """Slice [lo, hi) of the padded input of the last call, in `out` (from _pad_buffer) unless kept."""
+        if self._xp is not None:
+            return self._xp[lo:hi]
+        return kernels.pad_hw(self._x[lo:hi], self._pads, out=out[lo:hi])
 
     def backward(self, grad, need_input_grad=True):
         grad = grad.reshape(self._a.shape)
@@ -152,8 +191,8 @@ class _Conv(ActivatedLayer):
         """kernels.conv_grid with this thread's (t) buffers."""
         chunk = kernels.grid_chunk(xp.shape[1:3], max(xp.shape[-1], k4.shape[-1]))
         rows = (chunk * xp.shape[1] * xp.shape[2], k4.shape[-1])
-        return kernels.conv_grid(xp, k4, self._d2, out, self.workspace(f"grid_sum{t}", rows),
-                                 self.workspace(f"grid_part{t}", rows), chunk)
+        return kernels.conv_grid(xp, k4, self._d2, out, self.scratch(f"grid_sum{t}", rows),
+                                 self.scratch(f"grid_part{t}", rows), chunk)
 
     def _transposed_input_grad(self):
         """Whether the input gradient is computed as a convolution of the (padded) output gradient with the
@@ -184,26 +223,28 @@ class _Conv(ActivatedLayer):
         grid_k = self._cols is None               # the forward ran on the grid: no im2col to reuse
         gpads = self._grad_pads
         if transposed or grid_dx:
-            gp_all = self.workspace("grad_padded", kernels.padded_shape(grad.shape, gpads)) \
+            gp_all = self.scratch("grad_padded", kernels.padded_shape(grad.shape, gpads)) \
                 if any(map(any, gpads)) else None
-            gcols = None if grid_dx else self.workspace("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
+            gcols = None if grid_dx else self.scratch("grad_cols", (n, *self._in_hwc[:2], kh, kw, self.filters))
             kt = self._flipped_kernel()
-            dx = self.workspace("dx", (n,) + self._in_hwc)
+            dx = self._input_grad_buffer(grad, gp_all is not None)
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
-            part = self.workspace("dx_part", (n, *out_hw, c))
+            part = self.scratch("dx_part", (n, *out_hw, c))
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
         dk_parts = [self.workspace(f"dk_cols{t}", (kdim, self.filters)) for t in range(backend.num_threads())]
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
-        mask = self.workspace("relu_mask", self._a.shape, bool) if relu else None
+        mask = self.scratch("relu_mask", self._a.shape, bool) if relu else None
+        xp_all = None if self._xp is not None else self._pad_buffer(self._x.shape)
+        cols = None if grid_k or self._cols_kept else self.scratch("cols", self._cols.shape)
         if grid_k:
-            grid_hw = self._xp.shape[1:3]
+            grid_hw = kernels.padded_shape(self._x.shape, self._pads)[1:3]
             chunk = kernels.grid_chunk(grid_hw, max(c, self.filters))
             # 'same' padding: the padded output gradient lies on the input's grid, shifted by (top, left) of its
             # padding, with zeros around it, which is what the kernel gradient needs: no second copy of it
             share = grid_dx and gp_all is not None and gp_all.shape[1:3] == grid_hw
-            g_grid = None if share else self.workspace("grad_grid", (n, *grid_hw, self.filters))
+            g_grid = None if share else self.scratch("grad_grid", (n, *grid_hw, self.filters))
 
         def work(lo, hi, t):
             g = grad[lo:hi]
@@ -218,12 +259,12 @@ class _Conv(ActivatedLayer):
                     self.workspace(f"dk{t}", (kh, kw, c, self.filters))
                 g_on_grid, offset = (gp, gpads[0][0] * grid_hw[1] + gpads[1][0]) if share else \
                     (kernels.to_grid(g, grid_hw, g_grid[lo:hi]), 0)
-                kernels.conv_grid_kernel_grad(self._xp[lo:hi], g_on_grid, self._k2, self._d2, dk,
-                                              self.workspace(f"dk_part{t}", (c, self.filters)), chunk, offset)
+                kernels.conv_grid_kernel_grad(self._padded_input(lo, hi, xp_all), g_on_grid, self._k2, self._d2, dk,
+                                              self.scratch(f"dk_part{t}", (c, self.filters)), chunk, offset)
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))
-                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk, dk_parts[t])
+                kernels.columns_times(self._columns(lo, hi, xp_all, cols).reshape(-1, kdim), g2, dk, dk_parts[t])
             if want_b:
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
                 sum_rows(g2, db, self, slot=t)
@@ -251,6 +292,17 @@ class _Conv(ActivatedLayer):
         if transposed or grid_dx:
             return dx.reshape((n,) + self.input_shape)
         return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
+
+    def _input_grad_buffer(self, grad, copied):
+        """Where the transposed or grid input gradient goes: grad's own buffer when the layer copies grad into
+        its padded buffer first (copied) and the shapes agree (stride 1, filters == in_channels: a ResNet's
+        equal-width layers), as grad is not read after that copy; it was read just before, so the writes hit
+        the cache, where a buffer of the layer's own is written cold. Otherwise a workspace."""
+        shape = (grad.shape[0],) + self._in_hwc
+        if copied and grad.shape == shape and grad.flags.c_contiguous and grad.flags.writeable \
+                and grad.dtype == self.kernel.value.dtype:
+            return grad
+        return self.workspace("dx", shape)
 
     def _add_slices(self, parts):
         """Add the kernel and bias gradients of the batch slices other threads computed ((dk, db) per slice;
@@ -299,7 +351,7 @@ class _Conv(ActivatedLayer):
             if relu:
                 np.maximum(o, 0, out=o)
         backend.parallel_batches(n, work)
-        self._cols, self._xp, self._z, self._a = cols, xp_all, None, None
+        self._cols, self._xp, self._z, self._a, self._cols_kept = cols, xp_all, None, None, True
         pool._out = out
         return out.reshape((n,) + pool.output_shape)
 

@@ -103,6 +103,7 @@ class Dense(ActivatedLayer):
 
 class Activation(ActivatedLayer):
     per_sample = True
+    overwrites_input = True
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
@@ -110,6 +111,11 @@ class Activation(ActivatedLayer):
 
     def call(self, x, training=False):
         return self._activate(x, owned=False)    # x belongs to the previous layer: never overwrite it
+
+    def call_in_place(self, x, training, owned):
+        """The activation over x's own buffer (a ReLU after BatchNormalization or Add in a ResNet): no
+        buffer of this layer's written cold."""
+        return self._activate(x, owned=True)
 
     def backward_preactivation(self, grad_z, need_input_grad=True):
         return grad_z

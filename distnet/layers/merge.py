@@ -13,6 +13,7 @@ from .base import Layer
 class _Merge(Layer):
     per_sample = True
     multi_input = True
+    output_reusable = True      # backward reads the inputs (Multiply) or masks, never the output
     min_inputs, max_inputs = 2, None
 
     def _where(self):
@@ -46,6 +47,15 @@ class _Merge(Layer):
         self._merge(xs, out)
         return out
 
+    def call_in_place(self, xs, training, owned):
+        """For the element-wise merges that keep nothing of their inputs (`overwrites_input`: Add, Subtract,
+        Average): the result written over the first owned input (each element is read before it is written)."""
+        out = xs[owned[0]]
+        if not (out.flags.c_contiguous and out.flags.writeable and all(x.dtype == out.dtype for x in xs)):
+            return self.call(xs, training)
+        self._merge(xs, out)
+        return out
+
     def backward(self, grad, need_input_grad=True):
         if not need_input_grad:
             return None
@@ -66,6 +76,7 @@ def _sum_into(xs, out):
 
 class Add(_Merge):
     """out = sum of the inputs."""
+    overwrites_input = True
 
     def _merge(self, xs, out):
         _sum_into(xs, out)
@@ -76,6 +87,7 @@ class Add(_Merge):
 
 class Subtract(_Merge):
     """out = xs[0] - xs[1] (exactly two inputs)."""
+    overwrites_input = True
     max_inputs = 2
 
     def _merge(self, xs, out):
@@ -87,6 +99,7 @@ class Subtract(_Merge):
 
 class Average(_Merge):
     """out = mean of the inputs."""
+    overwrites_input = True
 
     def _merge(self, xs, out):
         _sum_into(xs, out)

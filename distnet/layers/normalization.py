@@ -21,6 +21,9 @@ def _rows(x):
 
 
 class BatchNormalization(Layer):
+    output_reusable = True      # backward reads the centred input, never the output
+    overwrites_input = True
+
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
                  moving_variance_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
@@ -58,12 +61,19 @@ class BatchNormalization(Layer):
         per-channel vectors tiled k times, so NumPy's inner loops span whole rows rather than one pixel's
         channels (16 elements in a ResNet's first stage), and the channel sums are BLAS products: ~4x faster
         than reductions over the leading axes. The centred input x - mean is kept for backward."""
+        return self._normalize(x, training, in_place=False)
+
+    def call_in_place(self, x, training, owned):
+        """call(x) with the centred input kept in x's own buffer (no buffer of the layer's written cold)."""
+        return self._normalize(x, training, in_place=True)
+
+    def _normalize(self, x, training, in_place):
         axes = tuple(range(x.ndim - 1))
         # a worker with no samples in this step still takes part in a synchronized layer's sums
         self._training = training and (x.shape[0] > 0 or self.synchronized)
         rows = _rows(x)
         k = rows.shape[1] // x.shape[-1]
-        xc = self.workspace("xc", rows.shape, x.dtype)
+        xc = rows if in_place and rows.flags.writeable else self.workspace("xc", rows.shape, x.dtype)
         if self._training and self.synchronized:
             mean, var = self._global_moments(x, axes)
             np.subtract(rows, self.tiled("mean", mean, k), out=xc)
@@ -98,7 +108,7 @@ class BatchNormalization(Layer):
         c = x.shape[-1]
         sums = np.empty(2 * c + 1, dtype=np.float64)
         sums[:c] = x.sum(axis=axes, dtype=np.float64)
-        sq = np.multiply(x, x, out=self.workspace("sq", x.shape, x.dtype))     # no float64 copy of x per step
+        sq = np.multiply(x, x, out=self.scratch("sq", x.shape, x.dtype))     # no float64 copy of x per step
         sums[c:2 * c] = sq.sum(axis=axes, dtype=np.float64)
         sums[-1] = x.size // c
         self._sum(sums)
@@ -119,7 +129,7 @@ class BatchNormalization(Layer):
         """With xhat = xc * inv_std and s1 = sum(dxhat), s2 = sum(dxhat * xhat) for dxhat = grad * gamma:
         dx = (inv_std / m) * (m * dxhat - s1 - xhat * s2) = a * grad + b * xc + c0 per channel, three passes
         over memory. The channel sums come from sum(grad) and sum(grad * xc), which are also dbeta and
-        dgamma / inv_std. grad (which this layer may overwrite) is scaled in place."""
+        dgamma / inv_std. dx is computed in grad's buffer (which this layer may overwrite)."""
         xc, inv_std = self._xc, self._inv_std
         c = grad.shape[-1]
         k = xc.shape[1] // c
@@ -133,25 +143,35 @@ class BatchNormalization(Layer):
         if not need_input_grad:
             return None
         gamma = self.gamma.value if self.gamma is not None else self.dtype_type(1)
-        a = gamma * inv_std
-        np.multiply(g, self.tiled("a", a, k), out=g)
-        if not self._training:
-            return g.reshape(grad.shape)
+        a = self.tiled("a", gamma * inv_std, k)
         s1, s2 = gamma * dbeta, gamma * dgamma
-        if self.synchronized:             # the sums run over the global batch, as the statistics did
+        if self._training and self.synchronized:     # the sums run over the global batch, as the statistics did
             sums = np.concatenate([s1, s2]).astype(np.float64)
             self._sum(sums)
             m = self._count
             s1, s2 = sums[:c].astype(xc.dtype), sums[c:].astype(xc.dtype)
         else:
             m = grad.size // c
-        if m == 0:
-            return g.reshape(grad.shape)
-        dx = self.workspace("dx", xc.shape, xc.dtype)
-        np.multiply(xc, self.tiled("b", -(inv_std * inv_std) * s2 / m, k), out=dx)
-        np.add(dx, self.tiled("c", -inv_std * s1 / m, k), out=dx)
-        np.add(dx, g, out=dx)
-        return dx.reshape(grad.shape)
+        if not self._training or m == 0:
+            return np.multiply(g, a, out=g).reshape(grad.shape)
+        return self._scaled_plus_centred_terms(g, xc, a, self.tiled("b", -(inv_std * inv_std) * s2 / m, k),
+                                               self.tiled("c", -inv_std * s1 / m, k)).reshape(grad.shape)
+
+    def _scaled_plus_centred_terms(self, g, xc, a, b, c, block_floats=32768):
+        """g = g * a + (xc * b + c) for g, xc: (rows, k*channels), a, b, c: (k*channels,) tiled; returns g. In
+        blocks of rows (~128 KB) through a small buffer that stays in cache: no full-size buffer is written
+        cold, xc is kept, and g is read and written once (measured on (1024, 512): 0.76 ms for the whole
+        backward against 1.1 with a full-size dx; scaling g in the blocks rather than in a pass of its own: the
+        ResNet-20 step 140.8 -> 138.1 ms, medians of 8 alternating runs)."""
+        step = max(1, block_floats // g.shape[1])
+        tmp = self.scratch("dx_block", (min(step, g.shape[0]), g.shape[1]), g.dtype)
+        for lo in range(0, g.shape[0], step):
+            t, gb = tmp[:min(step, g.shape[0] - lo)], g[lo:lo + step]
+            np.multiply(xc[lo:lo + step], b, out=t)
+            np.add(t, c, out=t)
+            np.multiply(gb, a, out=gb)
+            np.add(gb, t, out=gb)
+        return g
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,

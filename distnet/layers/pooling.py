@@ -91,7 +91,7 @@ class _MaxPooling(_Pooling):
         derivative at that maximum (its a > 0 iff the window's max is), at a quarter of the memory traffic of
         masking the routed gradient; the other positions get 0 either way. grad may be overwritten."""
         grad = grad.reshape(self._out.shape)
-        np.multiply(grad, np.greater(self._out, 0, out=self.workspace("relu_mask", grad.shape, bool)), out=grad)
+        np.multiply(grad, np.greater(self._out, 0, out=self.scratch("relu_mask", grad.shape, bool)), out=grad)
         return self.backward(grad)
 
     def build(self, input_shape):

@@ -123,6 +123,49 @@ def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, pa
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("shape,kw,grid", [((3, 16, 16, 8), {}, True), ((3, 6, 6, 64), {}, False),
+                                           ((3, 9, 9, 32), {"strides": 2}, False)])
+def test_padded_input_and_columns_are_made_again_in_backward_after_other_layers_used_the_shared_buffers(
+        shape, kw, grid):
+    """The padded input (grid path) and the im2col columns (>= 32 channels, 3x3) live in scratch shared by the
+    layers: another layer's forward in between leaves the gradients as they are without it."""
+    rng = np.random.default_rng(0)
+    x, other = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    first, second = (layers.Conv2D(shape[-1], 3, padding="same", **kw) for _ in range(2))
+    for layer in (first, second):
+        layer.build_for(shape[1:])
+        assert layer._grid_forward == grid and (grid or not layer._keep_columns())
+    g = rng.normal(size=(shape[0],) + first.output_shape).astype(np.float32)
+    first(x, training=True)
+    want = [first.backward(g.copy()).copy(), first.kernel.grad.copy(), first.bias.grad.copy()]
+    first(x, training=True)
+    second(other, training=True)
+    got = [first.backward(g.copy()), first.kernel.grad, first.bias.grad]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["grid", "transposed"])
+def test_an_equal_width_layer_forms_its_input_gradient_in_the_gradient_buffer(path, monkeypatch):
+    """Stride 1, 'same', filters == channels: the output gradient is copied into the padded buffer first, so
+    the input gradient reuses its buffer; the same values as a read-only gradient (into a workspace) gives."""
+    shape = (3, 8, 7, 4)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    g = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    layer = layers.Conv2D(4, 3, padding="same")
+    layer.build_for(shape[1:])
+    layer._grid_forward = layer._grid_input_grad = path == "grid"
+    monkeypatch.setattr(layer, "_transposed_input_grad", lambda: path == "transposed")
+    layer(x, training=True)
+    frozen = g.copy()
+    frozen.flags.writeable = False
+    want = layer.backward(frozen).copy()
+    mine = g.copy()
+    got = layer.backward(mine)
+    assert np.shares_memory(got, mine) and not np.shares_memory(want, frozen)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 5, 3), (3, 7, 7, 2)])
 def test_grid_paths_match_finite_differences(shape, monkeypatch, float64):
     from tests.layers.gradcheck import check_gradients
