@@ -68,7 +68,9 @@ def _profile(args):
             print(f"{name}, batch {batch}, {args.threads[0]} intra-op thread(s): step {summary['step_ms']:.2f} ms, "
                   f"{summary['gflop_per_step']:.3f} GFLOP -> {summary['achieved_gflops']:.1f} GFLOP/s = "
                   f"{summary['share_of_ceiling']:.0%} of this core's GEMM ({summary['gemm_ceiling_gflops']:.0f} "
-                  f"GFLOP/s); {summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "
+                  f"GFLOP/s); forward+backward {summary['step_ms'] - summary['outside_layers_ms']:.2f} ms at "
+                  f"{summary['layers_gflops']:.1f} GFLOP/s = {summary['layers_share_of_ceiling']:.0%}; "
+                  f"{summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "
                   f"layers ({summary['outside_layers_ms']:.2f} ms outside every layer: loss, optimizer, bookkeeping)")
             print(table(layers_, [("layer", "layer", "{}"), ("class", "class", "{}"),
                                   ("forward_ms", "forward ms", "{:.3f}"), ("backward_ms", "backward ms", "{:.3f}"),

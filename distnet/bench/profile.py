@@ -81,6 +81,9 @@ def profile(model, x, y, batch, steps=10, warmup=3):
                "outside_gemm_layers_share": 1 - gemm_ms / step_ms, "gflop_per_step": total_flop,
                "achieved_gflops": total_flop / (step_ms / 1e3), "gemm_ceiling_gflops": gemm_ceiling()}
     summary["share_of_ceiling"] = summary["achieved_gflops"] / summary["gemm_ceiling_gflops"]
+    # forward + backward alone (the layers' time, without the loss, optimizer and bookkeeping)
+    summary["layers_gflops"] = total_flop / (in_layers / 1e3) if in_layers else 0.0
+    summary["layers_share_of_ceiling"] = summary["layers_gflops"] / summary["gemm_ceiling_gflops"]
     return rows, summary
 
 
