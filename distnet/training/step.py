@@ -313,22 +313,26 @@ class Step:
         return slots
 
 
-# Bytes of the widest layer output of one block (per intra-op thread). Measured on the example CNN at batch
-# 128 (`distnet-bench engine --model cnn --batch 32,128 --threads 1,2 --repeat 3`, DISTNET_BLOCK_BYTES varied):
-# unblocked 79-82 ms at one thread; blocks of 16 samples (1.8 MB of its first convolution's output) and of 32
-# run alike at one thread (49.0 and 49.0-50.6 ms), blocks of 21-22 samples slower (a power of two of samples
-# runs best); at two threads 32 samples per thread ran fastest (32.6 ms against 34.7 for 16 and 35.7 for 64):
-# the per-layer hand-over between the threads is paid per block. Batch 32 is the same either way.
-BLOCK_BYTES = 4 << 20
+# Bytes of the widest layer output of one block per intra-op thread at one thread (twice that per thread with
+# more). Measured on the example CNN at batch 128 (`distnet-bench engine --model cnn --batch 128 --threads 1,2
+# --repeat 1`, DISTNET_BLOCK_BYTES varied, alternating): unblocked 79-82 ms at one thread; then blocks of 16
+# samples (1.8 MB of its first convolution's output) 57-61 ms, of 8 62-63, of 21-22 67-69 (a power of two of
+# samples runs best). After the fused convolution + pooling and the shared scratch buffers, at one thread 16
+# samples against 32, six pairs: median 49.9 against 51.7 ms (4 of 6 pairs faster by ~2 ms), 64 samples 56-59
+# ms; at two threads 32 samples per thread against 16: 32.8-35.0 against 37.0-38.9 ms (the per-layer hand-over
+# between threads is paid per block). Batch 32 is the same either way.
+BLOCK_BYTES = 2 << 20
 
 
 def block_samples(model):
     """Samples per block for `model`: 0 (never block) unless every layer is per-sample (no batch statistics,
-    no random draws); DISTNET_BLOCK_BYTES overrides BLOCK_BYTES (0 turns blocks off). With T intra-op threads a
-    block is T times larger: each thread takes a slice of it with its own L2 cache."""
+    no random draws); DISTNET_BLOCK_BYTES overrides BLOCK_BYTES (0 turns blocks off). With T > 1 intra-op threads
+    each thread takes a slice with twice the budget (its own L2 cache; fewer hand-overs), a block T times that."""
     budget = int(os.environ.get("DISTNET_BLOCK_BYTES", BLOCK_BYTES))
     if budget <= 0 or not all(la.per_sample for la in model.layers):
         return 0
+    if backend.num_threads() > 1:
+        budget *= 2
     widest = 1
     for la in model.layers:
         shapes = la.output_shape if la.multi_output else [la.output_shape]

@@ -42,16 +42,17 @@ def _with_budget(monkeypatch, budget, build):
 def test_block_samples_is_a_power_of_two_of_the_widest_output_and_0_for_batch_coupled_models(monkeypatch):
     m = _cnn()            # widest output: the convolution's 7*7*6 floats = 1176 bytes per sample
     monkeypatch.delenv("DISTNET_BLOCK_BYTES", raising=False)
-    assert block_samples(m) == 2048                                  # 4 MiB / 1176 = 3566
+    assert block_samples(m) == 1024                                  # 2 MiB / 1176 = 1783
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", str(1176 * 5))
     assert block_samples(m) == 4
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", "0")
     assert block_samples(m) == 0
     monkeypatch.setenv("DISTNET_BLOCK_BYTES", "1")
     assert block_samples(m) == 1
-    backend.set_num_threads(2)          # a block per thread
+    monkeypatch.setenv("DISTNET_BLOCK_BYTES", str(1176 * 4))
+    backend.set_num_threads(2)          # a slice per thread, each with twice the budget
     try:
-        assert block_samples(m) == 2
+        assert block_samples(m) == 16
     finally:
         backend.set_num_threads(1)
     for coupled in (layers.BatchNormalization(), layers.Dropout(0.5, noise_shape=(1, 3))):
