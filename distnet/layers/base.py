@@ -230,11 +230,11 @@ class Layer:
         blocks of a batch) of several sizes share it. Valid until the layer's next call/backward; `_ws[name]`
         is the view last handed out."""
         ws = self.__dict__.setdefault("_ws", {})
+        buf = ws.get(name)
+        if buf is not None and buf.shape == shape and (dtype is None or buf.dtype == dtype):
+            return buf                # (dtype None: the layer's own, which every buffer of it was made in)
         store = self.__dict__.setdefault("_ws_store", {})
         dtype = np.dtype(dtype or self.dtype)
-        buf = ws.get(name)
-        if buf is not None and buf.shape == shape and buf.dtype == dtype:
-            return buf
         size = math.prod(shape)
         flat = store.get(name)
         if flat is None or flat.size < size or flat.dtype != dtype:
@@ -369,7 +369,7 @@ def sum_rows(g2, out, layer, slot=0):
     ones = cache.get(slot)
     if ones is None or ones.shape[0] < g2.shape[0] or ones.dtype != g2.dtype:
         ones = cache[slot] = np.ones(g2.shape[0], g2.dtype)
-    return np.dot(ones[:g2.shape[0]], g2, out=out)
+    return np.dot(ones if ones.shape[0] == g2.shape[0] else ones[:g2.shape[0]], g2, out=out)
 
 
 class ActivatedLayer(Layer):

@@ -233,7 +233,6 @@ class _Conv(ActivatedLayer):
             part = self.scratch("dx_part", (n, *out_hw, c))
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
-        dk_parts = [self.workspace(f"dk_cols{t}", (kdim, self.filters)) for t in range(backend.num_threads())]
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
         mask = self.scratch("relu_mask", self._a.shape, bool) if relu else None
         xp_all = None if self._xp is not None else self._pad_buffer(self._x.shape)
@@ -264,7 +263,8 @@ class _Conv(ActivatedLayer):
             elif want_k:        # partial kernel gradient of this slice (summed below)
                 dk = self.kernel.grad.reshape(kdim, self.filters) if t == 0 else \
                     self.workspace(f"dk{t}", (kdim, self.filters))
-                kernels.columns_times(self._columns(lo, hi, xp_all, cols).reshape(-1, kdim), g2, dk, dk_parts[t])
+                kernels.columns_times(self._columns(lo, hi, xp_all, cols).reshape(-1, kdim), g2, dk,
+                                      self.workspace(f"dk_cols{t}", dk.shape))
             if want_b:
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (self.filters,))
                 sum_rows(g2, db, self, slot=t)
@@ -370,7 +370,6 @@ class _Conv(ActivatedLayer):
         relu = self.activation.name == "relu"
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None
-        dk_parts = [self.workspace(f"dk_cols{t}", (kdim, f)) for t in range(backend.num_threads())]
         if need_input_grad:
             # the gradient laid out as the output; the per-offset input gradient takes only the part the windows
             # cover, the others the whole output with zeros where no window reads
@@ -395,7 +394,8 @@ class _Conv(ActivatedLayer):
             dk = None
             if want_k:
                 dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
-                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk, dk_parts[t])
+                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk,
+                                      self.workspace(f"dk_cols{t}", dk.shape))
             if need_input_grad:                     # (n, p, q, ph, pw, f) -> (n, ph*p, pw*q, f)
                 g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
                     d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)
