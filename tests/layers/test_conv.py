@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from distnet import layers
+from distnet.layers import conv
 from tests.layers.gradcheck import case_tests
 
 rng = np.random.default_rng(3)
@@ -77,7 +78,7 @@ def test_config_round_trip():
 # the three ways a stride-1 layer can run, forced: (forward on the padded grid, input gradient on the grid,
 # input gradient as im2col of the padded output gradient); (False, False, False) is im2col + per-offset GEMMs
 PATHS = {"grid": (True, True, False), "transposed": (False, False, True), "per_offset": (False, False, False),
-         "grid_forward_only": (True, False, False)}
+         "grid_forward_only": (True, False, False), "one_gemm": (False, False, False)}
 
 
 def run_path(make, shape, path, monkeypatch, threads=1):
@@ -91,6 +92,8 @@ def run_path(make, shape, path, monkeypatch, threads=1):
     grid_forward, grid_dx, transposed = PATHS[path]
     layer._grid_forward, layer._grid_input_grad = grid_forward, grid_dx
     monkeypatch.setattr(layer, "_transposed_input_grad", lambda: transposed)
+    # the per-offset input gradient as kh*kw GEMMs, or as one GEMM for all offsets (chosen by rows per slice)
+    monkeypatch.setattr(conv, "ONE_GEMM_ROWS", 10 ** 9 if path == "one_gemm" else 0)
     backend.set_num_threads(threads)
     try:
         out = layer(x, training=True).copy()
@@ -112,7 +115,7 @@ STRIDE_ONE = [
 
 
 @pytest.mark.parametrize("make,shape", STRIDE_ONE)
-@pytest.mark.parametrize("path", ["grid", "transposed", "grid_forward_only"])
+@pytest.mark.parametrize("path", ["grid", "transposed", "grid_forward_only", "one_gemm"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, path, threads, monkeypatch):
     """The grid convolution (kh*kw shifted GEMMs on the padded grid, no im2col) and the input gradient as a
@@ -121,6 +124,21 @@ def test_every_stride_one_path_equals_im2col_and_per_offset_sums(make, shape, pa
     want = run_path(make, shape, "per_offset", monkeypatch)
     for name, a, b in zip(["output", "input gradient", "kernel gradient", "bias gradient"], got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: layers.Conv2D(3, 3, strides=2, activation="relu"), (3, 9, 8, 4)),
+    (lambda: layers.Conv2D(2, (3, 2), strides=(1, 2), padding="same"), (2, 7, 9, 3)),
+    (lambda: layers.Conv2D(3, 3, dilation_rate=2), (2, 9, 9, 2)),
+    (lambda: layers.Conv1D(4, 3, strides=2), (3, 11, 5))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_input_gradient_as_one_gemm_equals_the_per_offset_gemms(make, shape, threads, monkeypatch):
+    """Strided and dilated layers (the stride-one ones are above): one GEMM for all kernel offsets, its
+    slices summed into the windows, gives what one GEMM per offset gives."""
+    got = run_path(make, shape, "one_gemm", monkeypatch, threads)
+    want = run_path(make, shape, "per_offset", monkeypatch)
+    for name, a, b in zip(["output", "input gradient", "kernel gradient", "bias gradient"], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("shape,kw,grid", [((3, 16, 16, 8), {}, True), ((3, 6, 6, 64), {}, False),
