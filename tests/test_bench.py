@@ -56,15 +56,25 @@ def test_history_plot(tmp_path):
         plot.history({}, tmp_path / "x.png")
 
 
-def test_engine_profile_names_layers_flops_and_the_ceiling(tmp_path, capsys):
+@pytest.mark.parametrize("repeat", [1, 2])
+def test_engine_profile_names_layers_flops_and_the_ceiling(repeat, tmp_path, capsys):
     assert main(["engine", "--model", "cnn", "--batch", "4", "--steps", "2", "--warmup", "1", "--profile",
-                 "--json", str(tmp_path / "p.json")]) == 0
+                 "--repeat", str(repeat), "--json", str(tmp_path / "p.json")]) == 0
     rows = json.loads((tmp_path / "p.json").read_text())["results"]
-    layers = {r["class"]: r for r in rows if r["kind"] == "profile"}
-    assert layers["Conv2D"]["gflop"] > 0 and layers["Conv2D"]["forward_ms"] > 0 and layers["Flatten"]["gflop"] == 0
+    layers = {r["layer"]: r for r in rows if r["kind"] == "profile"}
+    first, second = layers["conv2d"], layers["conv2d_1"]
+    assert first["gflop"] > 0 and first["forward_ms"] > 0 and layers["flatten"]["gflop"] == 0
+    # computed: the first layer has no input gradient (2 of 3 products); the second, pooled in one pass, its
+    # 12x12 of 13x13 output positions
+    assert first["computed_gflop"] == pytest.approx(first["gflop"] * 2 / 3)
+    assert second["computed_gflop"] == pytest.approx(second["gflop"] * 144 / 169)
     summary = next(r for r in rows if r["kind"] == "profile_summary")
     assert summary["gemm_ceiling_gflops"] > 0 and 0 < summary["share_of_ceiling"]
-    assert "of this core's GEMM" in capsys.readouterr().out
+    assert summary["computed_gflop_per_step"] < summary["gflop_per_step"]
+    out = capsys.readouterr().out
+    assert "of this core's GEMM" in out and "the engine computes" in out
+    if repeat > 1:
+        assert summary["runs"] == 2 and len(summary["layers_share_runs"]) == 2 and "2 fresh processes" in out
 
 
 def test_profile_times_a_max_pooling_entered_through_its_relu_input():

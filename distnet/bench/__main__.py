@@ -29,14 +29,14 @@ def _ints(text):
 def cmd_engine(args):
     """Each implementation in its own fresh process, alternating, `--repeat` times (see bench/fresh.py)."""
     from . import fresh
+    if args.repeat < 1:
+        raise SystemExit(f"distnet-bench engine: --repeat must be >= 1, received {args.repeat}")
     if args.profile:
         return _profile(args)
     impls = ["distnet"] + [c for c in (args.compare or "").split(",") if c]
     unknown = [i for i in impls[1:] if i != "torch"]
     if unknown:
         raise SystemExit(f"distnet-bench engine: --compare takes 'torch', received {unknown}")
-    if args.repeat < 1:
-        raise SystemExit(f"distnet-bench engine: --repeat must be >= 1, received {args.repeat}")
     print(f"engine: {args.repeat} repetitions, each implementation in a fresh process, alternating",
           file=sys.stderr)
     rows = fresh.protocol(args.model.split(","), args.batch, args.threads, impls, args.repeat, args.steps,
@@ -49,32 +49,51 @@ def cmd_engine(args):
 
 
 def _profile(args):
-    from threadpoolctl import threadpool_limits
+    """In this process (--repeat 1), or in --repeat fresh processes one after the other, reported as the median
+    run (by forward+backward's share of the ceiling) with every run's shares and their range."""
+    import statistics
 
-    from .. import backend
-    from . import fresh, profile
+    from . import fresh
     rows = []
     for name in args.model.split(","):
         for batch in args.batch:
-            # one BLAS thread per intra-op thread, as in the protocol's runs (the ceiling: one core's GEMM)
-            with threadpool_limits(limits=1, user_api="blas"):
-                backend.set_num_threads(args.threads[0])
-                try:
-                    model = fresh.distnet_model(name)
-                    x, y = fresh.data(name, batch * (args.steps + args.warmup))
-                    layers_, summary = profile.profile(model, x, y, batch, args.steps, args.warmup)
-                finally:
-                    backend.set_num_threads(1)
-            print(f"{name}, batch {batch}, {args.threads[0]} intra-op thread(s): step {summary['step_ms']:.2f} ms, "
+            threads = args.threads[0]
+            if args.repeat <= 1:
+                runs = [fresh.profile_run(name, batch, threads, args.steps, args.warmup)]
+            else:
+                runs = []
+                for rep in range(args.repeat):
+                    runs.append(fresh.run_fresh("profile", name, batch, threads, args.steps, args.warmup))
+                    s = runs[-1][1]
+                    print(f"  {name} b{batch} t{threads} run {rep + 1}/{args.repeat}: forward+backward "
+                          f"{s['layers_share_of_ceiling']:.1%} of {s['gemm_ceiling_gflops']:.0f} GFLOP/s",
+                          file=sys.stderr)
+            shares = [s["layers_share_of_ceiling"] for _, s in runs]
+            layers_, summary = sorted(runs, key=lambda r: r[1]["layers_share_of_ceiling"])[(len(runs) - 1) // 2]
+            print(f"{name}, batch {batch}, {threads} intra-op thread(s): step {summary['step_ms']:.2f} ms, "
                   f"{summary['gflop_per_step']:.3f} GFLOP -> {summary['achieved_gflops']:.1f} GFLOP/s = "
                   f"{summary['share_of_ceiling']:.0%} of this core's GEMM ({summary['gemm_ceiling_gflops']:.0f} "
                   f"GFLOP/s); forward+backward {summary['step_ms'] - summary['outside_layers_ms']:.2f} ms at "
                   f"{summary['layers_gflops']:.1f} GFLOP/s = {summary['layers_share_of_ceiling']:.0%}; "
                   f"{summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "
                   f"layers ({summary['outside_layers_ms']:.2f} ms outside every layer: loss, optimizer, bookkeeping)")
+            print(f"  FLOPs: the model's (3x each layer's forward); the engine computes "
+                  f"{summary['computed_gflop_per_step']:.3f} GFLOP of them (no input gradient for the first layer, "
+                  f"no output positions that no pooling window reads): forward+backward at "
+                  f"{summary['layers_computed_gflops']:.1f} GFLOP/s = {summary['layers_computed_share_of_ceiling']:.0%}")
+            if len(runs) > 1:
+                computed = [s["layers_computed_share_of_ceiling"] for _, s in runs]
+                print(f"  {len(runs)} fresh processes, forward+backward share of the ceiling: median "
+                      f"{statistics.median(shares):.1%} [{min(shares):.1%}-{max(shares):.1%}] "
+                      f"({', '.join(f'{v:.1%}' for v in shares)}); with the FLOPs computed: median "
+                      f"{statistics.median(computed):.1%} [{min(computed):.1%}-{max(computed):.1%}]; "
+                      f"the table: the median run")
+                summary = {**summary, "runs": len(runs), "layers_share_runs": shares, "layers_computed_share_runs":
+                           computed}
             print(table(layers_, [("layer", "layer", "{}"), ("class", "class", "{}"),
                                   ("forward_ms", "forward ms", "{:.3f}"), ("backward_ms", "backward ms", "{:.3f}"),
-                                  ("gflop", "GFLOP (f+b)", "{:.4f}"), ("gflops", "GFLOP/s", "{:.1f}")]))
+                                  ("gflop", "GFLOP (f+b)", "{:.4f}"), ("computed_gflop", "computed", "{:.4f}"),
+                                  ("gflops", "GFLOP/s", "{:.1f}")]))
             rows += [{"kind": "profile", "model": name, "batch": batch, **r} for r in layers_]
             rows.append({"kind": "profile_summary", "model": name, "batch": batch, **summary})
     return rows
@@ -303,7 +322,8 @@ def main(argv=None):
     e.add_argument("--repeat", type=int, default=5, help="runs of each implementation (fresh processes)")
     e.add_argument("--compare", default=None, help="also time 'torch' (pip install torch) on the same network")
     e.add_argument("--profile", action="store_true",
-                   help="per layer: forward/backward time, FLOPs, GFLOP/s; the GEMM ceiling of this core")
+                   help="per layer: forward/backward time, FLOPs, GFLOP/s; the GEMM ceiling of this core (--repeat "
+                        "N > 1: N fresh processes, the median run and the range of the shares; 1: this process)")
     a = sub.add_parser("allreduce", help="allreduce time and bandwidth by buffer size")
     a.add_argument("-n", type=_ints, default=[2])
     a.add_argument("--sizes", default=",".join(allreduce.DEFAULT_SIZES))

@@ -115,6 +115,21 @@ def measure(impl, name, batch, threads, steps, warmup):
     return engine.time_torch_steps(net, loss_fn, opt, batches)[warmup:]
 
 
+def profile_run(name, batch, threads, steps, warmup):
+    """bench/profile.py's (rows, summary) of one model in this process, one BLAS thread per intra-op thread (the
+    ceiling: one core's GEMM)."""
+    from threadpoolctl import threadpool_limits
+
+    from .. import backend
+    from . import profile
+    with threadpool_limits(limits=1, user_api="blas"):
+        backend.set_num_threads(threads)
+        try:
+            return profile.profile(distnet_model(name), *data(name, batch * (steps + warmup)), batch, steps, warmup)
+        finally:
+            backend.set_num_threads(1)
+
+
 def child_env(threads):
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env.update({"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS":
@@ -158,5 +173,5 @@ def protocol(models, batches, threads_list, impls, repeat=5, steps=30, warmup=5,
 if __name__ == "__main__":
     impl, name, batch, threads, steps, warmup = sys.argv[1:7]
     t0 = time.perf_counter()
-    times = measure(impl, name, int(batch), int(threads), int(steps), int(warmup))
-    print(json.dumps(times))
+    run = profile_run if impl == "profile" else lambda *a: measure(impl, *a)
+    print(json.dumps(run(name, int(batch), int(threads), int(steps), int(warmup))))

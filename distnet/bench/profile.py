@@ -42,11 +42,30 @@ def layer_flops(layer, n):
     return 0
 
 
+def computed_flops(layer, n, pool=None, input_grad=True):
+    """Multiply-adds x 2 of forward + backward that the engine computes, where `layer_flops` x 3 counts the
+    model's: the input gradient only when the layer's backward was asked for it (not the first layer's), and a
+    convolution computed with the max pooling after it (`pool`: Conv.call_pooled) only at the output positions
+    a window reads (conv2d_1 of the seed CNN: 12x12 of 13x13)."""
+    fwd = layer_flops(layer, n)
+    if not fwd:
+        return 0
+    kind = type(layer).__name__
+    if pool is not None:
+        covered = math.prod(p * o for p, o in zip(pool._pool2, pool._out_hw))
+        fwd = fwd * covered // math.prod(layer.output_shape[:-1])
+    if kind in ("LSTM", "GRU", "SimpleRNN"):      # the recurrent part of the input gradient is always computed
+        f = layer.input_shape[-1]
+        return 2 * fwd + (fwd if input_grad else fwd * layer.units // (f + layer.units))
+    return fwd * (3 if input_grad else 2)
+
+
 def profile(model, x, y, batch, steps=10, warmup=3):
-    """Rows per layer (name, class, forward_ms, backward_ms, gflop, gflops) and a summary dict."""
+    """Rows per layer (name, class, forward_ms, backward_ms, gflop, computed_gflop, gflops) and a summary dict."""
     times = {id(la): [0.0, 0.0] for la in model.layers}
+    input_grads = {}
     for la in model.layers:
-        _wrap(la, times[id(la)])
+        _wrap(la, times[id(la)], input_grads)
     step_times = []
 
     from .. import callbacks
@@ -67,12 +86,15 @@ def profile(model, x, y, batch, steps=10, warmup=3):
     body = getattr(model, "body", [])
     # a max pooling computed with the convolution before it (call_pooled): its time is in that layer's row
     timed_in = {id(body[j + 1]): body[j].name for j in getattr(model, "pooled_convs", ())}
+    pooled_by = {id(body[j]): body[j + 1] for j in getattr(model, "pooled_convs", ())}
     for la in model.layers:
         fwd, bwd = (t / steps * 1e3 for t in times[id(la)])
         flop = layer_flops(la, batch) * 3 / 1e9            # forward + backward
+        done = computed_flops(la, batch, pooled_by.get(id(la)), input_grads.get(id(la), True)) / 1e9
         kind = type(la).__name__ + (f" (in {timed_in[id(la)]})" if id(la) in timed_in else "")
         rows.append({"layer": la.name, "class": kind, "forward_ms": fwd, "backward_ms": bwd,
-                     "gflop": flop, "gflops": flop / ((fwd + bwd) / 1e3) if flop and fwd + bwd else None})
+                     "gflop": flop, "computed_gflop": done,
+                     "gflops": flop / ((fwd + bwd) / 1e3) if flop and fwd + bwd else None})
     step_ms = float(np.mean(step_times)) * 1e3        # the mean, like the layer times it is compared with
     in_layers = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
     gemm_ms = sum(r["forward_ms"] + r["backward_ms"] for r in rows if r["gflop"])
@@ -84,17 +106,24 @@ def profile(model, x, y, batch, steps=10, warmup=3):
     # forward + backward alone (the layers' time, without the loss, optimizer and bookkeeping)
     summary["layers_gflops"] = total_flop / (in_layers / 1e3) if in_layers else 0.0
     summary["layers_share_of_ceiling"] = summary["layers_gflops"] / summary["gemm_ceiling_gflops"]
+    # the same with the FLOPs the engine computes (computed_flops)
+    summary["computed_gflop_per_step"] = computed = sum(r["computed_gflop"] for r in rows)
+    summary["layers_computed_gflops"] = computed / (in_layers / 1e3) if in_layers else 0.0
+    summary["layers_computed_share_of_ceiling"] = summary["layers_computed_gflops"] / summary["gemm_ceiling_gflops"]
     return rows, summary
 
 
-def _wrap(layer, acc):
+def _wrap(layer, acc, input_grads=None):
     """Time the layer's call and backward (or backward_preactivation, the entry of a fused output layer, a max
     pooling's backward_relu_input, call_in_place, a convolution's call_pooled and backward_pooled, which include
     the max pooling after it); nested calls (backward calling backward_preactivation) are counted once."""
     depth = [0]
 
-    def timed(fn, slot):
+    def timed(fn, slot, grad_arg=None):
         def run(*args, **kwargs):
+            if grad_arg is not None and input_grads is not None:     # whether the input gradient was asked for
+                asked = args[grad_arg] if len(args) > grad_arg else kwargs.get("need_input_grad", True)
+                input_grads[id(layer)] = input_grads.get(id(layer), False) or bool(asked)
             depth[0] += 1
             t0 = time.perf_counter()
             try:
@@ -105,8 +134,9 @@ def _wrap(layer, acc):
                     acc[slot] += time.perf_counter() - t0
         return run
     layer.call = timed(layer.call, 0)
-    layer.backward = timed(layer.backward, 1)
-    for entry, slot in (("call_in_place", 0), ("backward_preactivation", 1), ("backward_relu_input", 1),
-                        ("call_pooled", 0), ("backward_pooled", 1)):  # other entries of a forward and backward
+    layer.backward = timed(layer.backward, 1, 1)
+    for entry, slot, grad_arg in (("call_in_place", 0, None), ("backward_preactivation", 1, 1),
+                                  ("backward_relu_input", 1, None), ("call_pooled", 0, None),
+                                  ("backward_pooled", 1, 2)):  # other entries of a forward and backward
         if hasattr(layer, entry):
-            setattr(layer, entry, timed(getattr(layer, entry), slot))
+            setattr(layer, entry, timed(getattr(layer, entry), slot, grad_arg))
