@@ -80,7 +80,8 @@ def _profile(args):
             print(f"  FLOPs: the model's (3x each layer's forward); the engine computes "
                   f"{summary['computed_gflop_per_step']:.3f} GFLOP of them (no input gradient for the first layer, "
                   f"no output positions that no pooling window reads): forward+backward at "
-                  f"{summary['layers_computed_gflops']:.1f} GFLOP/s = {summary['layers_computed_share_of_ceiling']:.0%}")
+                  f"{summary['layers_computed_gflops']:.1f} GFLOP/s = "
+                  f"{summary['layers_computed_share_of_ceiling']:.0%}")
             if len(runs) > 1:
                 computed = [s["layers_computed_share_of_ceiling"] for _, s in runs]
                 print(f"  {len(runs)} fresh processes, forward+backward share of the ceiling: median "
