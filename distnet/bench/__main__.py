@@ -73,8 +73,10 @@ def _profile(args):
             print(f"{name}, batch {batch}, {threads} intra-op thread(s): step {summary['step_ms']:.2f} ms, "
                   f"{summary['gflop_per_step']:.3f} GFLOP -> {summary['achieved_gflops']:.1f} GFLOP/s = "
                   f"{summary['share_of_ceiling']:.0%} of this core's GEMM ({summary['gemm_ceiling_gflops']:.0f} "
-                  f"GFLOP/s); forward+backward {summary['step_ms'] - summary['outside_layers_ms']:.2f} ms at "
-                  f"{summary['layers_gflops']:.1f} GFLOP/s = {summary['layers_share_of_ceiling']:.0%}; "
+                  f"GFLOP/s); forward+backward {summary['layers_ms']:.2f} ms at "
+                  f"{summary['layers_gflops']:.1f} GFLOP/s = {summary['layers_share_of_ceiling']:.0%} (medians of "
+                  f"{args.steps} steps; means {summary['mean_step_ms']:.2f} and {summary['mean_layers_ms']:.2f} ms: "
+                  f"{summary['mean_layers_share_of_ceiling']:.0%}); "
                   f"{summary['outside_gemm_layers_share']:.0%} of the step outside matrix-product "
                   f"layers ({summary['outside_layers_ms']:.2f} ms outside every layer: loss, optimizer, bookkeeping)")
             print(f"  FLOPs: the model's (3x each layer's forward); the engine computes "
@@ -84,10 +86,13 @@ def _profile(args):
                   f"{summary['layers_computed_share_of_ceiling']:.0%}")
             if len(runs) > 1:
                 computed = [s["layers_computed_share_of_ceiling"] for _, s in runs]
+                means = [s["mean_layers_share_of_ceiling"] for _, s in runs]
                 print(f"  {len(runs)} fresh processes, forward+backward share of the ceiling: median "
                       f"{statistics.median(shares):.1%} [{min(shares):.1%}-{max(shares):.1%}] "
                       f"({', '.join(f'{v:.1%}' for v in shares)}); with the FLOPs computed: median "
-                      f"{statistics.median(computed):.1%} [{min(computed):.1%}-{max(computed):.1%}]; "
+                      f"{statistics.median(computed):.1%} [{min(computed):.1%}-{max(computed):.1%}]; with each run's "
+                      f"mean step instead of its median: {statistics.median(means):.1%} [{min(means):.1%}-"
+                      f"{max(means):.1%}]; "
                       f"the table: the median run")
                 summary = {**summary, "runs": len(runs), "layers_share_runs": shares, "layers_computed_share_runs":
                            computed}

@@ -66,20 +66,24 @@ def profile(model, x, y, batch, steps=10, warmup=3):
     input_grads = {}
     for la in model.layers:
         _wrap(la, times[id(la)], input_grads)
-    step_times = []
+    step_times, layer_times = [], []         # per timed step: the whole step, and the time inside the layers
 
     from .. import callbacks
 
+    def in_layers_so_far():
+        return sum(v[0] + v[1] for v in times.values())
+
     class Clock(callbacks.Callback):
         def on_train_batch_begin(self, b, logs=None):
-            self.t0 = time.perf_counter()
             if b == warmup:
                 for v in times.values():
                     v[0] = v[1] = 0.0
+            self.t0, self.in0 = time.perf_counter(), in_layers_so_far()
 
         def on_train_batch_end(self, b, logs=None):
             if b >= warmup:
                 step_times.append(time.perf_counter() - self.t0)
+                layer_times.append(in_layers_so_far() - self.in0)
     model.fit(x[:batch * (steps + warmup)], y[:batch * (steps + warmup)], batch_size=batch, epochs=1, verbose=0,
               callbacks=[Clock()], shuffle=False)
     rows = []
@@ -95,17 +99,24 @@ def profile(model, x, y, batch, steps=10, warmup=3):
         rows.append({"layer": la.name, "class": kind, "forward_ms": fwd, "backward_ms": bwd,
                      "gflop": flop, "computed_gflop": done,
                      "gflops": flop / ((fwd + bwd) / 1e3) if flop and fwd + bwd else None})
-    step_ms = float(np.mean(step_times)) * 1e3        # the mean, like the layer times it is compared with
-    in_layers = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
-    gemm_ms = sum(r["forward_ms"] + r["backward_ms"] for r in rows if r["gflop"])
+    # medians over the timed steps, as the protocol's figures (a step the shared host slowed down moves a mean);
+    # the per-layer rows are means (their sum: the mean time inside the layers, in the summary too)
+    step_ms = float(np.median(step_times)) * 1e3
+    in_layers = float(np.median(layer_times)) * 1e3
+    mean_in_layers = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
+    gemm_ms = sum(r["forward_ms"] + r["backward_ms"] for r in rows if r["gflop"]) * in_layers / mean_in_layers \
+        if mean_in_layers else 0.0
     total_flop = sum(r["gflop"] for r in rows)
-    summary = {"step_ms": step_ms, "outside_layers_ms": step_ms - in_layers,
+    summary = {"step_ms": step_ms, "outside_layers_ms": step_ms - in_layers, "layers_ms": in_layers,
+               "mean_step_ms": float(np.mean(step_times)) * 1e3, "mean_layers_ms": mean_in_layers,
                "outside_gemm_layers_share": 1 - gemm_ms / step_ms, "gflop_per_step": total_flop,
                "achieved_gflops": total_flop / (step_ms / 1e3), "gemm_ceiling_gflops": gemm_ceiling()}
     summary["share_of_ceiling"] = summary["achieved_gflops"] / summary["gemm_ceiling_gflops"]
     # forward + backward alone (the layers' time, without the loss, optimizer and bookkeeping)
     summary["layers_gflops"] = total_flop / (in_layers / 1e3) if in_layers else 0.0
     summary["layers_share_of_ceiling"] = summary["layers_gflops"] / summary["gemm_ceiling_gflops"]
+    summary["mean_layers_share_of_ceiling"] = (total_flop / (mean_in_layers / 1e3) / summary["gemm_ceiling_gflops"]
+                                               if mean_in_layers else 0.0)
     # the same with the FLOPs the engine computes (computed_flops)
     summary["computed_gflop_per_step"] = computed = sum(r["computed_gflop"] for r in rows)
     summary["layers_computed_gflops"] = computed / (in_layers / 1e3) if in_layers else 0.0
