@@ -78,12 +78,20 @@ def snake_case(name):
 
 
 class Weight:
-    """One named tensor of a layer: `value`, its gradient `grad` (None when frozen), and its penalty."""
-    __slots__ = ("name", "value", "grad", "trainable", "regularizer")
+    """One named tensor of a layer: `value`, its gradient `grad` (None when frozen), and its penalty.
+    `declared`: whether the layer made it trainable (a kernel; not BatchNormalization's moving statistics), so
+    that freezing and unfreezing the layer (Layer.trainable) never makes such statistics trainable."""
+    __slots__ = ("name", "value", "grad", "trainable", "regularizer", "declared")
 
-    def __init__(self, name, value, trainable=True, regularizer=None):
+    def __init__(self, name, value, trainable=True, regularizer=None, declared=None):
         self.name, self.value, self.trainable, self.regularizer = name, value, trainable, regularizer
+        self.declared = trainable if declared is None else declared
         self.grad = np.zeros_like(value) if trainable else None
+
+    def set_trainable(self, trainable):
+        """Whether the optimizer updates it (a model's flat buffers follow at its next compile())."""
+        if trainable != self.trainable:
+            self.trainable, self.grad = trainable, (np.zeros_like(self.value) if trainable else None)
 
     @property
     def shape(self):
@@ -181,7 +189,7 @@ class Layer:
         # C order, so a reshape of value is a view (orthogonal init of a wide matrix comes out transposed)
         value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape), self.dtype))
         w = Weight(f"{self.name}/{name}", value, trainable=trainable and self.trainable,
-                   regularizer=regularizers.get(regularizer))
+                   regularizer=regularizers.get(regularizer), declared=trainable)
         self._weights.append(w)
         return w
 
@@ -316,6 +324,31 @@ class Layer:
         raise NotImplementedError  # abstract
 
     # -- weights ------------------------------------------------------------------------------------------
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        """Freeze (False) or unfreeze the layer, as Keras: the model that holds it updates its weights, or stops,
+        from its next compile() on (a model compiled before keeps what it was compiled with, as Keras's GAN
+        recipe relies on). A wrapper sets the layers it wraps too."""
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__} layer '{self.name}': trainable must be True or False, "
+                            f"received {value!r}")
+        self._trainable = bool(value)
+        for inner in self.inner_layers():
+            inner.trainable = value
+
+    def inner_layers(self):
+        """The layers a wrapper runs (their weights are in its `weights`); none for other layers."""
+        return []
+
+    def wanted_trainable(self):
+        """[(weight, whether it should train)] by the trainable flags of this layer and any it wraps."""
+        own = [(w, w.declared and self.trainable) for w in self._weights]
+        return own + [(w, t and self.trainable) for inner in self.inner_layers() for w, t in inner.wanted_trainable()]
+
     @property
     def weights(self):
         """Every Weight of the layer in Keras's order; a wrapper lists its inner layers' (the rest follows)."""

@@ -35,6 +35,12 @@ class _Wrapper(Layer):
     def _inner(self):
         raise NotImplementedError  # abstract
 
+    def inner_layers(self):
+        try:
+            return self._inner()
+        except AttributeError:                  # in __init__, before the wrapped layers are set
+            return []
+
     @property
     def weights(self):
         return [w for la in self._inner() for w in la.weights]

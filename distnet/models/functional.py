@@ -101,6 +101,9 @@ class Model(BaseModel):
                           else self.inputs[0].shape[1:])
         self.input_shape = [t.shape for t in self.inputs] if self.multiple_inputs else self.inputs[0].shape
         self.output_shape = [t.shape for t in self.outputs] if self.multiple_outputs else self.outputs[0].shape
+        self.plan()
+
+    def plan(self):
         first_trainable = {}
         seen = False
         for la in self.order:                      # does any layer before this one hold trainable weights?

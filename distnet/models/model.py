@@ -15,7 +15,7 @@ class Model(Trainer):
         if not isinstance(trainable, bool):
             raise TypeError(f"trainable must be True or False, received {trainable!r}")
         self.name = name or unique_name(self.default_name)
-        self.trainable = trainable
+        self._trainable = trainable
         self.built = False
         self.flat_state = None
         self.input_shape = self.output_shape = None
@@ -78,13 +78,55 @@ class Model(Trainer):
         if not self.trainable:
             for la in self.all_layers:
                 la.trainable = False
-                for w in la.weights:
-                    w.trainable, w.grad = False, None
+        for w, want in self.wanted_trainable():
+            w.set_trainable(want)
         # the float type of the weights (an Input may be declared int64 for Embedding ids)
         dtype = next((la.dtype for la in self.layers), self.all_layers[0].dtype)
         self.flat_state = FlatState(self.all_layers, dtype)
         self.built = True
         self.on_built()
+
+    # -- freezing layers (Keras's trainable) -----------------------------------------------------------------
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        """Freeze (False) or unfreeze every layer, as Keras; takes effect at the next compile()."""
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, received {value!r}")
+        self._trainable = bool(value)
+        try:
+            layers = self.all_layers
+        except AttributeError:                  # (a model being constructed)
+            layers = []
+        for la in layers:
+            la.trainable = value
+
+    def wanted_trainable(self):
+        """[(weight, whether it should train)] by the model's and its layers' trainable flags now."""
+        return [(w, want and self.trainable) for la in self.all_layers for w, want in la.wanted_trainable()]
+
+    def trainable_pending(self):
+        """Names of the layers whose trainable flag changed since the model last took them (build or compile)."""
+        return sorted({w.name.rsplit("/", 1)[0] for w, want in self.wanted_trainable() if w.trainable != want})
+
+    def apply_trainable(self):
+        """Take the trainable flags (compile() calls it, as Keras reads them at compile): the weights that
+        now train or stop, and the flat buffers, the optimizer's slots and which layers need input gradients
+        rebuilt around them. Values are kept. Returns whether anything changed."""
+        changes = [(w, want) for w, want in self.wanted_trainable() if w.trainable != want]
+        for w, want in changes:
+            w.set_trainable(want)
+        if changes and self.built:
+            self.flat_state = FlatState(self.all_layers, self.flat_state.params.dtype)
+            self.plan()
+            self.on_built()
+        return bool(changes)
+
+    def plan(self):
+        """Decisions taken from the built layers (a graph: which layers need their input gradient)."""
 
     def architecture(self):
         """Layer classes, configs without names, and weight shapes/dtypes: what two workers (or a checkpoint and

@@ -1,6 +1,7 @@
 """The Trainer: Keras's compile / fit / evaluate / predict / train_on_batch for any distnet Model, data-parallel
 whenever the process belongs to a job with more than one worker (through its DataParallel strategy)."""
 import time
+import warnings
 
 import numpy as np
 
@@ -52,7 +53,9 @@ class Trainer:
         self.compiled = True
         self.step = None
         self.replicas_synced = False
+        self.trainable_warned = False
         if self.built:
+            self.apply_trainable()              # trainable flags set since the build take effect now (as Keras)
             self.optimizer.build(self.flat_state.params, self.flat_state.segments)
 
     def compile_config(self):
@@ -79,6 +82,13 @@ class Trainer:
     def _require_compiled(self, what):
         if not self.compiled:
             raise RuntimeError(f"You must call compile() on model '{self.name}' before {what}()")
+        if what in ("fit", "train_on_batch") and self.built and not self.trainable_warned:
+            pending = self.trainable_pending()
+            if pending:                     # Keras keeps the compiled behaviour silently; say so once
+                self.trainable_warned = True
+                warnings.warn(f"model '{self.name}': the trainable flag of {pending} changed after compile(); as "
+                              "in Keras, it takes effect at the next compile() — this training keeps the "
+                              "trainable weights it was compiled with", stacklevel=3)
 
     # -- the pieces every entry point shares --------------------------------------------------------------
     @property

@@ -1,0 +1,120 @@
+"""Freezing and unfreezing layers after they are built, as Keras: `layer.trainable = False` (or model.trainable)
+takes effect at the next compile(); a model compiled before keeps training what it was compiled with, and says
+so once."""
+import warnings
+
+import numpy as np
+import pytest
+
+import distnet
+from distnet import layers
+
+
+def _data(n=48):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 10, 10, 3)).astype(np.float32)
+    return x, np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+
+
+def _model(**first):
+    distnet.utils.set_random_seed(0)
+    return distnet.Sequential([layers.Input((10, 10, 3)), layers.Conv2D(4, 3, activation="relu", **first),
+                               layers.MaxPooling2D(), layers.BatchNormalization(), layers.Flatten(),
+                               layers.Dense(8, activation="relu"), layers.Dense(3, activation="softmax")])
+
+
+def _fit(model, epochs=2):
+    x, y = _data()
+    return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, shuffle=False)
+
+
+def _changed(model, before):
+    """Per layer: whether any of its weights moved."""
+    return [any(not np.array_equal(a, b) for a, b in zip(old, la.get_weights()))
+            for la, old in zip(model.layers, before)]
+
+
+def _snapshot(model):
+    return [la.get_weights() for la in model.layers]
+
+
+def test_a_layer_frozen_after_building_trains_as_one_frozen_at_construction():
+    built = _model()
+    built.layers[0].trainable = False
+    built.compile(loss="categorical_crossentropy", optimizer="adam")
+    constructed = _model(trainable=False)
+    constructed.compile(loss="categorical_crossentropy", optimizer="adam")
+    before = _snapshot(built)
+    _fit(built)
+    _fit(constructed)
+    assert _changed(built, before) == [False, False, True, False, True, True]   # BN's beta/gamma train
+    for a, b in zip(built.get_weights(), constructed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert len(built.trainable_weights) == len(constructed.trainable_weights) == 6
+
+
+def test_unfreezing_and_recompiling_trains_the_layer_again_and_keeps_its_values():
+    m = _model(trainable=False)
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    _fit(m, 1)
+    kernel = m.layers[0].get_weights()[0].copy()
+    m.layers[0].trainable = True
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    np.testing.assert_array_equal(m.layers[0].get_weights()[0], kernel)      # rebuilt buffers keep the values
+    before = _snapshot(m)
+    _fit(m, 1)
+    assert _changed(m, before)[0]
+
+
+def test_a_change_after_compile_waits_for_the_next_compile_and_is_announced_once():
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    m.layers[0].trainable = False
+    before = _snapshot(m)
+    with pytest.warns(UserWarning, match=r"trainable flag of \['conv2d.*'\] changed after compile\(\)"):
+        _fit(m, 1)
+    assert _changed(m, before)[0]                   # still trained, as compiled (Keras's behaviour)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(m, 1)                                  # said once
+        m.compile(loss="categorical_crossentropy", optimizer="adam")
+        before = _snapshot(m)
+        _fit(m, 1)
+    assert not _changed(m, before)[0]
+
+
+def test_model_trainable_freezes_every_layer_and_batch_norm_statistics_never_train():
+    m = _model()
+    bn = m.layers[2]
+    statistics = [w for w in bn.weights if not w.declared]
+    assert len(statistics) == 2 and not any(w.trainable for w in statistics)
+    m.trainable = False
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    assert m.trainable_weights == [] and all(not la.trainable for la in m.layers)
+    m.trainable = True
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    assert len(m.trainable_weights) == 8 and not any(w.trainable for w in statistics)
+    before = _snapshot(m)
+    _fit(m, 1)
+    assert all(_changed(m, before)[i] for i in (0, 2, 4, 5))
+
+
+def test_a_wrapper_frozen_after_building_freezes_the_layers_it_wraps():
+    distnet.utils.set_random_seed(0)
+    m = distnet.Sequential([layers.Input((5, 4)), layers.Bidirectional(layers.LSTM(3)),
+                            layers.Dense(2, activation="softmax")])
+    m.layers[0].trainable = False
+    assert not m.layers[0].forward_layer.trainable and not m.layers[0].backward_layer.trainable
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    x = np.random.default_rng(1).normal(size=(12, 5, 4)).astype(np.float32)
+    before = _snapshot(m)
+    m.fit(x, np.eye(2, dtype=np.float32)[np.arange(12) % 2], epochs=1, verbose=0)
+    assert _changed(m, before) == [False, True]
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_trainable_takes_a_bool_only(value):
+    with pytest.raises(TypeError, match="trainable must be True or False, received"):
+        layers.Dense(2).trainable = value
+    with pytest.raises(TypeError, match="trainable must be True or False, received"):
+        _model().trainable = value
