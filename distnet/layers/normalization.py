@@ -2,7 +2,8 @@
 LayerNormalization over each sample's last axis (or axes).
 
 Batch normalization in training normalises with the batch's own statistics (on each worker, its local shard, as
-Horovod and DDP do without SyncBatchNorm) and updates the moving statistics; inference uses the moving statistics.
+Horovod and DDP do without SyncBatchNorm) and updates the moving statistics; inference, and a frozen layer
+(trainable False), use the moving statistics.
 """
 import math
 
@@ -69,8 +70,10 @@ class BatchNormalization(Layer):
 
     def _normalize(self, x, training, in_place):
         axes = tuple(range(x.ndim - 1))
-        # a worker with no samples in this step still takes part in a synchronized layer's sums
-        self._training = training and (x.shape[0] > 0 or self.synchronized)
+        # a worker with no samples in this step still takes part in a synchronized layer's sums; a frozen layer
+        # (trainable False) normalises with its moving statistics and leaves them alone, in training too (as
+        # Keras 3: what fine-tuning on top of a frozen base relies on)
+        self._training = training and self.trainable and (x.shape[0] > 0 or self.synchronized)
         rows = _rows(x)
         k = rows.shape[1] // x.shape[-1]
         xc = rows if in_place and rows.flags.writeable else self.workspace("xc", rows.shape, x.dtype)

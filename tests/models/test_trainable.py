@@ -1,6 +1,7 @@
 """Freezing and unfreezing layers after they are built, as Keras: `layer.trainable = False` (or model.trainable)
 takes effect at the next compile(); a model compiled before keeps training what it was compiled with, and says
 so once."""
+import os
 import warnings
 
 import numpy as np
@@ -118,3 +119,34 @@ def test_trainable_takes_a_bool_only(value):
         layers.Dense(2).trainable = value
     with pytest.raises(TypeError, match="trainable must be True or False, received"):
         _model().trainable = value
+
+
+def _fine_tuning(lib, weights, freeze):
+    """A small base (convolution, BatchNormalization) and a head; the base frozen after building (`freeze`),
+    two SGD steps. `lib`: distnet or keras."""
+    m = lib.Sequential([lib.Input((6, 6, 2)), lib.layers.Conv2D(3, 3), lib.layers.BatchNormalization(),
+                        lib.layers.Flatten(), lib.layers.Dense(2)])
+    m.set_weights(weights)
+    if freeze:
+        m.layers[0].trainable = m.layers[1].trainable = False
+    m.compile(optimizer=lib.optimizers.SGD(learning_rate=0.1), loss="mse")
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(16, 6, 6, 2)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
+    m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return m.get_weights()
+
+
+def test_a_frozen_batch_normalization_uses_and_keeps_its_moving_statistics_as_keras_does():
+    rng = np.random.default_rng(2)
+    start = [rng.normal(size=s).astype(np.float32) for s in [(3, 3, 2, 3), (3,), (3,), (3,), (3,), (3,), (48, 2),
+                                                            (2,)]]
+    start[5] = np.abs(start[5]) + 0.5                   # a moving variance
+    frozen = _fine_tuning(distnet, start, freeze=True)
+    for a, b in zip(frozen[:6], start[:6]):             # the base: kernel, bias, gamma, beta, moving statistics
+        np.testing.assert_array_equal(a, b)
+    trained = _fine_tuning(distnet, start, freeze=False)
+    assert not np.array_equal(trained[4], start[4])     # unfrozen: the batch's statistics move the moving mean
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    for mine, theirs in zip(frozen, _fine_tuning(keras, start, freeze=True)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
