@@ -150,3 +150,38 @@ def test_a_frozen_batch_normalization_uses_and_keeps_its_moving_statistics_as_ke
     keras = pytest.importorskip("keras")
     for mine, theirs in zip(frozen, _fine_tuning(keras, start, freeze=True)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_saved_between_a_freeze_and_the_next_compile_loads_frozen_with_its_optimizer_state(tmp_path):
+    """The file's config holds the new flags, so the model it rebuilds trains without the frozen layer: the
+    optimizer slots saved must fit that model (they were laid out for the weights compiled), each weight's slots
+    kept where it still trains."""
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    _fit(m, 1)
+    m.layers[4].trainable = False                # the first Dense, frozen to fine-tune later; saved before compile
+    path = tmp_path / "m.npz"
+    m.save(path)
+    loaded = distnet.models.load_model(path)
+    assert not loaded.layers[4].trainable and len(loaded.trainable_weights) == 6
+    saved = {w.name: (o, w.value.size) for (o, _), w in zip(m.flat_state.segments, m.flat_state.trainable)}
+    for (o, size), w in zip(loaded.flat_state.segments, loaded.flat_state.trainable):
+        for k, slot in loaded.optimizer.slots.items():
+            np.testing.assert_array_equal(slot[o:o + size], m.optimizer.slots[k][saved[w.name][0]:][:size])
+    before = _snapshot(loaded)
+    _fit(loaded, 1)
+    assert not _changed(loaded, before)[4]
+
+
+def test_a_layer_unfrozen_before_saving_gets_fresh_optimizer_slots_in_the_file(tmp_path):
+    m = _model(trainable=False)
+    m.compile(loss="categorical_crossentropy", optimizer=distnet.optimizers.Adagrad(initial_accumulator_value=0.5))
+    _fit(m, 1)
+    m.layers[0].trainable = True
+    path = tmp_path / "m.npz"
+    m.save(path)
+    loaded = distnet.models.load_model(path)
+    assert loaded.layers[0].trainable and len(loaded.trainable_weights) == 8
+    acc = loaded.optimizer.slots["accumulator"]
+    np.testing.assert_array_equal(acc[:3 * 3 * 3 * 4 + 4], 0.5)  # the conv's kernel and bias: as built fresh
+    np.testing.assert_array_equal(acc[3 * 3 * 3 * 4 + 4:], m.optimizer.slots["accumulator"])
