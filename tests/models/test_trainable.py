@@ -185,3 +185,23 @@ def test_a_layer_unfrozen_before_saving_gets_fresh_optimizer_slots_in_the_file(t
     acc = loaded.optimizer.slots["accumulator"]
     np.testing.assert_array_equal(acc[:3 * 3 * 3 * 4 + 4], 0.5)  # the conv's kernel and bias: as built fresh
     np.testing.assert_array_equal(acc[3 * 3 * 3 * 4 + 4:], m.optimizer.slots["accumulator"])
+
+
+def test_trainable_weights_follow_the_flag_at_once_as_keras_reports_them():
+    """Keras's guide: `layer.trainable = False` then `len(layer.trainable_weights)` is 0, and model.summary()
+    counts the layer as non-trainable, before any compile (what trains changes at the next compile)."""
+    layer = layers.Dense(3)
+    layer.build_for((4,))
+    layer.trainable = False
+    assert (len(layer.weights), len(layer.trainable_weights), len(layer.non_trainable_weights)) == (2, 0, 2)
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    m.layers[0].trainable = False
+    assert len(m.trainable_weights) == 6 and len(m.non_trainable_weights) == 4
+    text = []
+    m.summary(print_fn=text.append)
+    assert "Trainable params: 555 " in text[0] and "Non-trainable params: 120 " in text[0]
+    before = _snapshot(m)
+    with pytest.warns(UserWarning, match="changed after compile"):
+        _fit(m, 1)
+    assert _changed(m, before)[0]                   # what trains follows compile(), as before
