@@ -205,3 +205,21 @@ def test_trainable_weights_follow_the_flag_at_once_as_keras_reports_them():
     with pytest.warns(UserWarning, match="changed after compile"):
         _fit(m, 1)
     assert _changed(m, before)[0]                   # what trains follows compile(), as before
+
+
+def test_a_keras_file_saved_between_a_freeze_and_the_next_compile_keeps_the_optimizer_state(tmp_path):
+    pytest.importorskip("h5py")
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    _fit(m, 1)
+    m.layers[4].trainable = False
+    path = tmp_path / "m.keras"
+    m.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "skipping the optimizer state"
+        loaded = distnet.models.load_model(path)
+    assert not loaded.layers[4].trainable and loaded.optimizer.iterations == m.optimizer.iterations
+    saved = {w.name: o for (o, _), w in zip(m.flat_state.segments, m.flat_state.trainable)}
+    for (o, size), w in zip(loaded.flat_state.segments, loaded.flat_state.trainable):
+        for k, slot in loaded.optimizer.slots.items():
+            np.testing.assert_array_equal(slot[o:o + size], m.optimizer.slots[k][saved[w.name]:][:size])
