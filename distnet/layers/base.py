@@ -356,11 +356,15 @@ class Layer:
 
     @property
     def trainable_weights(self):
-        return [w for w in self.weights if w.trainable]
+        """As Keras: the weights the trainable flags (this layer's, and any it wraps) train, from the moment they
+        are set; a model takes them at its next compile() (each Weight's `trainable` is what it trains now)."""
+        wanted = {id(w) for w, want in self.wanted_trainable() if want}
+        return [w for w in self.weights if id(w) in wanted]
 
     @property
     def non_trainable_weights(self):
-        return [w for w in self.weights if not w.trainable]
+        wanted = {id(w) for w, want in self.wanted_trainable() if want}
+        return [w for w in self.weights if id(w) not in wanted]
 
     def get_weights(self):
         return [w.value.copy() for w in self.weights]

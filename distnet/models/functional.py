@@ -108,7 +108,7 @@ class Model(BaseModel):
         seen = False
         for la in self.order:                      # does any layer before this one hold trainable weights?
             first_trainable[id(la)] = seen
-            seen = seen or bool(la.trainable_weights)
+            seen = seen or any(w.trainable for w in la.weights)     # as compiled, not as flagged since
         self.upstream_trainable = first_trainable
         self.body = self.order[len(self.inputs):]
         self.chain = self._is_chain()

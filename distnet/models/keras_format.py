@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__, checkpoint
 from ..checkpoint import CheckpointError
-from . import keras_config
+from . import keras_config, saving
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 KERAS_FORMAT_VERSION = "3.0.0"      # the oldest Keras that reads what distnet writes
@@ -47,8 +47,10 @@ def h5py():
 
 
 # -- writing --------------------------------------------------------------------------------------------------
-def _write_weights(model, f):
-    """Fill the open h5py file f with the model's variables (and optimizer state) in Keras's layout."""
+def _write_weights(model, f, as_configured=False):
+    """Fill the open h5py file f with the model's variables (and optimizer state) in Keras's layout.
+    as_configured: the optimizer state laid out for the weights the model's config trains (a .keras file, whose
+    config holds a trainable flag changed since compile()), else for those compiled."""
     f.create_group("vars").attrs["name"] = model.name
     for path, layer, weights in keras_config.weight_groups(model):
         group = f.create_group(path)
@@ -58,14 +60,14 @@ def _write_weights(model, f):
     if model.compiled and model.built:
         group = f.create_group("optimizer/vars")
         group.attrs["name"] = model.optimizer.name
-        for i, value in enumerate(_optimizer_variables(model)):
+        for i, value in enumerate(_optimizer_variables(model, as_configured)):
             group[str(i)] = value
 
 
-def _weights_bytes(model):
+def _weights_bytes(model, as_configured=False):
     buf = io.BytesIO()
     with h5py().File(buf, "w") as f:
-        _write_weights(model, f)
+        _write_weights(model, f, as_configured)
     return buf.getvalue()
 
 
@@ -74,7 +76,7 @@ def save_model(model, filepath):
     config = json.dumps(keras_config.model_to_keras(model))
     metadata = json.dumps({"keras_version": KERAS_FORMAT_VERSION, "saved_by": f"distnet {__version__}",
                            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")})
-    weights = _weights_bytes(model)
+    weights = _weights_bytes(model, as_configured=True)
 
     def write(f):
         with zipfile.ZipFile(f, "w") as zf:       # stored, not deflated, as Keras writes it
@@ -182,11 +184,15 @@ def load_model(filepath, compile=True):
 
 
 # -- optimizer state ------------------------------------------------------------------------------------------
-def _slot_layout(model):
+def _slot_layout(model, trainable=None):
     """[(slot name, offset, shape)] in Keras's variable order, after iterations and learning_rate: the trainable
-    variables in the order of Keras's `model.layers` (a graph's differs from distnet's flat buffer)."""
+    variables in the order of Keras's `model.layers` (a graph's differs from distnet's flat buffer). trainable:
+    the weights the slots cover, in their order (default: those compiled, the flat buffer's)."""
     opt, flat = model.optimizer, model.flat_state
-    offsets = {id(w): offset for (offset, _), w in zip(flat.segments, flat.trainable)}
+    offsets, offset = {}, 0
+    for w in (flat.trainable if trainable is None else trainable):
+        offsets[id(w)] = offset
+        offset += w.value.size
     per_var = [(offsets[id(w)], w.value.shape) for _, _, weights in keras_config.weight_groups(model)
                for w in weights if id(w) in offsets]
     out = []
@@ -200,13 +206,14 @@ def _has_lr_variable(opt):
     return opt.schedule is None
 
 
-def _optimizer_variables(model):
+def _optimizer_variables(model, as_configured=False):
     opt = model.optimizer
     values = [np.asarray(opt.iterations, np.int64)]
     if _has_lr_variable(opt):
         values.append(np.asarray(opt.learning_rate, np.float32))
-    for name, offset, shape in _slot_layout(model):
-        values.append(opt.slots[name][offset:offset + int(np.prod(shape))].reshape(shape))
+    slots, trainable = saving.optimizer_state_as_configured(model) if as_configured else (opt.slots, None)
+    for name, offset, shape in _slot_layout(model, trainable):
+        values.append(slots[name][offset:offset + int(np.prod(shape))].reshape(shape))
     return values
 
 

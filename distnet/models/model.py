@@ -143,11 +143,14 @@ class Model(Trainer):
 
     @property
     def trainable_weights(self):
-        return [w for w in self.weights if w.trainable]
+        """As Keras: by the trainable flags now (summary() counts these); what trains follows at compile()."""
+        wanted = {id(w) for w, want in self.wanted_trainable() if want}
+        return [w for w in self.weights if id(w) in wanted]
 
     @property
     def non_trainable_weights(self):
-        return [w for w in self.weights if not w.trainable]
+        wanted = {id(w) for w, want in self.wanted_trainable() if want}
+        return [w for w in self.weights if id(w) not in wanted]
 
     def get_weights(self):
         """Copies of every weight, layer by layer ([kernel, bias, ...]), in Keras's order and shapes."""

@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 
+import numpy as np
+
 from .. import checkpoint
 from ..checkpoint import CheckpointError
 from ..utils import register_keras_serializable  # noqa: F401  (keras.saving.register_keras_serializable)
@@ -89,8 +91,32 @@ def save_npz_model(model, filepath):
             "compile": model.compile_config()}
     if model.compiled:
         meta["optimizer_iterations"] = model.optimizer.iterations
-        arrays.update({f"optimizer/{k}": v for k, v in model.optimizer.slots.items()})
+        arrays.update({f"optimizer/{k}": v for k, v in optimizer_state_as_configured(model)[0].items()})
     return checkpoint.save_arrays(filepath, arrays, jsonable(meta))
+
+
+def optimizer_state_as_configured(model):
+    """(slots, weights they cover in order): the optimizer's slots laid out for the weights the saved config
+    trains. A trainable flag changed since compile() is in the config (it takes effect at the next compile),
+    while the slots still cover the weights compiled: the model load_model rebuilds would not fit them. Each
+    weight that still trains keeps its slots; one that trains only from now on gets what a freshly built
+    optimizer gives it (Adagrad's initial value)."""
+    from .. import optimizers
+    opt, flat = model.optimizer, model.flat_state
+    if not model.built or not model.trainable_pending():
+        return opt.slots, flat.trainable
+    where = {id(w): offset for (offset, _), w in zip(flat.segments, flat.trainable)}
+    wanted = {id(w) for w, want in model.wanted_trainable() if want}
+    kept = [w for w in model.weights if id(w) in wanted]       # the order FlatState gives the loaded model
+    fresh = optimizers.get(optimizers.serialize(opt))
+    fresh.build(np.zeros(sum(w.value.size for w in kept), flat.params.dtype))
+    offset = 0
+    for w in kept:
+        if id(w) in where:
+            for name, slot in fresh.slots.items():
+                slot[offset:offset + w.value.size] = opt.slots[name][where[id(w)]:where[id(w)] + w.value.size]
+        offset += w.value.size
+    return fresh.slots, kept
 
 
 def save_npz_weights(model, filepath):

@@ -81,7 +81,7 @@ class FlatState:
         self.segments = segments(self.trainable)
         self.layer_offsets, offset = {}, 0      # where each layer's gradients start in the flat buffer
         for i, layer in enumerate(layers):
-            size = sum(w.value.size for w in layer.trainable_weights)
+            size = sum(w.value.size for w in layer.weights if w.trainable)     # as laid out above
             if size:
                 self.layer_offsets[i] = offset
             offset += size

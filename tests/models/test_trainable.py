@@ -150,3 +150,76 @@ def test_a_frozen_batch_normalization_uses_and_keeps_its_moving_statistics_as_ke
     keras = pytest.importorskip("keras")
     for mine, theirs in zip(frozen, _fine_tuning(keras, start, freeze=True)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_saved_between_a_freeze_and_the_next_compile_loads_frozen_with_its_optimizer_state(tmp_path):
+    """The file's config holds the new flags, so the model it rebuilds trains without the frozen layer: the
+    optimizer slots saved must fit that model (they were laid out for the weights compiled), each weight's slots
+    kept where it still trains."""
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    _fit(m, 1)
+    m.layers[4].trainable = False                # the first Dense, frozen to fine-tune later; saved before compile
+    path = tmp_path / "m.npz"
+    m.save(path)
+    loaded = distnet.models.load_model(path)
+    assert not loaded.layers[4].trainable and len(loaded.trainable_weights) == 6
+    saved = {w.name: (o, w.value.size) for (o, _), w in zip(m.flat_state.segments, m.flat_state.trainable)}
+    for (o, size), w in zip(loaded.flat_state.segments, loaded.flat_state.trainable):
+        for k, slot in loaded.optimizer.slots.items():
+            np.testing.assert_array_equal(slot[o:o + size], m.optimizer.slots[k][saved[w.name][0]:][:size])
+    before = _snapshot(loaded)
+    _fit(loaded, 1)
+    assert not _changed(loaded, before)[4]
+
+
+def test_a_layer_unfrozen_before_saving_gets_fresh_optimizer_slots_in_the_file(tmp_path):
+    m = _model(trainable=False)
+    m.compile(loss="categorical_crossentropy", optimizer=distnet.optimizers.Adagrad(initial_accumulator_value=0.5))
+    _fit(m, 1)
+    m.layers[0].trainable = True
+    path = tmp_path / "m.npz"
+    m.save(path)
+    loaded = distnet.models.load_model(path)
+    assert loaded.layers[0].trainable and len(loaded.trainable_weights) == 8
+    acc = loaded.optimizer.slots["accumulator"]
+    np.testing.assert_array_equal(acc[:3 * 3 * 3 * 4 + 4], 0.5)  # the conv's kernel and bias: as built fresh
+    np.testing.assert_array_equal(acc[3 * 3 * 3 * 4 + 4:], m.optimizer.slots["accumulator"])
+
+
+def test_trainable_weights_follow_the_flag_at_once_as_keras_reports_them():
+    """Keras's guide: `layer.trainable = False` then `len(layer.trainable_weights)` is 0, and model.summary()
+    counts the layer as non-trainable, before any compile (what trains changes at the next compile)."""
+    layer = layers.Dense(3)
+    layer.build_for((4,))
+    layer.trainable = False
+    assert (len(layer.weights), len(layer.trainable_weights), len(layer.non_trainable_weights)) == (2, 0, 2)
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    m.layers[0].trainable = False
+    assert len(m.trainable_weights) == 6 and len(m.non_trainable_weights) == 4
+    text = []
+    m.summary(print_fn=text.append)
+    assert "Trainable params: 555 " in text[0] and "Non-trainable params: 120 " in text[0]
+    before = _snapshot(m)
+    with pytest.warns(UserWarning, match="changed after compile"):
+        _fit(m, 1)
+    assert _changed(m, before)[0]                   # what trains follows compile(), as before
+
+
+def test_a_keras_file_saved_between_a_freeze_and_the_next_compile_keeps_the_optimizer_state(tmp_path):
+    pytest.importorskip("h5py")
+    m = _model()
+    m.compile(loss="categorical_crossentropy", optimizer="adam")
+    _fit(m, 1)
+    m.layers[4].trainable = False
+    path = tmp_path / "m.keras"
+    m.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "skipping the optimizer state"
+        loaded = distnet.models.load_model(path)
+    assert not loaded.layers[4].trainable and loaded.optimizer.iterations == m.optimizer.iterations
+    saved = {w.name: o for (o, _), w in zip(m.flat_state.segments, m.flat_state.trainable)}
+    for (o, size), w in zip(loaded.flat_state.segments, loaded.flat_state.trainable):
+        for k, slot in loaded.optimizer.slots.items():
+            np.testing.assert_array_equal(slot[o:o + size], m.optimizer.slots[k][saved[w.name]:][:size])
