@@ -331,8 +331,9 @@ class Layer:
     @trainable.setter
     def trainable(self, value):
         """Freeze (False) or unfreeze the layer, as Keras: the model that holds it updates its weights, or stops,
-        from its next compile() on (a model compiled before keeps what it was compiled with, as Keras's GAN
-        recipe relies on). A wrapper sets the layers it wraps too."""
+        from its next compile() on (a model compiled before keeps what it was compiled with, as in Keras; two
+        models over the same layers, an encoder made beside its autoencoder, each train what they were compiled
+        with). A wrapper sets the layers it wraps too."""
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__} layer '{self.name}': trainable must be True or False, "
                             f"received {value!r}")

@@ -87,6 +87,8 @@ class FlatState:
             offset += size
         self.regularized = [w for w in self.trainable if w.regularizer is not None]
         self.buffer = self.grads = self.stats = None
+        self.views = [(w, w.value) for w in self.trainable + self.frozen]     # for own()
+        self.grad_views = []
 
     def gradient_buffer(self, n_stats):
         """[grads | n_stats slots]: allocated once (weights' `grad` become views of it), reused every step."""
@@ -94,7 +96,31 @@ class FlatState:
             self.buffer = flatten_grads(self.trainable, self.params.dtype, n_stats)
             self.grads = self.buffer[:self.params.size]
             self.stats = self.buffer[self.params.size:]
+            self.grad_views = [(w, w.grad) for w in self.trainable]
         return self.buffer
+
+    def own(self):
+        """Point the weights at these buffers again where another model built over the same layers took them
+        (Keras models share their layers: an encoder made beside its autoencoder, a GAN's discriminator): the
+        current values are carried over, and which weights train is again what this model was compiled with.
+        Without it, the optimizer would update buffers the layers no longer read. Returns whether it took any."""
+        took = False
+        for w, view in self.views:
+            if w.value is not view:
+                view[...] = w.value
+                w.value, took = view, True
+        for w in self.frozen:
+            if w.trainable:
+                w.set_trainable(False)
+                took = True
+        for w in self.trainable:
+            if not w.trainable:
+                w.set_trainable(True)
+                took = True
+        for w, grad in self.grad_views:
+            if w.grad is not grad:
+                w.grad = grad
+        return took
 
     def penalty(self):
         """The regularisation penalty of the current weights (a float)."""

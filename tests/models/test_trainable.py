@@ -223,3 +223,53 @@ def test_a_keras_file_saved_between_a_freeze_and_the_next_compile_keeps_the_opti
     for (o, size), w in zip(loaded.flat_state.segments, loaded.flat_state.trainable):
         for k, slot in loaded.optimizer.slots.items():
             np.testing.assert_array_equal(slot[o:o + size], m.optimizer.slots[k][saved[w.name]:][:size])
+
+
+def _autoencoder(with_encoder):
+    """An autoencoder, and (with_encoder) its encoder as a second model over the same layers, made after it."""
+    distnet.utils.set_random_seed(0)
+    inp = distnet.Input((6,))
+    h = layers.Dense(4, activation="tanh")(inp)
+    ae = distnet.Model(inp, layers.Dense(6)(h))
+    enc = distnet.Model(inp, h) if with_encoder else None
+    ae.compile(optimizer="adam", loss="mse")
+    return ae, enc
+
+
+def test_an_encoder_made_beside_its_autoencoder_leaves_it_training_every_layer():
+    """Building the encoder moved the shared layers' weights into its own buffers: the autoencoder's optimizer
+    then updated buffers no layer read, and the encoder's kernel silently stopped training."""
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    ae, enc = _autoencoder(with_encoder=True)
+    alone, _ = _autoencoder(with_encoder=False)
+    encoder = enc.layers[-1]                              # the Dense both models hold
+    kernel = encoder.get_weights()[0].copy()
+    losses = ae.fit(x, x, epochs=3, verbose=0).history["loss"]
+    assert losses == alone.fit(x, x, epochs=3, verbose=0).history["loss"]
+    assert not np.array_equal(encoder.get_weights()[0], kernel)
+    for a, b in zip(ae.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    k, b = encoder.get_weights()                          # the encoder sees the trained weights
+    np.testing.assert_allclose(enc.predict(x, verbose=0), np.tanh(x @ k + b), rtol=1e-5, atol=1e-6)
+
+
+def test_two_models_over_the_same_layers_each_train_what_they_were_compiled_with():
+    distnet.utils.set_random_seed(0)
+    inp = distnet.Input((5,))
+    first, second = layers.Dense(4, activation="relu"), layers.Dense(2)
+    h = first(inp)
+    full, part = distnet.Model(inp, second(h)), distnet.Model(inp, h)
+    part.compile(optimizer="sgd", loss="mse")             # part: `first` trains
+    first.trainable = False
+    full.compile(optimizer="sgd", loss="mse")             # full: `first` frozen (the Weight objects are shared)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 5)).astype(np.float32)
+    for model, target, trains_first in ((part, rng.normal(size=(16, 4)), True), (full, rng.normal(size=(16, 2)),
+                                                                                 False), (part, None, True)):
+        target = rng.normal(size=(16, 4)) if target is None else target
+        before = [first.get_weights()[0].copy(), second.get_weights()[0].copy()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")               # part: `first`'s flag changed after its compile
+            model.fit(x, target.astype(np.float32), epochs=1, verbose=0)
+        assert (not np.array_equal(before[0], first.get_weights()[0])) == trains_first
+        assert (not np.array_equal(before[1], second.get_weights()[0])) == (model is full)
