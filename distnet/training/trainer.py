@@ -82,8 +82,10 @@ class Trainer:
     def _require_compiled(self, what):
         if not self.compiled:
             raise RuntimeError(f"You must call compile() on model '{self.name}' before {what}()")
-        if what in ("fit", "train_on_batch") and self.built:
-            self.flat_state.own()           # another model over the same layers may have taken their weights
+        if what in ("fit", "train_on_batch", "evaluate") and self.built:
+            # another model over the same layers may have taken their weights (evaluate: its replicas start
+            # from rank 0's values of this model's buffers)
+            self.flat_state.own()
         if what in ("fit", "train_on_batch") and self.built and not self.trainable_warned:
             pending = self.trainable_pending()
             if pending:                     # Keras keeps the compiled behaviour silently; say so once
