@@ -288,7 +288,7 @@ class _Conv(ActivatedLayer):
                               out=dx[lo:hi].reshape(-1, c))
             elif need_input_grad:
                 # per kernel offset: one GEMM with that offset's (in, filters) slice, added into the window it
-                # touched (measured 1.6x faster than one big GEMM followed by a col2im scatter)
+                # touched (on large slices measured 1.6x faster than one big GEMM followed by a col2im scatter)
                 d, p = dxp[lo:hi], part[lo:hi]
                 d.fill(0)
                 if one_gemm:
@@ -343,8 +343,10 @@ class _Conv(ActivatedLayer):
         """pool(activation(conv(x))) without the full-size activation: the GEMM writes the output positions
         in pooling-phase order (kernels.im2col_pooled), so each window's max is taken over p*q contiguous
         blocks, with the phase of each first maximum kept for backward, and the bias and the activation run on
-        the 4x smaller pooled output (max(z + b) = max(z) + b exactly, as rounding is monotonic; relu(max z) =
-        max relu(z); positions no window reads are not computed)."""
+        the 4x smaller pooled output (max(z + b) = max(z) + b exactly, as rounding is monotonic: the values are
+        the two layers'; the gradient goes to the first maximum of z, which can differ from that of z + b only
+        where two different values round to the same sum; relu(max z) = max relu(z); positions no window reads
+        are not computed)."""
         x = x.reshape((x.shape[0],) + self._in_hwc)
         n, c = x.shape[0], x.shape[-1]
         (kh, kw), pads, f = self._k2, self._pads, self.filters
