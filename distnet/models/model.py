@@ -12,10 +12,10 @@ from . import saving, summary
 
 class Model(Trainer):
     def __init__(self, name=None, trainable=True):
-        if not isinstance(trainable, bool):
+        if not isinstance(trainable, (bool, np.bool_)):
             raise TypeError(f"trainable must be True or False, received {trainable!r}")
         self.name = name or unique_name(self.default_name)
-        self._trainable = trainable
+        self._trainable = bool(trainable)
         self.built = False
         self.flat_state = None
         self.input_shape = self.output_shape = None

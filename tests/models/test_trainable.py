@@ -113,6 +113,13 @@ def test_a_wrapper_frozen_after_building_freezes_the_layers_it_wraps():
     assert _changed(m, before) == [False, True]
 
 
+def test_a_numpy_bool_is_a_bool():
+    assert distnet.Sequential(trainable=np.False_).trainable is False
+    d = layers.Dense(2)
+    d.trainable = np.False_
+    assert d.trainable is False
+
+
 @pytest.mark.parametrize("value", ["no", 0, None])
 def test_trainable_takes_a_bool_only(value):
     with pytest.raises(TypeError, match="trainable must be True or False, received"):
