@@ -8,14 +8,7 @@ import types
 
 import numpy as np
 
-from .layers.base import page_aligned_empty
-
-
-def _zeros_like(params):
-    """Zeros like params, on huge pages where the kernel gives them (see page_aligned_empty)."""
-    out = page_aligned_empty(params.size, params.dtype).reshape(params.shape)
-    out.fill(0)
-    return out
+from .layers.base import page_aligned_empty, page_aligned_zeros
 
 
 # -- learning-rate schedules --------------------------------------------------------------------------------
@@ -131,7 +124,8 @@ class Optimizer:
 
     def build(self, params, segments=None):
         """Allocate slots like `params` (flat); segments [(offset, size)] mark variables for per-variable clipnorm."""
-        self.slots = {name: _zeros_like(params) for name in self.slot_names}
+        self.slots = {name: page_aligned_zeros(params.size, params.dtype).reshape(params.shape)
+                      for name in self.slot_names}
         self._tmp = page_aligned_empty(params.size, params.dtype).reshape(params.shape)
         self._segments = segments or [(0, params.size)]
         self._init_slots()

@@ -64,6 +64,13 @@ def page_aligned_empty(size, dtype, small=1 << 17, large=1 << 20):
     return _huge_page_bytes(-(-nbytes // _HUGE_PAGE) * _HUGE_PAGE)[:nbytes].view(dtype)
 
 
+def page_aligned_zeros(size, dtype):
+    """np.zeros(size, dtype) in memory the kernel may back with huge pages (page_aligned_empty)."""
+    out = page_aligned_empty(size, dtype)
+    out.fill(0)
+    return out
+
+
 def unique_name(prefix):
     """Keras-style automatic names: dense, dense_1, dense_2, ..."""
     n = _name_counts[prefix]
@@ -116,8 +123,7 @@ def flatten_values(weights, dtype):
 def flatten_grads(weights, dtype, extra=0):
     """One flat gradient buffer for `weights` (views bound to `weight.grad`), plus `extra` trailing slots: the
     reducer carries the step's sample count and metric sums there, in the same allreduce as the gradients."""
-    flat = page_aligned_empty(sum(w.value.size for w in weights) + extra, dtype)
-    flat.fill(0)
+    flat = page_aligned_zeros(sum(w.value.size for w in weights) + extra, dtype)
     offset = 0
     for w in weights:
         size = w.value.size

@@ -355,7 +355,7 @@ class _Conv(ActivatedLayer):
         padded = any(map(any, pads))
         xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else x
         cols = self.workspace("cols", (n, p, q, ph, pw, kh, kw, c))
-        z = self.workspace("z", (n, phases, m))
+        z = self.scratch("z_phases", (n, phases, m))      # read within this call only
         out = pool.workspace("out", (n, ph, pw, f))
         pool.phase_buffers(n, phases, m)
         k = self.kernel.value.reshape(-1, f)
@@ -385,9 +385,9 @@ class _Conv(ActivatedLayer):
         (p, q), (ph, pw) = pool._pool2, pool._out_hw
         phases, m = p * q, ph * pw * f
         kdim = self.kernel.value.size // f
-        dz = self.workspace("dz_phases", (n, phases, m))
+        dz = self.scratch("dz_phases", (n, phases, m))
         out = pool._out.reshape(n, m)
-        hit = self.workspace("hit", (n, m), bool)
+        hit = self.scratch("relu_mask", (n, m), bool)
         relu = self.activation.name == "relu"
         want_k = self.kernel.grad is not None
         want_b = self.bias is not None and self.bias.grad is not None

@@ -32,12 +32,8 @@ def window(x, i, j, stride, out_hw):
 
 def im2col(xp, kernel, stride, out_hw, out, dilation=(1, 1)):
     """Copy the receptive fields of padded xp: (n, hp, wp, c) into out: (n, oh, ow, kh, kw, c); kernel offset
-    (i, j) reads xp at (i * dilation[0], j * dilation[1]) from the field's corner."""
-    n, _, _, c = xp.shape
-    (kh, kw), (sh, sw), (oh, ow), (dh, dw) = kernel, stride, out_hw, dilation
-    s0, s1, s2, s3 = xp.strides
-    fields = as_strided(xp, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
-    np.copyto(out, fields)
+    (i, j) reads xp at (i * dilation[0], j * dilation[1]) from the field's corner: im2col_pooled with one phase."""
+    im2col_pooled(xp, kernel, stride, (1, 1), out_hw, out[:, None, None], dilation)
     return out
 
 

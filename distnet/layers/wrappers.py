@@ -50,9 +50,8 @@ class _Wrapper(Layer):
         return all(la.per_sample for la in self._inner())
 
     def build(self, input_shape):
-        if not self.trainable:                        # a frozen wrapper freezes what it wraps
-            for w in self.weights:
-                w.trainable, w.grad = False, None
+        if not self.trainable:          # a wrapper made frozen freezes what it wraps, which exists from now on
+            self.trainable = False
 
 
 class Bidirectional(_Wrapper):

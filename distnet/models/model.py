@@ -78,8 +78,7 @@ class Model(Trainer):
         if not self.trainable:
             for la in self.all_layers:
                 la.trainable = False
-        for w, want in self.wanted_trainable():
-            w.set_trainable(want)
+        self.apply_trainable()
         # the float type of the weights (an Input may be declared int64 for Embedding ids)
         dtype = next((la.dtype for la in self.layers), self.all_layers[0].dtype)
         self.flat_state = FlatState(self.all_layers, dtype)

@@ -103,24 +103,17 @@ class FlatState:
         """Point the weights at these buffers again where another model built over the same layers took them
         (Keras models share their layers: an encoder made beside its autoencoder, a GAN's discriminator): the
         current values are carried over, and which weights train is again what this model was compiled with.
-        Without it, the optimizer would update buffers the layers no longer read. Returns whether it took any."""
-        took = False
+        Without it, the optimizer would update buffers the layers no longer read."""
         for w, view in self.views:
             if w.value is not view:
                 view[...] = w.value
-                w.value, took = view, True
+                w.value = view
         for w in self.frozen:
-            if w.trainable:
-                w.set_trainable(False)
-                took = True
+            w.set_trainable(False)
         for w in self.trainable:
-            if not w.trainable:
-                w.set_trainable(True)
-                took = True
+            w.set_trainable(True)
         for w, grad in self.grad_views:
-            if w.grad is not grad:
-                w.grad = grad
-        return took
+            w.grad = grad
 
     def penalty(self):
         """The regularisation penalty of the current weights (a float)."""

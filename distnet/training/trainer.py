@@ -54,8 +54,8 @@ class Trainer:
         self.step = None
         self.replicas_synced = False
         self.trainable_warned = False
-        if self.built:
-            self.apply_trainable()              # trainable flags set since the build take effect now (as Keras)
+        # trainable flags set since the build take effect now, as Keras (a change rebuilds the optimizer's slots)
+        if self.built and not self.apply_trainable():
             self.optimizer.build(self.flat_state.params, self.flat_state.segments)
 
     def compile_config(self):
@@ -82,17 +82,21 @@ class Trainer:
     def _require_compiled(self, what):
         if not self.compiled:
             raise RuntimeError(f"You must call compile() on model '{self.name}' before {what}()")
-        if what in ("fit", "train_on_batch", "evaluate") and self.built:
-            # another model over the same layers may have taken their weights (evaluate: its replicas start
-            # from rank 0's values of this model's buffers)
-            self.flat_state.own()
-        if what in ("fit", "train_on_batch") and self.built and not self.trainable_warned:
-            pending = self.trainable_pending()
-            if pending:                     # Keras keeps the compiled behaviour silently; say so once
-                self.trainable_warned = True
-                warnings.warn(f"model '{self.name}': the trainable flag of {pending} changed after compile(); as "
-                              "in Keras, it takes effect at the next compile() — this training keeps the "
-                              "trainable weights it was compiled with", stacklevel=3)
+
+    def _take_weights(self, training):
+        """Before fit, train_on_batch and evaluate: the weights back in this model's buffers, where another model
+        over the same layers may have taken them (evaluate: its replicas start from rank 0's values of them);
+        in training, say once if a trainable flag changed since compile() (Keras keeps the compiled behaviour
+        silently)."""
+        if not self.built:
+            return
+        self.flat_state.own()
+        pending = training and not self.trainable_warned and self.trainable_pending()
+        if pending:
+            self.trainable_warned = True
+            warnings.warn(f"model '{self.name}': the trainable flag of {pending} changed after compile(); as in "
+                          "Keras, it takes effect at the next compile() — this training keeps the trainable "
+                          "weights it was compiled with", stacklevel=3)
 
     # -- the pieces every entry point shares --------------------------------------------------------------
     @property
@@ -187,6 +191,7 @@ class Trainer:
         batch_size samples in total, split across workers, and gives the same update as one worker would.
         Collective: every rank calls it."""
         self._require_compiled("fit")
+        self._take_weights(training=True)
         loop = FitLoop(self, batch_size, epochs, verbose, shuffle, initial_epoch, steps_per_epoch,
                        validation_steps, validation_batch_size, validation_freq)
         data = self.arrays(x, y, "fit", sample_weight, class_weight, steps=steps_per_epoch)
@@ -217,6 +222,7 @@ class Trainer:
         from rank 0's weights (as in fit), evaluates its slice of every batch, and the sums are combined once at
         the end (so on_test_batch_end sees this rank's running values)."""
         self._require_compiled("evaluate")
+        self._take_weights(training=False)
         batch_size = adapter.check_batch_size(batch_size, "evaluate")
         data = self.arrays(x, y, "evaluate", sample_weight, steps=steps)
         num_steps = _limit_steps(data.num_steps(batch_size), steps, "steps")
@@ -274,6 +280,7 @@ class Trainer:
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on (x, y) as one global batch. Collective."""
         self._require_compiled("train_on_batch")
+        self._take_weights(training=True)
         data = self.arrays(x, y, "train_on_batch", sample_weight, class_weight)
         n = data.num_samples
         self.sync_replicas({"train_on_batch data (samples)": n})
