@@ -14,9 +14,10 @@ from .base import ActivatedLayer, normalize_tuple, sum_rows
 
 
 # the input gradient of a batch slice with at most this many output positions runs as one GEMM for all kernel
-# offsets (_backward_slices); measured per 16-sample block, one thread: 4x4x128 -> 6x6x64 (256 rows) 0.34
-# against 0.39 ms, 512 rows 0.66-0.72 against 0.72-0.73, 1024 rows 1.37 against 1.35, 12x12x64 -> 15x15x32
-# (2304 rows) 1.05-1.29 against 1.04-1.12
+# offsets (_backward_slices). Measured, one thread, 5 fresh processes each way alternating, median of 300 calls
+# (ms, one GEMM against kh*kw GEMMs): 4x4x128 -> 6x6x64 over 16 samples (256 rows) 0.445 against 0.532, 32
+# samples (512 rows) 0.878 against 0.924, 64 samples (1024 rows) 1.895 against 1.836; 12x12x64 -> 15x15x32
+# over 16 samples (2304 rows) 1.535 against 1.358
 ONE_GEMM_ROWS = 512
 
 
