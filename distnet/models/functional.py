@@ -12,6 +12,7 @@ in reverse, summing the gradients of a tensor that feeds several layers.
 """
 import numpy as np
 
+from .. import backend
 from ..layers import InputLayer
 from ..layers.symbolic import SymbolicTensor
 from . import summary
@@ -196,6 +197,10 @@ class Model(BaseModel):
 
     def forward(self, x, training=False):
         """x: one array, or a list with one array per input -> one array, or a list per output."""
+        with backend.ufunc_buffer():
+            return self._forward(x, training)
+
+    def _forward(self, x, training):
         if self.chain:
             if self.pooled_convs:
                 return self._chain_forward_pooled(x, training)
@@ -223,6 +228,10 @@ class Model(BaseModel):
     def backward(self, grad, fused=False, ready=None):
         """grad: d(loss)/d(output) (a list per output for several); fused: per output, whether the gradient
         enters at the output layer's logits."""
+        with backend.ufunc_buffer():
+            self._backward(grad, fused, ready)
+
+    def _backward(self, grad, fused, ready):
         if self.chain:
             self._chain_backward(grad, fused, ready)
             return
