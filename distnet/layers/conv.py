@@ -341,13 +341,15 @@ class _Conv(ActivatedLayer):
                 and self.activation.name in ("relu", "linear") and not self._grid_forward)
 
     def call_pooled(self, x, pool, training=False):
-        """pool(activation(conv(x))) without the full-size activation: the GEMM writes the output positions
-        in pooling-phase order (kernels.im2col_pooled), so each window's max is taken over p*q contiguous
-        blocks, with the phase of each first maximum kept for backward, and the bias and the activation run on
-        the 4x smaller pooled output (max(z + b) = max(z) + b exactly, as rounding is monotonic: the values are
-        the two layers'; the gradient goes to the first maximum of z, which can differ from that of z + b only
+        """pool(activation(conv(x))) without the full-size activation: im2col writes the fields of the output
+        positions in pooling-phase order (kernels.im2col_pooled), so that each phase of every window is one
+        GEMM of its own, whose output the running maximum over the phases takes at once, in cache, keeping
+        which phase first reached it for backward; the bias and the activation then run on the p*q times
+        smaller pooled output (max(z + b) = max(z) + b exactly, as rounding is monotonic: the values are the
+        two layers'; the gradient goes to the first maximum of z, which can differ from that of z + b only
         where two different values round to the same sum; relu(max z) = max relu(z); positions no window reads
-        are not computed)."""
+        are not computed). A slice of samples [lo, hi) keeps its columns phase-major in its own rows of the
+        buffers (`_phase_major`), as backward reads them."""
         x = x.reshape((x.shape[0],) + self._in_hwc)
         n, c = x.shape[0], x.shape[-1]
         (kh, kw), pads, f = self._k2, self._pads, self.filters
@@ -355,8 +357,7 @@ class _Conv(ActivatedLayer):
         phases, m = p * q, ph * pw * f
         padded = any(map(any, pads))
         xp_all = self.workspace("xp", kernels.padded_shape(x.shape, pads)) if padded else x
-        cols = self.workspace("cols", (n, p, q, ph, pw, kh, kw, c))
-        z = self.scratch("z_phases", (n, phases, m))      # read within this call only
+        cols = self.workspace("cols", (n, phases * ph * pw * kh * kw * c))
         out = pool.workspace("out", (n, ph, pw, f))
         pool.phase_buffers(n, phases, m)
         k = self.kernel.value.reshape(-1, f)
@@ -364,10 +365,15 @@ class _Conv(ActivatedLayer):
 
         def work(lo, hi, t):
             xp = kernels.pad_hw(x[lo:hi], pads, out=xp_all[lo:hi] if padded else None)
-            kernels.im2col_pooled(xp, self._k2, self._s2, (p, q), (ph, pw), cols[lo:hi], self._d2)
-            zc = z[lo:hi]
-            np.matmul(cols[lo:hi].reshape(-1, k.shape[0]), k, out=zc.reshape(-1, f))
-            o = pool.max_over_phases(zc, out[lo:hi].reshape(hi - lo, m), lo, hi)
+            cc = _phase_major(cols, lo, hi, (p, q), (ph, pw, kh, kw, c))
+            kernels.im2col_pooled(xp, self._k2, self._s2, (p, q), (ph, pw), cc, self._d2)
+            rows = cc.reshape(phases, -1, k.shape[0])
+            o = out[lo:hi].reshape(-1, f)
+            np.matmul(rows[0], k, out=o)
+            if phases > 1:
+                zp = self.scratch(f"z_phase{t}", o.shape)       # one phase at a time: read back from cache
+                for phase in range(1, phases):
+                    pool.take_phase(phase, np.matmul(rows[phase], k, out=zp), o, lo, hi)
             if self.bias is not None:       # max(z + b) = max(z) + b: added to the p*q times smaller output
                 self.add_channels(o, self.bias.value, f"bias{t}")
             if relu:
@@ -386,7 +392,7 @@ class _Conv(ActivatedLayer):
         (p, q), (ph, pw) = pool._pool2, pool._out_hw
         phases, m = p * q, ph * pw * f
         kdim = self.kernel.value.size // f
-        dz = self.scratch("dz_phases", (n, phases, m))
+        dz = self.scratch("dz_phases", (n, phases * m))
         out = pool._out.reshape(n, m)
         hit = self.scratch("relu_mask", (n, m), bool)
         relu = self.activation.name == "relu"
@@ -403,24 +409,23 @@ class _Conv(ActivatedLayer):
                 g_out.fill(0)
 
         def work(lo, hi, t):
-            g = grad[lo:hi].reshape(hi - lo, m)
+            g = grad[lo:hi].reshape(-1)
             if relu:
-                np.multiply(g, np.greater(out[lo:hi], 0, out=hit[lo:hi]), out=g)
+                np.multiply(g, np.greater(out[lo:hi].reshape(-1), 0, out=hit[lo:hi].reshape(-1)), out=g)
             db = None
             if want_b:      # each window's gradient goes to one phase: the sum over phases is the pooled one's
                 db = self.bias.grad if t == 0 else self.workspace(f"db{t}", (f,))
                 sum_rows(g.reshape(-1, f), db, self, slot=t)
-            d = dz[lo:hi]
-            pool.route_to_phases(g, d, lo, hi)
-            g2 = d.reshape(-1, f)
+            d = _phase_major(dz, lo, hi, (phases,), (m,))
+            pool.route_to_phases(g, d.reshape(phases, -1), lo, hi)
             dk = None
             if want_k:
                 dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
-                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), g2, dk,
+                kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), d.reshape(-1, f), dk,
                                       self.workspace(f"dk_cols{t}", dk.shape))
-            if need_input_grad:                     # (n, p, q, ph, pw, f) -> (n, ph*p, pw*q, f)
+            if need_input_grad:                     # (p, q, n, ph, pw, f) -> (n, ph*p, pw*q, f)
                 g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
-                    d.reshape(hi - lo, p, q, ph, pw, f).transpose(0, 3, 1, 4, 2, 5)
+                    d.reshape(p, q, hi - lo, ph, pw, f).transpose(2, 3, 0, 4, 1, 5)
             return dk, db
 
         self._add_slices(backend.parallel_batches(n, work))
@@ -432,6 +437,12 @@ class _Conv(ActivatedLayer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding,
                 "dilation_rate": list(self.dilation_rate), **self._kernel_config()}
+
+
+def _phase_major(buf, lo, hi, lead, rest):
+    """Rows lo:hi of buf (n, ...), C-contiguous, seen as (*lead, hi - lo, *rest): the samples of a batch slice
+    with the pooling phases (`lead`) outermost, so that each phase of the slice is one contiguous block."""
+    return buf[lo:hi].reshape(*lead, hi - lo, *rest)
 
 
 class Conv2D(_Conv):

@@ -33,20 +33,20 @@ def window(x, i, j, stride, out_hw):
 def im2col(xp, kernel, stride, out_hw, out, dilation=(1, 1)):
     """Copy the receptive fields of padded xp: (n, hp, wp, c) into out: (n, oh, ow, kh, kw, c); kernel offset
     (i, j) reads xp at (i * dilation[0], j * dilation[1]) from the field's corner: im2col_pooled with one phase."""
-    im2col_pooled(xp, kernel, stride, (1, 1), out_hw, out[:, None, None], dilation)
+    im2col_pooled(xp, kernel, stride, (1, 1), out_hw, out[None, None], dilation)
     return out
 
 
 def im2col_pooled(xp, kernel, stride, pool, pooled_hw, out, dilation=(1, 1)):
     """im2col of the output positions a disjoint (p, q) max pooling reads, in pooling-phase order: out:
-    (n, p, q, ph, pw, kh, kw, c), row (n, py, px, y, x) the field of output position (p*y + py, q*x + px). A
-    GEMM of these rows writes each phase of the pooling windows as one contiguous block; positions no window
+    (p, q, n, ph, pw, kh, kw, c), row (py, px, n, y, x) the field of output position (p*y + py, q*x + px) of
+    sample n. Each phase of the pooling windows is one contiguous block of rows (one GEMM); positions no window
     reads (the last row or column of an odd-sized output) are left out."""
     n, _, _, c = xp.shape
     (kh, kw), (sh, sw), (p, q), (ph, pw), (dh, dw) = kernel, stride, pool, pooled_hw, dilation
     s0, s1, s2, s3 = xp.strides
-    shape = (n, p, q, ph, pw, kh)
-    strides = (s0, s1 * sh, s2 * sw, s1 * sh * p, s2 * sw * q, s1 * dh)
+    shape = (p, q, n, ph, pw, kh)
+    strides = (s1 * sh, s2 * sw, s0, s1 * sh * p, s2 * sw * q, s1 * dh)
     if dw == 1 and xp.flags.c_contiguous and out.flags.c_contiguous:
         # a kernel row (kw pixels x c channels) is one contiguous run of the input: copied as ONE element of
         # that many bytes, 1.6x faster for a first layer's 3x3x3 (numpy's copy loop costs per element, and

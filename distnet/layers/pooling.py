@@ -106,59 +106,32 @@ class _MaxPooling(_Pooling):
 
     # -- over a convolution's output in pooling-phase order (_Conv.call_pooled) --------------------------
     def phase_buffers(self, n, phases, m):
-        """Allocate (before the batch slices run in threads) what max_over_phases keeps for route_to_phases:
-        for 2 or 4 phases the outcome of each pairwise comparison (a tournament: 1 or 3 booleans per element),
-        else the winning phase (uint8)."""
-        if phases in (2, 4):
-            self._phase_state = ("pairs", self.workspace("phase_wins", (n, phases - 1, m), bool))
-        else:
-            self._phase_state = ("arg", self.workspace("phase", (n, m), np.uint8),
-                                 self.workspace("better", (n, m), bool),
-                                 self.workspace("phase_if_better", (n, m), np.uint8))
+        """Allocate (before the batch slices run in threads) what take_phase keeps for route_to_phases: for each
+        phase after the first, where it beat the maximum of the phases before it (phases - 1 booleans per
+        element, phase-major within each slice of samples)."""
+        self._phase_wins = self.workspace("phase_wins", (n, (phases - 1) * m), bool)
 
-    def max_over_phases(self, z, out, lo, hi):
-        """out (m, M) = max over the phases of z (m, P, M), rows lo:hi of the batch; each element's first
-        maximum (row-major in its window, as in forward) remembered. z may be overwritten."""
-        kind, *bufs = self._phase_state
-        if kind == "pairs":
-            w = bufs[0][lo:hi]
-            np.greater(z[:, 1], z[:, 0], out=w[:, 0])        # strictly greater: a tie keeps the first
-            if z.shape[1] == 2:
-                return np.maximum(z[:, 0], z[:, 1], out=out)
-            np.maximum(z[:, 0], z[:, 1], out=out)
-            np.greater(z[:, 3], z[:, 2], out=w[:, 1])
-            np.maximum(z[:, 2], z[:, 3], out=z[:, 2])
-            np.greater(z[:, 2], out, out=w[:, 2])             # the second pair's max beats the first's
-            return np.maximum(out, z[:, 2], out=out)
-        arg, better, u = (b[lo:hi] for b in bufs)
-        np.copyto(out, z[:, 0])
-        arg.fill(0)
-        for phase in range(1, z.shape[1]):
-            # phases come in increasing order, so the phase of the maximum so far is max(itself, phase * greater)
-            # (np.copyto(..., where=) is ~20x slower)
-            np.greater(z[:, phase], out, out=better)
-            np.maximum(arg, np.multiply(better, np.uint8(phase), out=u), out=arg)
-            np.maximum(out, z[:, phase], out=out)
-        return out
+    def take_phase(self, phase, z, out, lo, hi):
+        """The running maximum over phases: out (the maximum of phases < `phase` of samples lo:hi) = max(out, z),
+        z that phase's values in the same order, remembering where z is strictly greater (a tie keeps the
+        earlier phase: the first maximum, row-major in its window, as in forward)."""
+        wins = self._phase_wins[lo:hi].reshape(-1, z.size)[phase - 1]
+        np.greater(z.reshape(-1), out.reshape(-1), out=wins)
+        np.maximum(out, z, out=out)
 
     def route_to_phases(self, g, d, lo, hi):
-        """d (m, P, M): g (m, M) sent to each window's first maximum, zero elsewhere (exact: g*b and g - g*b
-        for a boolean b are g or 0)."""
-        kind, *bufs = self._phase_state
-        if kind == "pairs":
-            w = bufs[0][lo:hi]
-            if d.shape[1] == 2:
-                np.multiply(g, w[:, 0], out=d[:, 1])
-                return np.subtract(g, d[:, 1], out=d[:, 0])
-            np.multiply(g, w[:, 2], out=d[:, 2])             # the second pair's share, then the first's
-            np.subtract(g, d[:, 2], out=d[:, 0])
-            np.multiply(d[:, 0], w[:, 0], out=d[:, 1])
-            np.subtract(d[:, 0], d[:, 1], out=d[:, 0])
-            np.multiply(d[:, 2], w[:, 1], out=d[:, 3])
-            return np.subtract(d[:, 2], d[:, 3], out=d[:, 2])
-        arg, hit = bufs[0][lo:hi], bufs[1][lo:hi]
-        for phase in range(d.shape[1]):
-            np.multiply(g, np.equal(arg, phase, out=hit), out=d[:, phase])
+        """d (P, m*M): g (m*M,) of samples lo:hi sent to each window's first maximum, zero elsewhere: to the last
+        phase that beat the ones before it (exact: g*b and g - g*b for a boolean b are g or 0)."""
+        phases = d.shape[0]
+        if phases == 1:
+            np.copyto(d[0], g)
+            return d
+        wins = self._phase_wins[lo:hi].reshape(phases - 1, -1)
+        np.multiply(g, wins[-1], out=d[-1])
+        np.subtract(g, d[-1], out=d[0])           # what the later phases did not take
+        for phase in range(phases - 2, 0, -1):
+            np.multiply(d[0], wins[phase - 1], out=d[phase])
+            np.subtract(d[0], d[phase], out=d[0])
         return d
 
     def _forward4(self, x):
