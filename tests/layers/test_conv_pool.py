@@ -5,6 +5,7 @@ import pytest
 
 import distnet
 from distnet import backend, layers
+from distnet.layers import conv as conv_module
 
 
 def _pair(first, pool, rank=2, seed=0):
@@ -37,9 +38,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("gemm_per_phase", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_conv_and_pooling_train_as_the_two_layers(case, threads):
+def test_fused_conv_and_pooling_train_as_the_two_layers(case, threads, gemm_per_phase, monkeypatch):
+    """Ties included; each pooling phase a GEMM of its own, or one GEMM for all phases (few rows)."""
+    monkeypatch.setattr(conv_module, "PHASE_GEMM_ROWS", 0 if gemm_per_phase else 10 ** 9)
     conv, pool, rank = CASES[case]
     x, y = _data(rank)
     fused, plain = _pair(conv(), pool(), rank), _pair(conv(), pool(), rank)
