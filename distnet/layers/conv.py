@@ -225,10 +225,19 @@ class _Conv(ActivatedLayer):
         np.copyto(kt, k4[::-1, ::-1].transpose(0, 1, 3, 2))
         return kt
 
-    def _backward_slices(self, grad, need_input_grad, relu, weight_grads=True, out_hw=None):
+    def _one_gemm_input_grad(self, n, out_hw):
+        """Whether the per-offset input gradient of n samples (their outputs' out_hw positions) runs as one GEMM
+        for all kernel offsets: few rows per slice (a late layer's 4x4 output in a block of 16 samples: 256),
+        where it packs the kernel once and runs with N = kh*kw*in_channels, 1.1-1.2x faster than kh*kw GEMMs;
+        with more rows its strided slices make the window sums slower than that gains."""
+        return -(-n // backend.num_threads()) * out_hw[0] * out_hw[1] <= ONE_GEMM_ROWS
+
+    def _backward_slices(self, grad, need_input_grad, relu, weight_grads=True, out_hw=None, rows_first=False):
         """out_hw: the (top-left) part of the output grad covers, when smaller than the output (the rest has no
-        gradient); the per-offset input gradient only."""
+        gradient); rows_first: grad's rows lo:hi hold the slice's gradient as (out_h, hi - lo, out_w, filters)
+        (see `_input_grad_by_rows`); both for the per-offset input gradient alone."""
         out_hw = out_hw or self._out_hw
+        assert not (rows_first and weight_grads)
         n = grad.shape[0]
         kdim = self.kernel.value.size // self.filters
         grid_dx = need_input_grad and self._grid_input_grad
@@ -244,11 +253,8 @@ class _Conv(ActivatedLayer):
             dx = self._input_grad_buffer(grad, gp_all is not None)
         elif need_input_grad:
             dxp = self.workspace("dxp", kernels.padded_shape((n,) + self._in_hwc, self._pads))
-            # few rows per slice (a late layer's 4x4 output in a block of 16 samples: 256): one GEMM for all
-            # kernel offsets packs the kernel once and runs with N = kh*kw*in_channels, 1.1-1.2x faster than
-            # kh*kw GEMMs; with more rows its strided slices make the window sums slower than that gains
-            one_gemm = -(-n // backend.num_threads()) * out_hw[0] * out_hw[1] <= ONE_GEMM_ROWS
-            part = self.scratch("dx_part", (n, *out_hw, kh, kw, c) if one_gemm else (n, *out_hw, c))
+            one_gemm = self._one_gemm_input_grad(n, out_hw)
+            part = self.scratch("dx_part", (n, *out_hw, kh, kw, c)) if one_gemm else None
         want_k = weight_grads and self.kernel.grad is not None
         want_b = weight_grads and self.bias is not None and self.bias.grad is not None
         k4 = self.kernel.value.reshape(kh, kw, -1, self.filters)
@@ -293,22 +299,24 @@ class _Conv(ActivatedLayer):
                     kernels.im2col(gp, self._k2, (1, 1), self._in_hwc[:2], gcols[lo:hi], self._d2)
                     np.matmul(gcols[lo:hi].reshape(-1, kh * kw * self.filters), kt.reshape(-1, c),
                               out=dx[lo:hi].reshape(-1, c))
-            elif need_input_grad:
-                # per kernel offset: one GEMM with that offset's (in, filters) slice, added into the window it
-                # touched (on large slices measured 1.6x faster than one big GEMM followed by a col2im scatter)
+            elif need_input_grad and one_gemm:
+                # one GEMM for every kernel offset, each offset's part added into the window it touched
                 d, p = dxp[lo:hi], part[lo:hi]
                 d.fill(0)
-                if one_gemm:
-                    np.matmul(g2, k4.reshape(-1, self.filters).T, out=p.reshape(g2.shape[0], kh * kw * c))
+                np.matmul(g2, k4.reshape(-1, self.filters).T, out=p.reshape(g2.shape[0], kh * kw * c))
                 for i in range(kh):
                     for j in range(kw):
-                        if one_gemm:
-                            pij = p[:, :, :, i, j]
-                        else:
-                            pij = p
-                            np.matmul(g2, k4[i, j].T, out=p.reshape(g2.shape[0], p.shape[-1]))
                         w = kernels.window(d, i * dh, j * dw, self._s2, out_hw)
-                        np.add(w, pij, out=w)
+                        np.add(w, p[:, :, :, i, j], out=w)
+            elif need_input_grad:
+                # per kernel offset: one GEMM with that offset's (in, filters) slice (on large slices measured
+                # 1.6x faster than one big GEMM followed by a col2im scatter)
+                if rows_first:
+                    gy = g.reshape(out_hw[0], hi - lo, out_hw[1], self.filters)
+                else:
+                    gy = self.scratch("grad_rows_first", (out_hw[0], hi - lo, out_hw[1], self.filters))
+                    np.copyto(gy, g.transpose(1, 0, 2, 3))
+                self._input_grad_by_rows(gy, dxp[lo:hi], k4)
             return dk, db
 
         self._add_slices(backend.parallel_batches(n, work))
@@ -317,6 +325,41 @@ class _Conv(ActivatedLayer):
         if transposed or grid_dx:
             return dx.reshape((n,) + self.input_shape)
         return kernels.unpad_hw(dxp, self._pads).reshape((n,) + self.input_shape)
+
+    def _input_grad_by_rows(self, gy, d, k4):
+        """The per-offset input gradient of one batch slice into d: (m, hp, wp, c), the padded input's, from gy:
+        (oh, m, ow, f), the output gradient with image rows outermost. For each kernel column j, the products
+        of its kh offsets are summed in `acc` (hp, m, ow, c), also rows outermost, where kernel row i shifts by
+        whole image rows: contiguous adds (with stride 1 the first product is written in place); then acc goes
+        into the columns of d that j reaches, transposed: kw strided adds instead of kh*kw (NumPy's adds over
+        strided windows run at a third of the contiguous speed)."""
+        (kh, kw), (dh, dw), (sh, sw) = self._k2, self._d2, self._s2
+        oh, m, ow, f = gy.shape
+        hp, c = d.shape[1], d.shape[-1]
+        rows = gy.reshape(-1, f)
+        acc = self.scratch("dx_rows", (hp, m, ow, c))
+        part = self.scratch("dx_part_rows", (oh, m, ow, c))
+        span_h, span_w = sh * (oh - 1) + 1, sw * (ow - 1) + 1
+        for j in range(kw):
+            for i in range(kh):
+                dst = acc[i * dh:i * dh + span_h:sh]
+                if i == 0 and sh == 1:
+                    np.matmul(rows, k4[0, j].T, out=dst.reshape(-1, c))
+                    acc[oh:].fill(0)
+                    continue
+                if i == 0:
+                    acc.fill(0)
+                np.matmul(rows, k4[i, j].T, out=part.reshape(-1, c))
+                np.add(dst, part, out=dst)
+            w = d[:, :, j * dw:j * dw + span_w:sw]
+            if j == 0 and sw == 1:
+                np.copyto(w, acc.transpose(1, 0, 2, 3))
+                d[:, :, span_w:].fill(0)
+                continue
+            if j == 0:
+                d.fill(0)
+            np.add(w, acc.transpose(1, 0, 2, 3), out=w)
+        return d
 
     def _input_grad_buffer(self, grad, copied):
         """Where the transposed or grid input gradient goes: grad's own buffer when the layer copies grad into
@@ -419,6 +462,8 @@ class _Conv(ActivatedLayer):
             g_out = self.workspace("grad_out", (n, *g_hw, f))
             if g_hw != covered:
                 g_out.fill(0)
+            # the per-offset input gradient by rows (not one GEMM) takes each slice's gradient rows first
+            rows_first = part_only and not self._one_gemm_input_grad(n, covered)
 
         def work(lo, hi, t):
             g = grad[lo:hi].reshape(-1)
@@ -435,7 +480,10 @@ class _Conv(ActivatedLayer):
                 dk = self.kernel.grad.reshape(kdim, f) if t == 0 else self.workspace(f"dk{t}", (kdim, f))
                 kernels.columns_times(self._cols[lo:hi].reshape(-1, kdim), d.reshape(-1, f), dk,
                                       self.workspace(f"dk_cols{t}", dk.shape))
-            if need_input_grad:                     # (p, q, n, ph, pw, f) -> (n, ph*p, pw*q, f)
+            if need_input_grad and rows_first:      # (p, q, m, ph, pw, f) -> (ph*p, m, pw*q, f)
+                g_out[lo:hi].reshape(ph, p, hi - lo, pw, q, f)[...] = \
+                    d.reshape(p, q, hi - lo, ph, pw, f).transpose(3, 0, 2, 4, 1, 5)
+            elif need_input_grad:                   # (p, q, m, ph, pw, f) -> (m, ph*p, pw*q, f)
                 g_out[lo:hi, :p * ph, :q * pw].reshape(hi - lo, ph, p, pw, q, f)[...] = \
                     d.reshape(p, q, hi - lo, ph, pw, f).transpose(2, 3, 0, 4, 1, 5)
             return dk, db
@@ -443,7 +491,7 @@ class _Conv(ActivatedLayer):
         self._add_slices(backend.parallel_batches(n, work))
         if not need_input_grad:
             return None
-        return self._backward_slices(g_out, True, relu=False, weight_grads=False, out_hw=g_hw)
+        return self._backward_slices(g_out, True, relu=False, weight_grads=False, out_hw=g_hw, rows_first=rows_first)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
