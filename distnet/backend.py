@@ -1,6 +1,6 @@
 """Global numeric settings (Keras's `keras.config`, also importable as `distnet.config`): the default float type, the
 epsilon fuzz factor, the image data format (channels last), and distnet's intra-op threads."""
-import contextlib
+import threading
 
 import numpy as np
 
@@ -55,16 +55,27 @@ def backend():
 UFUNC_BUFFER = 2048
 
 
-@contextlib.contextmanager
+class _UfuncBuffer(threading.local):
+    depth = 0
+
+    def __enter__(self):
+        self.depth += 1
+        if self.depth == 1:
+            self.old = np.setbufsize(UFUNC_BUFFER)
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+        if self.depth == 0:
+            np.setbufsize(self.old)
+
+
+_UFUNC_BUFFER = _UfuncBuffer()
+
+
 def ufunc_buffer():
-    """Run the block with UFUNC_BUFFER-element ufunc buffers in this thread (NumPy's setting is per thread);
-    the intra-op threads always run with them."""
-    old = np.getbufsize()
-    np.setbufsize(UFUNC_BUFFER)
-    try:
-        yield
-    finally:
-        np.setbufsize(old)
+    """`with ufunc_buffer():` runs the block with UFUNC_BUFFER-element ufunc buffers in this thread (NumPy's
+    setting is per thread; nested blocks cost one attribute test); the intra-op threads always run with them."""
+    return _UFUNC_BUFFER
 
 
 def _intraop_thread_init():

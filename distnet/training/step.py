@@ -216,6 +216,10 @@ class Step:
         A batch larger than the model's block runs as blocks, each forward then backward while its activations
         are still in the cache; every quantity the step sums (gradients, sample count, loss and metric sums) is
         a sum over samples, so the blocks' sums are the batch's."""
+        with backend.ufunc_buffer():          # once for the step's blocks (the model's forward/backward nest)
+            return self._train(xb, yb, wb, tl, sync)
+
+    def _train(self, xb, yb, wb, tl, sync):
         strategy, flat = self.strategy, self.flat
         ys = yb if self.many else [yb]
         accumulate = self.steps_per_sync > 1
@@ -314,6 +318,10 @@ class Step:
     def evaluate(self, xb, yb, wb, slots):
         """Fill `slots` with this batch's statistics in inference mode (no update, no communication); a large
         batch runs in blocks, as in training."""
+        with backend.ufunc_buffer():
+            return self._evaluate(xb, yb, wb, slots)
+
+    def _evaluate(self, xb, yb, wb, slots):
         ys = yb if self.many else [yb]
         blocks = self.blocks(xb)
         if blocks is None:
