@@ -5,6 +5,7 @@ same kernels as (batch, 1, steps, channels). im2col turns every receptive field 
 so that a convolution is ONE matrix product; `window` gives the strided slice one kernel offset touches, which
 is how pooling and the convolution's input gradient loop over the kh*kw offsets (9 for 3x3), never over pixels.
 """
+import functools
 import math
 
 import numpy as np
@@ -51,13 +52,18 @@ def im2col_pooled(xp, kernel, stride, pool, pooled_hw, out, dilation=(1, 1)):
         # a kernel row (kw pixels x c channels) is one contiguous run of the input: copied as ONE element of
         # that many bytes, 1.6x faster for a first layer's 3x3x3 (numpy's copy loop costs per element, and
         # its runs would otherwise be c * kw = 9 floats)
-        run = np.dtype((np.void, kw * c * xp.itemsize))
+        run = _void(kw * c * xp.itemsize)
         fields = np.ndarray(shape, run, buffer=xp, strides=strides)
         np.copyto(out.reshape(shape + (kw * c,)).view(run)[..., 0], fields)
         return out
     fields = as_strided(xp, shape + (kw, c), strides + (s2 * dw, s3), writeable=False)
     np.copyto(out, fields)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _void(nbytes):
+    return np.dtype((np.void, nbytes))
 
 
 def columns_times(cols, g, out, tmp, chunk=1024):
