@@ -110,12 +110,13 @@ class _MaxPooling(_Pooling):
         phase after the first, where it beat the maximum of the phases before it (phases - 1 booleans per
         element, phase-major within each slice of samples)."""
         self._phase_wins = self.workspace("phase_wins", (n, (phases - 1) * m), bool)
+        self._phases = phases
 
     def take_phase(self, phase, z, out, lo, hi):
         """The running maximum over phases: out (the maximum of phases < `phase` of samples lo:hi) = max(out, z),
         z that phase's values in the same order, remembering where z is strictly greater (a tie keeps the
         earlier phase: the first maximum, row-major in its window, as in forward)."""
-        wins = self._phase_wins[lo:hi].reshape(-1, z.size)[phase - 1]
+        wins = self._phase_wins[lo:hi].reshape(self._phases - 1, -1)[phase - 1]
         np.greater(z.reshape(-1), out.reshape(-1), out=wins)
         np.maximum(out, z, out=out)
 

@@ -134,3 +134,18 @@ def test_the_pooled_input_gradient_by_each_method_matches_the_two_layers(channel
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6 * scale)
     np.testing.assert_allclose(dk, conv.kernel.grad, rtol=1e-5, atol=1e-6 * np.abs(dk).max())
     np.testing.assert_allclose(db, conv.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gemm_per_phase", [True, False])
+def test_fused_conv_and_pooling_take_an_empty_batch(gemm_per_phase, monkeypatch):
+    """A worker's shard can be empty: zero samples in, zero out, zero gradients."""
+    monkeypatch.setattr(conv_module, "PHASE_GEMM_ROWS", 0 if gemm_per_phase else 10 ** 9)
+    conv, pool = layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D()
+    conv.build_for((9, 8, 3))
+    pool.build_for(conv.output_shape)
+    conv.kernel.grad, conv.bias.grad = np.ones_like(conv.kernel.value), np.ones_like(conv.bias.value)
+    out = conv.call_pooled(np.zeros((0, 9, 8, 3), np.float32), pool, training=True)
+    assert out.shape == (0, 3, 3, 4)
+    dx = conv.backward_pooled(np.zeros(out.shape, np.float32), pool, need_input_grad=True)
+    assert dx.shape == (0, 9, 8, 3)
+    assert not conv.kernel.grad.any() and not conv.bias.grad.any()
