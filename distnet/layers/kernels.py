@@ -48,10 +48,11 @@ def im2col_pooled(xp, kernel, stride, pool, pooled_hw, out, dilation=(1, 1)):
     s0, s1, s2, s3 = xp.strides
     shape = (p, q, n, ph, pw, kh)
     strides = (s1 * sh, s2 * sw, s0, s1 * sh * p, s2 * sw * q, s1 * dh)
-    if dw == 1 and xp.flags.c_contiguous and out.flags.c_contiguous:
+    if dw == 1 and xp.dtype == out.dtype and xp.flags.c_contiguous and out.flags.c_contiguous:
         # a kernel row (kw pixels x c channels) is one contiguous run of the input: copied as ONE element of
         # that many bytes, 1.6x faster for a first layer's 3x3x3 (numpy's copy loop costs per element, and
-        # its runs would otherwise be c * kw = 9 floats)
+        # its runs would otherwise be c * kw = 9 floats). The same dtype only: the bytes are copied as they
+        # are, where copyto casts an input of another type (a float64 or float16 array given to a float32 layer)
         run = _void(kw * c * xp.itemsize)
         fields = np.ndarray(shape, run, buffer=xp, strides=strides)
         np.copyto(out.reshape(shape + (kw * c,)).view(run)[..., 0], fields)

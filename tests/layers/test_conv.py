@@ -225,3 +225,25 @@ def test_columns_times_sums_blocks_of_rows_to_the_one_product():
         out, tmp = np.empty((k, 8), np.float32), np.empty((k, 8), np.float32)
         kernels.columns_times(cols, g, out, tmp, chunk=1024)
         np.testing.assert_allclose(out, cols.astype(np.float64).T @ g, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32])
+@pytest.mark.parametrize("make,shape", [(lambda: layers.Conv2D(4, 3, activation="relu"), (7, 6, 2)),
+                                        (lambda: layers.Conv1D(3, 2), (9, 3))])
+def test_an_input_of_another_dtype_is_converted_as_before(make, shape, dtype):
+    """im2col copies a kernel row as raw bytes only when the input has the layer's dtype; others are cast
+    (a float64 array from np.random given to a float32 layer: was an error, float16 silently wrong values)."""
+    x = (np.random.default_rng(0).normal(size=(2,) + shape) * 3).astype(dtype)
+    layer = make()
+    layer.build_for(shape)
+    out = layer(x, training=True).copy()
+    g = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+    dx = layer.backward(g.copy()).copy()
+    dk = layer.kernel.grad.copy()
+    np.testing.assert_allclose(out, layer(x.astype(np.float32), training=True), rtol=1e-6)
+    np.testing.assert_allclose(dx, layer.backward(g.copy()), rtol=1e-6)
+    np.testing.assert_allclose(dk, layer.kernel.grad, rtol=1e-6)
+    pool = (layers.MaxPooling2D if len(shape) == 3 else layers.MaxPooling1D)()
+    pool.build_for(out.shape[1:])
+    np.testing.assert_allclose(layer.call_pooled(x, pool, training=True).copy(),
+                               layer.call_pooled(x.astype(np.float32), pool, training=True), rtol=1e-6)
