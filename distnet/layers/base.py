@@ -132,6 +132,12 @@ def flatten_grads(weights, dtype, extra=0):
     return flat
 
 
+def weights_by_flag(owner, trainable):
+    """owner.weights (a layer's or a model's) that its trainable flags train (trainable=True) or not."""
+    wanted = {id(w) for w, want in owner.wanted_trainable() if want}
+    return [w for w in owner.weights if (id(w) in wanted) == trainable]
+
+
 def segments(weights):
     """[(offset, size)] of each weight inside the flat buffer built from `weights`."""
     out, offset = [], 0
@@ -365,13 +371,11 @@ class Layer:
     def trainable_weights(self):
         """As Keras: the weights the trainable flags (this layer's, and any it wraps) train, from the moment they
         are set; a model takes them at its next compile() (each Weight's `trainable` is what it trains now)."""
-        wanted = {id(w) for w, want in self.wanted_trainable() if want}
-        return [w for w in self.weights if id(w) in wanted]
+        return weights_by_flag(self, True)
 
     @property
     def non_trainable_weights(self):
-        wanted = {id(w) for w, want in self.wanted_trainable() if want}
-        return [w for w in self.weights if id(w) not in wanted]
+        return weights_by_flag(self, False)
 
     def get_weights(self):
         return [w.value.copy() for w in self.weights]

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__, checkpoint
 from ..checkpoint import CheckpointError
+from ..layers.base import segments
 from . import keras_config, saving
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
@@ -189,10 +190,8 @@ def _slot_layout(model, trainable=None):
     variables in the order of Keras's `model.layers` (a graph's differs from distnet's flat buffer). trainable:
     the weights the slots cover, in their order (default: those compiled, the flat buffer's)."""
     opt, flat = model.optimizer, model.flat_state
-    offsets, offset = {}, 0
-    for w in (flat.trainable if trainable is None else trainable):
-        offsets[id(w)] = offset
-        offset += w.value.size
+    trainable = flat.trainable if trainable is None else trainable
+    offsets = {id(w): offset for (offset, _), w in zip(segments(trainable), trainable)}
     per_var = [(offsets[id(w)], w.value.shape) for _, _, weights in keras_config.weight_groups(model)
                for w in weights if id(w) in offsets]
     out = []

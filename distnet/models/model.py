@@ -4,7 +4,7 @@ training comes from the Trainer mixin. A subclass says how data flows through it
 import numpy as np
 
 from ..layers import InputLayer
-from ..layers.base import unique_name
+from ..layers.base import unique_name, weights_by_flag
 from ..training.step import FlatState
 from ..training.trainer import Trainer
 from . import saving, summary
@@ -143,13 +143,11 @@ class Model(Trainer):
     @property
     def trainable_weights(self):
         """As Keras: by the trainable flags now (summary() counts these); what trains follows at compile()."""
-        wanted = {id(w) for w, want in self.wanted_trainable() if want}
-        return [w for w in self.weights if id(w) in wanted]
+        return weights_by_flag(self, True)
 
     @property
     def non_trainable_weights(self):
-        wanted = {id(w) for w, want in self.wanted_trainable() if want}
-        return [w for w in self.weights if id(w) not in wanted]
+        return weights_by_flag(self, False)
 
     def get_weights(self):
         """Copies of every weight, layer by layer ([kernel, bias, ...]), in Keras's order and shapes."""

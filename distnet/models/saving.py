@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError
+from ..layers.base import segments
 from ..utils import register_keras_serializable  # noqa: F401  (keras.saving.register_keras_serializable)
 
 MODEL_FORMAT, WEIGHTS_FORMAT = "distnet.model", "distnet.weights"
@@ -110,12 +111,10 @@ def optimizer_state_as_configured(model):
     kept = [w for w in model.weights if id(w) in wanted]       # the order FlatState gives the loaded model
     fresh = optimizers.get(optimizers.serialize(opt))
     fresh.build(np.zeros(sum(w.value.size for w in kept), flat.params.dtype))
-    offset = 0
-    for w in kept:
+    for (offset, size), w in zip(segments(kept), kept):
         if id(w) in where:
             for name, slot in fresh.slots.items():
-                slot[offset:offset + w.value.size] = opt.slots[name][where[id(w)]:where[id(w)] + w.value.size]
-        offset += w.value.size
+                slot[offset:offset + size] = opt.slots[name][where[id(w)]:where[id(w)] + size]
     return fresh.slots, kept
 
 
